@@ -1,0 +1,36 @@
+"""spectralyzer: judge trained neural networks from their weights alone.
+
+>>> import spectralyzer
+>>> details, summary = spectralyzer.analyze("model.safetensors")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Analysis",
+    "AnalysisOptions",
+    "InputError",
+    "SpectralyzerError",
+    "__version__",
+    "analyze",
+    "run_analysis",
+]
+
+if TYPE_CHECKING:
+    from .analyze import Analysis, AnalysisOptions, analyze, run_analysis
+    from .errors import InputError, SpectralyzerError
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public API on first use, so that importing a submodule stays cheap."""
+    if name in ("Analysis", "AnalysisOptions", "analyze", "run_analysis"):
+        from . import analyze as module
+    elif name in ("InputError", "SpectralyzerError"):
+        from . import errors as module
+    else:
+        raise AttributeError(f"module 'spectralyzer' has no attribute {name!r}")
+    return getattr(module, name)

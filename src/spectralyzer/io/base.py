@@ -1,0 +1,48 @@
+"""The one interface every loader implements: a lazily read bag of named tensors."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a checkpoint says about one tensor, known before its data is read."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # torch dtype name without the "torch." prefix, e.g. "float32", "bfloat16", "int64"
+
+
+class Checkpoint(abc.ABC):
+    """A checkpoint opened for reading, one tensor at a time.
+
+    Implementations read no tensor data in ``__init__`` beyond what the format
+    needs to list its tensors, and never write to ``path``.
+    """
+
+    format: str = "unknown"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @abc.abstractmethod
+    def tensors(self) -> list[TensorInfo]:
+        """Every tensor in file order, with parameter names as the model uses them."""
+
+    @abc.abstractmethod
+    def load(self, name: str) -> torch.Tensor:
+        """Read one tensor onto the CPU in its stored dtype."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release file handles and memory maps."""
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,192 @@
+"""Parameter tensors -> named weight matrices (THEORY.md section 1).
+
+Only names, shapes and dtypes are needed to plan the analysis, so planning reads
+no tensor data; :func:`to_matrices` turns one loaded tensor into the stack of
+``N x M`` matrices (``N >= M``) whose eigenvalues make up that layer's ESD.
+
+Layer types, inferred from the parameter name and shape:
+
+=============  ============================================  ===========================
+type           tensor                                        matrices
+=============  ============================================  ===========================
+linear         2-D ``(out, in)``                              the weight itself
+gpt2-conv1d    2-D ``(in, out)`` of GPT-2 ``c_attn/c_fc/..``   the weight itself
+embedding      2-D ``(vocab, dim)`` named ``*embed*/wte/wpe``  the weight itself
+lstm/gru/rnn   2-D ``weight_ih_l*`` / ``weight_hh_l*``         the stacked gate matrix
+conv1d/2d/3d   ``(out, in, k1, ..., kd)``                     ``slices``: K = k1*..*kd
+                                                             matrices ``(out, in)`` pooled
+                                                             into one ESD; ``unfold``:
+                                                             one ``(out, in*K)`` matrix
+=============  ============================================  ===========================
+
+Every matrix is oriented so that ``N >= M`` (transposed when needed), for both
+views; no hidden rescaling is applied.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from math import prod
+
+import torch
+
+from .io.base import TensorInfo
+
+LAYER_TYPES = (
+    "linear",
+    "gpt2-conv1d",
+    "embedding",
+    "lstm",
+    "gru",
+    "rnn",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+)
+CONV_MODES = ("slices", "unfold")
+
+_FLOAT_DTYPES = {
+    "float64",
+    "float32",
+    "float16",
+    "bfloat16",
+    "float8_e4m3fn",
+    "float8_e4m3fnuz",
+    "float8_e5m2",
+    "float8_e5m2fnuz",
+}
+_EMBEDDING = re.compile(r"(embed|(^|\.)wte\.|(^|\.)wpe\.|(^|\.)shared\.weight$)", re.IGNORECASE)
+_GPT2_CONV1D = re.compile(r"(^|\.)(c_attn|c_proj|c_fc|q_attn)\.weight$")
+_RECURRENT = re.compile(r"(^|\.)weight_(ih|hh)_l\d+(_reverse)?$")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One tensor selected for analysis, with the matrices it will become."""
+
+    name: str
+    layer_type: str
+    shape: tuple[int, ...]
+    dtype: str
+    N: int  # rows of each matrix, N >= M
+    M: int  # columns of each matrix = eigenvalues per matrix
+    num_slices: int  # matrices pooled into the layer's ESD
+
+    @property
+    def num_evals(self) -> int:
+        return self.M * self.num_slices
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A tensor that was not analysed, and why."""
+
+    name: str
+    shape: tuple[int, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which parameters to analyse (all filters must pass)."""
+
+    include: str | None = None  # regex searched in the parameter name
+    exclude: str | None = None  # regex searched in the parameter name
+    types: tuple[str, ...] | None = None  # subset of LAYER_TYPES
+    min_evals: int = 8  # skip matrices with fewer eigenvalues per slice (weightwatcher: 8)
+    max_evals: int | None = 16384  # skip matrices whose M exceeds this (cost grows as M^3)
+    conv_mode: str = "slices"
+
+
+def layer_type(info: TensorInfo) -> str | None:
+    """The layer type of a weight tensor, or None when it is not a weight matrix."""
+    name, ndim = info.name, len(info.shape)
+    if ndim == 2:
+        recurrent = _RECURRENT.search(name)
+        if recurrent:
+            hidden = info.shape[1] if recurrent.group(2) == "hh" else None
+            if hidden:
+                gates = info.shape[0] // hidden
+                return {4: "lstm", 3: "gru"}.get(gates, "rnn")
+            return "lstm" if info.shape[0] % 4 == 0 else "rnn"
+        if _GPT2_CONV1D.search(name):
+            return "gpt2-conv1d"
+        if _EMBEDDING.search(name):
+            return "embedding"
+        return "linear"
+    if 3 <= ndim <= 5 and name.endswith("weight"):
+        return f"conv{ndim - 2}d"
+    return None
+
+
+def _matrix_shape(shape: tuple[int, ...], conv_mode: str) -> tuple[int, int, int]:
+    """(N, M, num_slices) of the matrices a tensor of this shape becomes."""
+    if len(shape) == 2:
+        rows, cols, slices = shape[0], shape[1], 1
+    elif conv_mode == "slices":
+        rows, cols, slices = shape[0], shape[1], prod(shape[2:])
+    else:
+        rows, cols, slices = shape[0], prod(shape[1:]), 1
+    return max(rows, cols), min(rows, cols), slices
+
+
+def plan(infos: Iterable[TensorInfo], selection: Selection) -> tuple[list[LayerSpec], list[Skipped]]:
+    """Choose the tensors to analyse; every other weight-like tensor gets a reason.
+
+    Tensors with fewer than two dimensions (biases, norm scales, scalars) are
+    dropped silently: they are never layer weights.
+    """
+    if selection.conv_mode not in CONV_MODES:
+        raise ValueError(f"conv_mode must be one of {CONV_MODES}, not {selection.conv_mode!r}")
+    include = re.compile(selection.include) if selection.include else None
+    exclude = re.compile(selection.exclude) if selection.exclude else None
+    specs: list[LayerSpec] = []
+    skipped: list[Skipped] = []
+    for info in infos:
+        if len(info.shape) < 2:
+            continue
+        if include and not include.search(info.name):
+            continue
+        if exclude and exclude.search(info.name):
+            continue
+        kind = layer_type(info)
+        if kind is None:
+            skipped.append(Skipped(info.name, info.shape, "not a layer weight matrix"))
+            continue
+        if selection.types and kind not in selection.types:
+            continue
+        if info.dtype not in _FLOAT_DTYPES:
+            skipped.append(Skipped(info.name, info.shape, f"{info.dtype} tensor, not floating point"))
+            continue
+        N, M, slices = _matrix_shape(info.shape, selection.conv_mode)
+        if M < selection.min_evals:
+            reason = f"{M} eigenvalues per matrix, fewer than --min-evals {selection.min_evals}"
+            skipped.append(Skipped(info.name, info.shape, reason))
+            continue
+        if selection.max_evals is not None and M > selection.max_evals:
+            reason = f"{M} eigenvalues per matrix, more than --max-evals {selection.max_evals}"
+            skipped.append(Skipped(info.name, info.shape, reason))
+            continue
+        specs.append(LayerSpec(info.name, kind, tuple(info.shape), info.dtype, N, M, slices))
+    return specs, skipped
+
+
+def to_matrices(tensor: torch.Tensor, spec: LayerSpec, conv_mode: str) -> torch.Tensor:
+    """The ``(num_slices, N, M)`` stack of matrices of one weight tensor, N >= M.
+
+    Per-kernel-position slices of a conv kernel ``(out, in, *k)`` are
+    ``W[:, :, i1, .., id]``; the unfolded view is ``W.reshape(out, in * K)``.
+    """
+    if tensor.ndim == 2:
+        stack = tensor.unsqueeze(0)
+    elif conv_mode == "slices":
+        out_ch, in_ch = tensor.shape[:2]
+        stack = tensor.reshape(out_ch, in_ch, -1).permute(2, 0, 1)
+    else:
+        stack = tensor.reshape(tensor.shape[0], -1).unsqueeze(0)
+    if stack.shape[1] < stack.shape[2]:
+        stack = stack.transpose(1, 2)
+    assert stack.shape == (spec.num_slices, spec.N, spec.M), (stack.shape, spec)
+    return stack

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+from helpers import esd
+
+from spectralyzer.engine import compute_spectra, gram_eigenvalues, permute_entries, resolve_device
+from spectralyzer.io.memory import MemoryCheckpoint
+from spectralyzer.layers import Selection, plan
+
+
+@pytest.mark.parametrize("shape", [(300, 100), (100, 300), (256, 256), (1000, 37)])
+def test_gram_eigenvalues_match_numpy_svd(shape):
+    # float32 weights, as in checkpoints: the reference is the float64 SVD of the same numbers
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    w = w if shape[0] >= shape[1] else w.T
+    ours = gram_eigenvalues(w.unsqueeze(0))[0].numpy()
+    ref = esd(w.double().numpy())
+    np.testing.assert_allclose(ours, ref, rtol=1e-8, atol=0)
+
+
+def test_gram_eigenvalues_heavy_tailed_relative_accuracy():
+    rng = np.random.default_rng(0)
+    w = torch.from_numpy((rng.pareto(1.5, size=(400, 200)) * rng.choice([-1, 1], (400, 200))).astype(np.float32))
+    ours = gram_eigenvalues(w.unsqueeze(0))[0].numpy()
+    ref = esd(w.double().numpy())
+    # every eigenvalue above 1e-5 lambda_max is accurate to 1e-8 relative (engine docstring)
+    big = ref > 1e-5 * ref[-1]
+    np.testing.assert_allclose(ours[big], ref[big], rtol=1e-8)
+    assert np.all(np.abs(ours - ref) <= 200 * 2.3e-16 * ref[-1] * 10)
+
+
+def _checkpoint():
+    g = torch.Generator().manual_seed(0)
+    return {
+        "a.weight": torch.randn(64, 32, generator=g),
+        "b.weight": torch.randn(32, 64, generator=g),  # same matrix shape after orientation
+        "conv.weight": torch.randn(16, 8, 3, 3, generator=g),
+        "c.weight": torch.randn(50, 20, generator=g).half(),
+    }
+
+
+def _spectra(tensors, **kwargs):
+    ckpt = MemoryCheckpoint(tensors)
+    specs, _ = plan(ckpt.tensors(), Selection())
+    return specs, compute_spectra(ckpt, specs, **kwargs)
+
+
+def test_batched_spectra_equal_per_matrix_svd_whatever_the_batch_size():
+    tensors = _checkpoint()
+    specs, big = _spectra(tensors)
+    _, small = _spectra(tensors, batch_elements=1)
+    for spec in specs:
+        np.testing.assert_array_equal(big[spec.name].esd.evals, small[spec.name].esd.evals)
+    conv = tensors["conv.weight"].double()
+    pooled = np.sort(np.concatenate([esd(conv[:, :, i, j].numpy()) for i in range(3) for j in range(3)]))
+    np.testing.assert_allclose(big["conv.weight"].esd.evals, pooled, rtol=1e-8)
+    np.testing.assert_allclose(big["c.weight"].esd.evals, esd(tensors["c.weight"].double().numpy()), rtol=1e-8)
+    assert big["a.weight"].randomized is None
+
+
+def test_randomized_spectra_are_seeded_and_keep_the_frobenius_norm():
+    tensors = _checkpoint()
+    _, one = _spectra(tensors, randomize=True, seed=3)
+    _, two = _spectra(tensors, randomize=True, seed=3, batch_elements=1)
+    _, other = _spectra(tensors, randomize=True, seed=4)
+    for name in tensors:
+        r1, r2 = one[name].randomized.evals, two[name].randomized.evals
+        np.testing.assert_array_equal(r1, r2)
+        assert not np.allclose(r1, other[name].randomized.evals)
+        # a permutation keeps sum(lambda) = ||W||_F^2
+        np.testing.assert_allclose(r1.sum(), one[name].esd.evals.sum(), rtol=1e-5)
+
+
+def test_permute_entries_is_a_permutation():
+    x = torch.arange(24.0).reshape(2, 4, 3)
+    y = permute_entries(x, "layer", 0)
+    assert not torch.equal(x, y)
+    assert torch.equal(torch.sort(y.reshape(-1)).values, x.reshape(-1))
+
+
+def test_nonfinite_weights_are_flagged_not_fatal():
+    tensors = _checkpoint()
+    tensors["a.weight"][3, 4] = float("nan")
+    tensors["b.weight"][0, 0] = float("inf")
+    _, spectra = _spectra(tensors, randomize=True)
+    assert not spectra["a.weight"].esd.finite and spectra["a.weight"].esd.evals.size == 0
+    assert not spectra["b.weight"].esd.finite
+    assert spectra["conv.weight"].esd.finite
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
