@@ -1,0 +1,154 @@
+"""Hugging Face model folders: one or many safetensors or ``pytorch_model*.bin`` shards."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path, PurePath
+
+import torch
+
+from ..errors import InputError
+from ._common import reading, require_tensors
+from .base import Checkpoint, TensorInfo
+from .sniff import (
+    HF_SAFETENSORS_GLOB,
+    HF_SAFETENSORS_INDEX_GLOB,
+    HF_TORCH_GLOB,
+    HF_TORCH_INDEX,
+)
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+#: Opens one shard file as a checkpoint (``open.open_file`` with the caller's trust setting).
+ShardOpener = Callable[[Path], Checkpoint]
+
+#: Shard files in reading order and, with an index, which shard holds each tensor.
+Layout = tuple[list[Path], dict[str, Path] | None]
+
+
+class HFFolderCheckpoint(Checkpoint):
+    """A folder of weight shards, read through at most one open shard at a time.
+
+    Safetensors shards are preferred over ``pytorch_model*.bin`` when a folder has
+    both. With an index (``model.safetensors.index.json`` or
+    ``pytorch_model.bin.index.json``) its ``weight_map`` decides which shard each
+    tensor comes from; without one every shard file in the folder is used, in
+    name order. Listing opens each shard once, in turn.
+    """
+
+    format = "hf-folder"
+
+    def __init__(self, path: str | os.PathLike[str], open_shard: ShardOpener) -> None:
+        super().__init__(Path(path))
+        self._open_shard = open_shard
+        self._current: tuple[Path, Checkpoint] | None = None
+        shards, weight_map = find_shards(self.path)
+        try:
+            self._infos, self._where = self._list(shards, weight_map)
+        except BaseException:
+            self.close()
+            raise
+
+    def tensors(self) -> list[TensorInfo]:
+        return list(self._infos)
+
+    def load(self, name: str) -> torch.Tensor:
+        return self._shard(self._where[name]).load(name)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current[1].close()
+            self._current = None
+
+    def _shard(self, shard: Path) -> Checkpoint:
+        """The open checkpoint of ``shard``; the one open before is closed first."""
+        if self._current is None or self._current[0] != shard:
+            self.close()
+            self._current = (shard, self._open_shard(shard))
+        return self._current[1]
+
+    def _list(
+        self, shards: list[Path], weight_map: dict[str, Path] | None
+    ) -> tuple[list[TensorInfo], dict[str, Path]]:
+        """Every tensor, shard by shard, and the shard that holds it."""
+        infos: list[TensorInfo] = []
+        where: dict[str, Path] = {}
+        for shard in shards:
+            for info in self._shard(shard).tensors():
+                if weight_map is not None and weight_map.get(info.name) != shard:
+                    continue
+                if info.name in where:
+                    raise InputError(
+                        self.path,
+                        f"tensor {info.name!r} is in both {where[info.name].name} and {shard.name}",
+                    )
+                infos.append(info)
+                where[info.name] = shard
+        if weight_map is not None:
+            _check_index_complete(self.path, weight_map, where)
+        return require_tensors(self.path, infos), where
+
+
+def find_shards(folder: Path) -> Layout:
+    """The shard files of ``folder`` and, when it has an index, its weight map."""
+    index = _safetensors_index(folder)
+    if index is not None:
+        return read_index(index)
+    if shards := _files(folder, HF_SAFETENSORS_GLOB):
+        return shards, None
+    if (folder / HF_TORCH_INDEX).is_file():
+        return read_index(folder / HF_TORCH_INDEX)
+    if shards := _files(folder, HF_TORCH_GLOB):
+        return shards, None
+    raise InputError(folder, "folder holds no *.safetensors or pytorch_model*.bin files")
+
+
+def read_index(index: Path) -> Layout:
+    """Shards named by an index file (sorted) and its weight map, shards checked to exist."""
+    with reading(index, "invalid index file"):
+        data = json.loads(index.read_text(encoding="utf-8"))
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(shard, str) for shard in weight_map.values()
+    ):
+        raise InputError(index, "index has no weight_map of tensor names to shard files")
+    shards = {name: _shard_path(index, name) for name in sorted(set(weight_map.values()))}
+    return list(shards.values()), {tensor: shards[name] for tensor, name in weight_map.items()}
+
+
+def _shard_path(index: Path, name: str) -> Path:
+    """The file an index entry names, which must exist inside the index's folder."""
+    relative = PurePath(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise InputError(index, f"index names shard {name!r} outside the folder")
+    shard = index.parent / relative
+    if not shard.is_file():
+        raise InputError(index, f"index names missing shard {name}")
+    return shard
+
+
+def _check_index_complete(
+    folder: Path, weight_map: dict[str, Path], found: dict[str, Path]
+) -> None:
+    """Every tensor the index names must be in the shard it names."""
+    for tensor, shard in weight_map.items():
+        if tensor not in found:
+            raise InputError(folder, f"index puts {tensor!r} in {shard.name}, which lacks it")
+
+
+def _safetensors_index(folder: Path) -> Path | None:
+    """``model.safetensors.index.json``, else the folder's only ``*.safetensors.index.json``."""
+    indexes = _files(folder, HF_SAFETENSORS_INDEX_GLOB)
+    preferred = folder / SAFETENSORS_INDEX
+    if preferred in indexes or len(indexes) <= 1:
+        return preferred if preferred in indexes else next(iter(indexes), None)
+    names = ", ".join(index.name for index in indexes)
+    raise InputError(folder, f"several safetensors index files, cannot choose: {names}")
+
+
+def _files(folder: Path, pattern: str) -> list[Path]:
+    """Regular files in ``folder`` matching ``pattern``, sorted by name."""
+    with reading(folder, "cannot list folder"):
+        return sorted(path for path in folder.glob(pattern) if path.is_file())

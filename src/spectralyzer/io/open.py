@@ -1,0 +1,47 @@
+"""``open_checkpoint``: the one entry point from a path to a :class:`Checkpoint`."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+
+from ..errors import InputError
+from .base import Checkpoint
+from .hf_folder import HFFolderCheckpoint
+from .npz_file import NpzCheckpoint
+from .safetensors_file import SafetensorsCheckpoint
+from .sniff import detect_format
+from .torch_file import TorchCheckpoint
+from .torchscript_file import TorchScriptCheckpoint
+
+
+def open_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> Checkpoint:
+    """Open the checkpoint file or Hugging Face folder at ``path`` for reading.
+
+    The format is detected from the content. Pickled PyTorch files are read
+    with ``weights_only=True`` unless ``trust_pickle``. Every problem with the
+    input (missing, corrupt, truncated, unsupported, unsafe) is an ``InputError``.
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "hf-folder":
+        return HFFolderCheckpoint(path, partial(open_file, trust_pickle=trust_pickle))
+    return open_file(path, fmt, trust_pickle=trust_pickle)
+
+
+def open_file(
+    path: str | os.PathLike[str], fmt: str | None = None, *, trust_pickle: bool = False
+) -> Checkpoint:
+    """Open a single checkpoint file, of format ``fmt`` (detected when None)."""
+    path = Path(path)
+    fmt = fmt or detect_format(path)
+    if fmt == "safetensors":
+        return SafetensorsCheckpoint(path)
+    if fmt in ("torch-zip", "torch-legacy"):
+        return TorchCheckpoint(path, trust_pickle=trust_pickle, mmap=fmt == "torch-zip")
+    if fmt == "torchscript":
+        return TorchScriptCheckpoint(path)
+    if fmt == "npz":
+        return NpzCheckpoint(path)
+    raise InputError(path, f"expected a checkpoint file, found format {fmt!r}")

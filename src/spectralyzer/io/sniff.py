@@ -1,0 +1,129 @@
+"""Tell a checkpoint's format from its content (magic bytes), not from its name."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from ..errors import InputError
+from ._common import describe
+
+FORMATS = ("safetensors", "torch-zip", "torchscript", "torch-legacy", "npz", "hf-folder")
+
+UNKNOWN_FORMAT = (
+    "not a recognised checkpoint format (expected .safetensors, torch .pt/.pth/.bin, "
+    "TorchScript, .npz or a Hugging Face folder)"
+)
+
+#: safetensors refuses headers above 100 MB; anything larger is not a header.
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+#: What makes a folder a Hugging Face checkpoint (file name globs).
+HF_SAFETENSORS_GLOB = "*.safetensors"
+HF_SAFETENSORS_INDEX_GLOB = "*.safetensors.index.json"
+HF_TORCH_GLOB = "pytorch_model*.bin"
+HF_TORCH_INDEX = "pytorch_model.bin.index.json"
+
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # local file header, empty archive
+_PICKLE_PROTO = b"\x80"  # torch's legacy format starts with a pickled magic number
+_HEAD_BYTES = 16
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The format of the checkpoint at ``path``: one of :data:`FORMATS`.
+
+    Raises ``InputError`` for a missing, empty, unreadable or unrecognised path.
+    """
+    path = Path(path)
+    mode = _stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        return _folder_format(path)
+    if not stat.S_ISREG(mode):
+        raise InputError(path, "not a regular file")
+    head = _head(path)
+    if head.startswith(_ZIP_MAGICS):
+        return _zip_format(path)
+    if looks_like_safetensors(head):
+        return "safetensors"
+    if head.startswith(_PICKLE_PROTO):
+        return "torch-legacy"
+    if path.suffix.lower() == ".safetensors":
+        return "safetensors"  # let the safetensors reader say what is wrong with it
+    raise InputError(path, UNKNOWN_FORMAT)
+
+
+def looks_like_safetensors(head: bytes) -> bool:
+    """A plausible u64 little-endian header length followed by a JSON object."""
+    if len(head) < 9:
+        return False
+    (length,) = struct.unpack("<Q", head[:8])
+    return 2 <= length <= MAX_SAFETENSORS_HEADER and head[8:9] == b"{"
+
+
+def _stat(path: Path) -> os.stat_result:
+    """``os.stat`` with its failures as InputErrors."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        raise InputError(path, "no such file or directory") from None
+    except PermissionError:
+        raise InputError(path, "permission denied") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot access ({describe(exc)})") from exc
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of a regular file; an empty file is an error."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(_HEAD_BYTES)
+    except PermissionError:
+        raise InputError(path, "permission denied") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read ({describe(exc)})") from exc
+    if not head:
+        raise InputError(path, "empty file")
+    return head
+
+
+def _zip_format(path: Path) -> str:
+    """torchscript, torch-zip or npz, from the archive's member names."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise InputError(path, f"corrupt or truncated zip archive ({describe(exc)})") from exc
+    members = [PurePosixPath(name).parts for name in names]
+    if any(_is_torchscript_member(parts) for parts in members):
+        return "torchscript"
+    if any(parts[1:] == ("data.pkl",) for parts in members):
+        return "torch-zip"
+    files = [name for name in names if not name.endswith("/")]
+    if files and all(name.endswith(".npy") for name in files):
+        return "npz"
+    if not files:
+        raise InputError(path, "empty zip archive")
+    raise InputError(path, "zip archive holds neither a PyTorch checkpoint nor .npy arrays")
+
+
+def _is_torchscript_member(parts: tuple[str, ...]) -> bool:
+    """``<archive>/constants.pkl`` or ``<archive>/code/...``: only TorchScript has these."""
+    return parts[1:] == ("constants.pkl",) or (len(parts) > 2 and parts[1] == "code")
+
+
+def _folder_format(path: Path) -> str:
+    """Format "hf-folder" for a folder with safetensors or pytorch_model*.bin weights."""
+    globs = (HF_SAFETENSORS_GLOB, HF_SAFETENSORS_INDEX_GLOB, HF_TORCH_GLOB, HF_TORCH_INDEX)
+    try:
+        found = any(entry.is_file() for pattern in globs for entry in path.glob(pattern))
+    except OSError as exc:
+        raise InputError(path, f"cannot list folder ({describe(exc)})") from exc
+    if not found:
+        raise InputError(
+            path,
+            "folder holds no checkpoint (expected *.safetensors or pytorch_model*.bin files)",
+        )
+    return "hf-folder"
