@@ -58,8 +58,15 @@ def test_selection_by_regex_and_type():
     ]
     names = lambda sel: [s.name for s in plan(infos, sel)[0]]  # noqa: E731
     assert names(Selection(include=r"enc\.1\.")) == ["enc.1.q.weight", "enc.1.conv.weight"]
-    assert names(Selection(exclude="conv")) == ["enc.0.q.weight", "enc.1.q.weight", "emb.embed_tokens.weight"]
-    assert names(Selection(types=("embedding", "conv2d"))) == ["enc.1.conv.weight", "emb.embed_tokens.weight"]
+    assert names(Selection(exclude="conv")) == [
+        "enc.0.q.weight",
+        "enc.1.q.weight",
+        "emb.embed_tokens.weight",
+    ]
+    assert names(Selection(types=("embedding", "conv2d"))) == [
+        "enc.1.conv.weight",
+        "emb.embed_tokens.weight",
+    ]
 
 
 @pytest.mark.parametrize("out_ch,in_ch", [(128, 256), (256, 128)])

@@ -1,12 +1,14 @@
 import numpy as np
 import pytest
-from helpers import esd, gaussian, spike_position, spiked
 from scipy import integrate
 
+from helpers import esd, gaussian, spike_position, spiked
 from spectralyzer.fit.mp import fit_mp, mp_density, mp_edges
 
 
-@pytest.mark.parametrize(("n", "m", "sigma"), [(1000, 500, 0.7), (2000, 400, 1.3), (500, 500, 0.05)])
+@pytest.mark.parametrize(
+    ("n", "m", "sigma"), [(1000, 500, 0.7), (2000, 400, 1.3), (500, 500, 0.05)]
+)
 def test_gaussian_matrices_recover_sigma_and_lambda_plus_without_spikes(n, m, sigma):
     evals = esd(gaussian(n, m, sigma, seed=n + m))
     fit = fit_mp(evals, n, m)

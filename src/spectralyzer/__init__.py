@@ -21,14 +21,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .analyze import Analysis, AnalysisOptions, analyze, run_analysis
     from .errors import InputError, SpectralyzerError
+    from .pipeline import Analysis, AnalysisOptions, analyze, run_analysis
 
 
 def __getattr__(name: str) -> Any:
     """Import the public API on first use, so that importing a submodule stays cheap."""
     if name in ("Analysis", "AnalysisOptions", "analyze", "run_analysis"):
-        from . import analyze as module
+        from . import pipeline as module
     elif name in ("InputError", "SpectralyzerError"):
         from . import errors as module
     else:

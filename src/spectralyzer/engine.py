@@ -74,15 +74,20 @@ def gram_eigenvalues(stack: torch.Tensor, dtype: torch.dtype = torch.float64) ->
     return torch.linalg.eigvalsh(gram).clamp_min_(0)
 
 
-def permute_entries(stack: torch.Tensor, name: str, seed: int) -> torch.Tensor:
-    """The stack with all its entries shuffled, seeded by ``seed`` and the layer name.
+def layer_generator(name: str, seed: int) -> torch.Generator:
+    """A generator seeded by ``seed`` and the layer name: results do not depend on
+    batching or on the order of layers."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
 
-    Seeding per layer keeps the result independent of batching and layer order.
+
+def shuffle_entries(stack: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The matrices of a ``(B, N, M)`` stack with all their entries in a uniformly random order.
+
+    One permutation of all ``B N M`` entries of the layer (slices included), so the
+    result has the entry distribution of ``W`` and none of its structure.
     """
-    generator = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
-    flat = stack.reshape(-1)
-    order = torch.randperm(flat.numel(), generator=generator)
-    return flat[order].reshape(stack.shape)
+    order = torch.randperm(stack.numel(), generator=generator, device="cpu")
+    return stack.reshape(-1)[order.to(stack.device)].reshape(stack.shape)
 
 
 def _batches(specs: list[LayerSpec], batch_elements: int) -> Iterable[list[LayerSpec]]:
@@ -146,13 +151,16 @@ def compute_spectra(
             stacks.append(stack if ok else torch.zeros_like(stack))
             finite.append(ok)
         clock.lap("load")
-        block = torch.cat(stacks).to(device)
+        block = _concat(stacks).to(device)
         esds = _split(gram_eigenvalues(block), batch, finite)
         clock.lap("eigenvalues")
         rands: list[ESD | None] = [None] * len(batch)
         if randomize:
-            shuffled = [permute_entries(s, spec.name, seed) for s, spec in zip(stacks, batch, strict=True)]
-            block = torch.cat(shuffled).to(device)
+            shuffled = [
+                shuffle_entries(s, layer_generator(spec.name, seed))
+                for s, spec in zip(stacks, batch, strict=True)
+            ]
+            block = _concat(shuffled).to(device)
             rands = list(_split(gram_eigenvalues(block, torch.float32), batch, finite))
             clock.lap("randomize")
         del stacks, block
@@ -161,6 +169,11 @@ def compute_spectra(
         if progress:
             progress(len(batch))
     return result
+
+
+def _concat(stacks: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat`` along the batch, without a copy for a single stack."""
+    return stacks[0] if len(stacks) == 1 else torch.cat(stacks)
 
 
 class _Clock:

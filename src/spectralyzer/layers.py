@@ -132,7 +132,9 @@ def _matrix_shape(shape: tuple[int, ...], conv_mode: str) -> tuple[int, int, int
     return max(rows, cols), min(rows, cols), slices
 
 
-def plan(infos: Iterable[TensorInfo], selection: Selection) -> tuple[list[LayerSpec], list[Skipped]]:
+def plan(
+    infos: Iterable[TensorInfo], selection: Selection
+) -> tuple[list[LayerSpec], list[Skipped]]:
     """Choose the tensors to analyse; every other weight-like tensor gets a reason.
 
     Tensors with fewer than two dimensions (biases, norm scales, scalars) are
@@ -158,7 +160,9 @@ def plan(infos: Iterable[TensorInfo], selection: Selection) -> tuple[list[LayerS
         if selection.types and kind not in selection.types:
             continue
         if info.dtype not in _FLOAT_DTYPES:
-            skipped.append(Skipped(info.name, info.shape, f"{info.dtype} tensor, not floating point"))
+            skipped.append(
+                Skipped(info.name, info.shape, f"{info.dtype} tensor, not floating point")
+            )
             continue
         N, M, slices = _matrix_shape(info.shape, selection.conv_mode)
         if M < selection.min_evals:

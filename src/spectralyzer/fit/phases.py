@@ -6,15 +6,20 @@ Rules, applied in order (the first that matches wins):
    are numerical zeros (``rank_loss``).
 2. ``random-like``: no eigenvalue above the Marchenko-Pastur spike threshold
    (``lambda_+`` plus the Tracy-Widom margin, see :mod:`spectralyzer.fit.mp`).
-3. Few outliers (at most ``FEW_SPIKES_FRACTION`` = 5% of the eigenvalues
-   above the threshold) on an MP bulk:
+3. ``bulk+spikes``: every outlier stands clear of the bulk, the smallest one
+   exceeding ``lambda_+`` by more than ``SEPARATION`` (25%) of ``lambda_+``.
+4. ``bleeding-out``: a few outliers (at most ``FEW_SPIKES_FRACTION`` = 2% of
+   the eigenvalues) leak continuously past the edge.
+5. Many outliers, no clean MP edge: ``heavy-tailed`` when the power-law
+   exponent ``alpha <= 4`` (Martin & Mahoney's moderately and very
+   heavy-tailed classes), else ``bulk-decay`` (weakly heavy-tailed: the bulk
+   edge decays into a tail; alpha > 4 or no fit).
 
-   - ``bulk+spikes`` when every outlier stands clear of the bulk: the smallest
-     one exceeds ``lambda_+`` by more than ``SEPARATION`` (25%) of ``lambda_+``;
-   - ``bleeding-out`` otherwise: outliers leak continuously past the edge.
-4. Many outliers (no MP bulk left): ``heavy-tailed`` when the power-law
-   exponent ``alpha <= 4`` (Martin & Mahoney's moderately/very heavy-tailed
-   classes), else ``bulk-decay`` (weakly heavy-tailed, alpha > 4 or no fit).
+The thresholds were set on matrices built to show each phase
+(``tests/test_analyze.py``): Gaussian (random-like), Gaussian plus spikes just
+past / far past the BBP threshold (bleeding-out / bulk+spikes), Gaussian with
+column scales ``j^-0.15`` (bulk-decay), Pareto entries of tail index 1.5
+(heavy-tailed), a product of thin factors (rank-collapse).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ PHASES = (
     "rank-collapse",
 )
 RANK_COLLAPSE_FRACTION = 0.10
-FEW_SPIKES_FRACTION = 0.05
+FEW_SPIKES_FRACTION = 0.02
 SEPARATION = 0.25
 HEAVY_TAIL_MAX_ALPHA = 4.0
 
@@ -48,10 +53,11 @@ def classify_phase(evals: np.ndarray, mp: MPFit, alpha: float, rank_loss: int) -
         return "rank-collapse"
     if mp.num_spikes == 0:
         return "random-like"
+    smallest_spike = evals[total - mp.num_spikes]
+    if smallest_spike > (1 + SEPARATION) * mp.lambda_plus:
+        return "bulk+spikes"
     if mp.num_spikes <= FEW_SPIKES_FRACTION * total:
-        smallest_spike = evals[total - mp.num_spikes]
-        separated = smallest_spike > (1 + SEPARATION) * mp.lambda_plus
-        return "bulk+spikes" if separated else "bleeding-out"
+        return "bleeding-out"
     if math.isfinite(alpha) and alpha <= HEAVY_TAIL_MAX_ALPHA:
         return "heavy-tailed"
     return "bulk-decay"

@@ -15,7 +15,9 @@ class MemoryCheckpoint(Checkpoint):
 
     format = "in-memory"
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor] | torch.nn.Module, label: str = "<memory>"):
+    def __init__(
+        self, tensors: Mapping[str, torch.Tensor] | torch.nn.Module, label: str = "<memory>"
+    ):
         super().__init__(Path(label))
         if isinstance(tensors, torch.nn.Module):
             tensors = tensors.state_dict()

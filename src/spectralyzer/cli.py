@@ -1,0 +1,205 @@
+"""The ``spectralyzer`` command line: thin click commands over the library.
+
+User mistakes (bad files, bad options) print one line on stderr and exit 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .demo import demo_model_path
+from .engine import DEVICES
+from .errors import SpectralyzerError
+from .layers import CONV_MODES, LAYER_TYPES, Selection
+from .pipeline import AnalysisOptions, run_analysis
+from .tables import FORMATS, render
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"spectralyzer: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected errors into one line on stderr with exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (SpectralyzerError, ValueError, OSError) as err:
+            if debug:
+                raise
+            _fail(str(err) or type(err).__name__)
+        except KeyboardInterrupt:
+            _fail("interrupted; no report was written", 130)
+
+    return click.option("--debug", is_flag=True, help="Show tracebacks.")(wrapper)
+
+
+def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options shared by every command that analyses checkpoints."""
+    options = [
+        click.option(
+            "--layers",
+            "include",
+            metavar="REGEX",
+            help="Analyse only parameters whose name matches.",
+        ),
+        click.option("--exclude", metavar="REGEX", help="Skip parameters whose name matches."),
+        click.option(
+            "--types",
+            metavar="LIST",
+            help=f"Comma-separated layer types to analyse ({', '.join(LAYER_TYPES)}).",
+        ),
+        click.option(
+            "--min-evals",
+            default=8,
+            show_default=True,
+            help="Skip matrices with fewer eigenvalues.",
+        ),
+        click.option(
+            "--max-evals",
+            default=16384,
+            show_default=True,
+            help="Skip matrices with more eigenvalues (0: no cap).",
+        ),
+        click.option(
+            "--conv-mode",
+            type=click.Choice(CONV_MODES),
+            default="slices",
+            show_default=True,
+            help="Conv kernels: one (out, in) matrix per kernel position pooled, or one unfolded (out, in*k) matrix.",
+        ),
+        click.option(
+            "--randomize/--no-randomize",
+            default=False,
+            help="Also check each matrix for correlation traps against a randomised copy.",
+        ),
+        click.option("--seed", default=0, show_default=True, help="Seed of the randomisation."),
+        click.option(
+            "--normalize",
+            is_flag=True,
+            help="Divide eigenvalues by N (default: eigenvalues of W^T W).",
+        ),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+        click.option(
+            "--trust-pickle",
+            is_flag=True,
+            help="Allow pickles that run code when loaded (full pickled models). Only for files you trust.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def build_options(
+    include: str | None,
+    exclude: str | None,
+    types: str | None,
+    min_evals: int,
+    max_evals: int,
+    conv_mode: str,
+    randomize: bool,
+    seed: int,
+    normalize: bool,
+    device: str,
+    trust_pickle: bool,
+) -> AnalysisOptions:
+    """AnalysisOptions from the values of :func:`analysis_options`."""
+    type_list = tuple(t.strip() for t in types.split(",") if t.strip()) if types else None
+    unknown = set(type_list or ()) - set(LAYER_TYPES)
+    if unknown:
+        raise click.BadParameter(
+            f"unknown layer type(s) {sorted(unknown)}; choose from {', '.join(LAYER_TYPES)}"
+        )
+    if min_evals < 1:
+        raise click.BadParameter("--min-evals must be at least 1")
+    selection = Selection(include, exclude, type_list, min_evals, max_evals or None, conv_mode)
+    return AnalysisOptions(selection, randomize, seed, normalize, device, trust_pickle)
+
+
+@contextmanager
+def progress_bar(quiet: bool):
+    """Yields (on_plan, advance) callbacks drawing a bar on stderr when it is a terminal."""
+    state: dict[str, Any] = {}
+    show = not quiet and sys.stderr.isatty()
+
+    def on_plan(total: int) -> None:
+        if show:
+            state["bar"] = click.progressbar(
+                length=total, label="layers", file=sys.stderr, show_eta=True
+            )
+            state["bar"].__enter__()
+
+    def advance(n: int) -> None:
+        if "bar" in state:
+            state["bar"].update(n)
+
+    try:
+        yield on_plan, advance
+    finally:
+        if "bar" in state:
+            state["bar"].__exit__(None, None, None)
+
+
+def write_output(text: str, output: str | None, inputs: list[Path]) -> None:
+    """Write to stdout, or atomically to a file (temporary file, then rename)."""
+    if output is None or output == "-":
+        click.echo(text, nl=False)
+        return
+    target = Path(output)
+    if any(target.exists() and target.resolve() == p.resolve() for p in inputs):
+        raise SpectralyzerError(f"{output}: refusing to overwrite an input file")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="spectralyzer")
+def main() -> None:
+    """Judge trained neural networks from their weights alone (heavy-tailed spectral analysis)."""
+
+
+@main.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--demo", is_flag=True, help="Analyse the built-in demo model (all-MiniLM-L6-v2).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("-o", "--output", metavar="FILE", help="Write the report here instead of stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@analysis_options
+@handle_errors
+def analyze(
+    model: Path | None, demo: bool, fmt: str, output: str | None, quiet: bool, **opts: Any
+) -> None:
+    """Per-layer spectral quality of a checkpoint (file or Hugging Face folder)."""
+    if demo == (model is not None):
+        raise click.UsageError("give either MODEL or --demo")
+    path = demo_model_path() if demo else model
+    options = build_options(**opts)
+    with progress_bar(quiet) as (on_plan, advance):
+        result = run_analysis(path, options, on_plan=on_plan, progress=advance)
+    write_output(render(fmt, result.details, result.summary), output, [Path(path)])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,226 @@
+"""One layer's ESD (and randomised ESD) -> one row of metrics (THEORY.md section 3).
+
+All metrics are computed on the ESD as given (eigenvalues of ``W^T W``, not
+divided by N, unless the caller normalised it).  ``log`` is base 10.
+
+=====================  =====================================================
+alpha, xmin, xmax, D,  continuous power-law fit of the tail (Clauset et al. 2009),
+sigma, n_tail          sigma = (alpha - 1) / sqrt(n_tail)
+alpha_weighted         ``alpha * log10(lambda_max)`` (alpha-hat)
+log_norm               ``log10(sum lambda_i)`` = log10 ||W||_F^2
+log_spectral_norm      ``log10(lambda_max)`` = log10 ||W||_2^2
+log_alpha_norm         ``log10(sum lambda_i^alpha)`` (Schatten alpha-norm)
+stable_rank            ``sum lambda_i / lambda_max``
+entropy                ``-sum p_i ln p_i / ln R``, ``p_i = lambda_i / sum lambda``
+                       over the R non-zero eigenvalues (0 when R = 1)
+rank_loss              eigenvalues at or below the numerical-zero tolerance
+sigma_mp, lambda_plus, Marchenko-Pastur fit (:mod:`spectralyzer.fit.mp`)
+num_spikes, mp_softrank
+num_traps              spikes of the randomised ESD (correlation traps)
+rand_distance          Kolmogorov-Smirnov distance between the ESD and the
+                       randomised ESD (scale-free, in [0, 1])
+=====================  =====================================================
+
+Numerical zero: ``lambda <= lambda_max * max(10 M eps64, eps_dtype^2)``, i.e. the
+float64 Gram rounding floor, or a singular value below ``eps`` of the stored
+dtype times the largest (bfloat16 weights cannot resolve smaller ones).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.special import logsumexp
+
+from .engine import ESD, LayerSpectra
+from .fit.mp import MPFit, fit_mp
+from .fit.phases import classify_phase
+from .fit.powerlaw import PowerLawFit, fit_power_law
+
+ALPHA_UNDER_TRAINED = 6.0  # alpha above: under-trained / random-like (THEORY.md section 3)
+ALPHA_OVER_TRAINED = 2.0  # alpha below: over-trained, very heavy-tailed
+FEW_EVALS = 50  # below this many eigenvalues the alpha estimator is biased (Clauset et al. 3.3)
+_EPS64 = float(np.finfo(np.float64).eps)
+
+WARNINGS = (
+    "nonfinite-weights",
+    "fit-failed",
+    "few-evals",
+    "over-trained",
+    "under-trained",
+    "correlation-trap",
+)
+
+
+@dataclass(frozen=True)
+class LayerMetrics:
+    """Every number spectralyzer reports for one layer; NaN where undefined."""
+
+    name: str
+    layer_type: str
+    shape: tuple[int, ...]
+    N: int
+    M: int
+    Q: float
+    num_slices: int
+    num_evals: int
+    lambda_max: float
+    alpha: float
+    alpha_weighted: float
+    xmin: float
+    xmax: float
+    D: float
+    sigma: float
+    n_tail: int
+    log_norm: float
+    log_spectral_norm: float
+    log_alpha_norm: float
+    stable_rank: float
+    entropy: float
+    rank_loss: int
+    sigma_mp: float
+    lambda_plus: float
+    num_spikes: int
+    mp_softrank: float
+    num_traps: float  # NaN when the randomised check was not run
+    rand_distance: float
+    phase: str
+    warning: str  # ";"-joined codes from WARNINGS, "" when none
+
+
+def zero_tolerance(lambda_max: float, M: int, dtype: str) -> float:
+    """Eigenvalues at or below this are numerical zeros (see module docstring)."""
+    try:
+        eps_dtype = float(torch.finfo(getattr(torch, dtype)).eps)
+    except (AttributeError, TypeError):
+        eps_dtype = _EPS64
+    return lambda_max * max(10 * M * _EPS64, eps_dtype**2)
+
+
+def norm_metrics(evals: np.ndarray, alpha: float, tol: float) -> dict[str, float]:
+    """Norm-based metrics of an ascending, non-empty ESD (formulas in the module docstring)."""
+    lam_max = float(evals[-1])
+    total = float(evals.sum())
+    positive = evals[evals > tol]
+    rank = positive.size
+    if rank > 1:
+        p = positive / positive.sum()
+        entropy = float(-(p * np.log(p)).sum() / math.log(rank))
+    else:
+        entropy = 0.0
+    if math.isfinite(alpha) and rank:
+        log_alpha_norm = float(logsumexp(alpha * np.log(positive)) / math.log(10))
+    else:
+        log_alpha_norm = math.nan
+    log = _log10
+    return {
+        "lambda_max": lam_max,
+        "log_norm": log(total),
+        "log_spectral_norm": log(lam_max),
+        "alpha_weighted": alpha * log(lam_max),
+        "log_alpha_norm": log_alpha_norm,
+        "stable_rank": total / lam_max if lam_max > 0 else math.nan,
+        "entropy": entropy,
+        "rank_loss": int(evals.size - rank),
+    }
+
+
+def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic ``sup |F_a - F_b|`` of sorted samples."""
+    grid = np.concatenate((a, b))
+    fa = np.searchsorted(a, grid, side="right") / a.size
+    fb = np.searchsorted(b, grid, side="right") / b.size
+    return float(np.abs(fa - fb).max())
+
+
+def trap_metrics(esd: ESD, randomized: ESD | None, N: int, M: int) -> tuple[float, float]:
+    """(num_traps, rand_distance): spikes of the randomised ESD, and its distance to the ESD."""
+    if randomized is None:
+        return math.nan, math.nan
+    if not randomized.finite or randomized.evals.size == 0:
+        return math.nan, math.nan
+    traps = fit_mp(randomized.evals, N, M).num_spikes
+    return float(traps), ks_distance(esd.evals, randomized.evals)
+
+
+def warnings_for(pl: PowerLawFit, num_evals: int, num_traps: float) -> list[str]:
+    """The warning codes of a layer (see WARNINGS)."""
+    codes = []
+    if pl.status != "ok":
+        codes.append("fit-failed")
+    if num_evals < FEW_EVALS:
+        codes.append("few-evals")
+    if pl.alpha < ALPHA_OVER_TRAINED:
+        codes.append("over-trained")
+    if pl.alpha > ALPHA_UNDER_TRAINED:
+        codes.append("under-trained")
+    if num_traps > 0:
+        codes.append("correlation-trap")
+    return codes
+
+
+def layer_metrics(spectra: LayerSpectra, *, scale: float = 1.0) -> LayerMetrics:
+    """All metrics of one layer; ``scale`` multiplies the eigenvalues (1/N to normalise)."""
+    spec = spectra.spec
+    base = {
+        "name": spec.name,
+        "layer_type": spec.layer_type,
+        "shape": spec.shape,
+        "N": spec.N,
+        "M": spec.M,
+        "Q": spec.N / spec.M,
+        "num_slices": spec.num_slices,
+        "num_evals": spec.num_evals,
+    }
+    if not spectra.esd.finite:
+        return _undefined(base, "nonfinite-weights")
+    evals = spectra.esd.evals * scale
+    pl = fit_power_law(evals)
+    mp = fit_mp(evals, spec.N, spec.M)
+    norms = norm_metrics(evals, pl.alpha, zero_tolerance(float(evals[-1]), spec.M, spec.dtype))
+    # trap count and KS distance are invariant to a common scale: use the raw ESDs
+    num_traps, rand_distance = trap_metrics(spectra.esd, spectra.randomized, spec.N, spec.M)
+    return LayerMetrics(
+        **base,
+        **norms,
+        alpha=pl.alpha,
+        xmin=pl.xmin,
+        xmax=pl.xmax,
+        D=pl.D,
+        sigma=pl.sigma,
+        n_tail=pl.n_tail,
+        **_mp_fields(mp),
+        num_traps=num_traps,
+        rand_distance=rand_distance,
+        phase=classify_phase(evals, mp, pl.alpha, norms["rank_loss"]),
+        warning=";".join(warnings_for(pl, spec.num_evals, num_traps)),
+    )
+
+
+def _mp_fields(mp: MPFit) -> dict[str, float]:
+    return {
+        "sigma_mp": mp.sigma_mp,
+        "lambda_plus": mp.lambda_plus,
+        "num_spikes": mp.num_spikes,
+        "mp_softrank": mp.mp_softrank,
+    }
+
+
+def _undefined(base: dict, warning: str) -> LayerMetrics:
+    """A row whose metrics are all NaN, carrying the reason in ``warning``."""
+    nan = math.nan
+    numbers = {
+        f: nan
+        for f in LayerMetrics.__dataclass_fields__
+        if f not in base and f not in ("phase", "warning", "n_tail", "rank_loss", "num_spikes")
+    }
+    return LayerMetrics(
+        **base, **numbers, n_tail=0, rank_loss=0, num_spikes=0, phase="unknown", warning=warning
+    )
+
+
+def _log10(x: float) -> float:
+    return math.log10(x) if x > 0 else math.nan

@@ -1,0 +1,150 @@
+"""The analysis pipeline: file -> tensors -> matrices -> ESDs -> metrics -> tables.
+
+``analyze()`` is the product; the CLI, reports and the CI gate are front ends.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+
+from . import __version__
+from .engine import compute_spectra, resolve_device
+from .errors import InputError
+from .io import open_checkpoint
+from .io.base import Checkpoint
+from .io.memory import MemoryCheckpoint
+from .layers import Selection, Skipped, plan
+from .metrics import layer_metrics
+from .tables import details_frame, summarize
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """Everything that changes the numbers of an analysis."""
+
+    selection: Selection = field(default_factory=Selection)
+    randomize: bool = False  # correlation-trap check on a randomised copy of each matrix
+    seed: int = 0  # seeds the randomisation
+    normalize: bool = False  # divide eigenvalues by N (default: eigenvalues of W^T W)
+    device: str = "auto"
+    trust_pickle: bool = False
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The outcome of one analysis: tables, what was skipped, and where time went."""
+
+    details: pd.DataFrame
+    summary: dict[str, Any]
+    skipped: list[Skipped]
+    timings: dict[str, float]
+
+
+Source = str | os.PathLike[str] | Mapping[str, torch.Tensor] | torch.nn.Module
+
+
+def open_source(source: Source, trust_pickle: bool = False) -> Checkpoint:
+    """A checkpoint for a path, a state dict or a module."""
+    if isinstance(source, (Mapping, torch.nn.Module)):
+        return MemoryCheckpoint(source, label=f"<{type(source).__name__}>")
+    return open_checkpoint(source, trust_pickle=trust_pickle)
+
+
+def run_analysis(
+    source: Source,
+    options: AnalysisOptions = AnalysisOptions(),  # noqa: B008 - frozen, safe default
+    *,
+    on_plan: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Analysis:
+    """Analyse every selected weight matrix of a checkpoint (path, state dict or module).
+
+    Raises :class:`InputError` for a file that cannot be read or holds no
+    analysable matrix.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    device = resolve_device(options.device)
+    with open_source(source, options.trust_pickle) as checkpoint:
+        path = checkpoint.path
+        specs, skipped = plan(checkpoint.tensors(), options.selection)
+        timings["open"] = time.perf_counter() - start
+        if not specs:
+            raise InputError(path, _nothing_to_analyse(skipped))
+        if on_plan:
+            on_plan(len(specs))
+        spectra = compute_spectra(
+            checkpoint,
+            specs,
+            conv_mode=options.selection.conv_mode,
+            device=device,
+            randomize=options.randomize,
+            seed=options.seed,
+            progress=progress,
+            timings=timings,
+        )
+        fmt = checkpoint.format
+    tic = time.perf_counter()
+    rows = [
+        layer_metrics(spectra[s.name], scale=1.0 / s.N if options.normalize else 1.0) for s in specs
+    ]
+    details = details_frame(rows)
+    timings["fits"] = time.perf_counter() - tic
+    summary = summarize(
+        details,
+        skipped,
+        model=os.fspath(path),
+        format=fmt,
+        esd="eigenvalues of W^T W / N" if options.normalize else "eigenvalues of W^T W",
+        conv_mode=options.selection.conv_mode,
+        randomized=options.randomize,
+        seed=options.seed,
+        device=device.type,
+        spectralyzer_version=__version__,
+    )
+    timings["total"] = time.perf_counter() - start
+    return Analysis(details, summary, skipped, timings)
+
+
+def analyze(
+    source: Source,
+    *,
+    layers: str | None = None,
+    exclude: str | None = None,
+    types: tuple[str, ...] | None = None,
+    min_evals: int = 8,
+    max_evals: int | None = 16384,
+    conv_mode: str = "slices",
+    randomize: bool = False,
+    seed: int = 0,
+    normalize: bool = False,
+    device: str = "auto",
+    trust_pickle: bool = False,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Per-layer metrics (one row per analysed matrix) and the model summary.
+
+    ``source`` is a checkpoint path (file or Hugging Face folder), a state dict
+    or an ``nn.Module``.
+
+    >>> details, summary = analyze("model.safetensors")  # doctest: +SKIP
+    """
+    selection = Selection(layers, exclude, types, min_evals, max_evals, conv_mode)
+    options = AnalysisOptions(selection, randomize, seed, normalize, device, trust_pickle)
+    result = run_analysis(source, options)
+    return result.details, result.summary
+
+
+def _nothing_to_analyse(skipped: list[Skipped]) -> str:
+    if not skipped:
+        return "no weight matrix to analyse (no tensor with 2 or more dimensions matched)"
+    first = skipped[0]
+    return (
+        f"no analysable weight matrix ({len(skipped)} skipped; e.g. {first.name}: {first.reason})"
+    )

@@ -1,0 +1,176 @@
+"""Per-layer rows -> DataFrame, model summary, and the output formats.
+
+JSON is one object ``{"layers": [...], "summary": {...}}``; each layer object is
+keyed by the columns of :class:`spectralyzer.metrics.LayerMetrics`.  NaN is
+written as ``null``.  These names are a stable interface.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .layers import Skipped
+from .metrics import WARNINGS, LayerMetrics
+
+FORMATS = ("table", "csv", "json", "markdown")
+# model-level averages over analysed layers with a finite value
+SUMMARY_MEANS = (
+    "alpha",
+    "alpha_weighted",
+    "log_norm",
+    "log_spectral_norm",
+    "log_alpha_norm",
+    "stable_rank",
+    "entropy",
+    "mp_softrank",
+)
+TABLE_COLUMNS = (
+    "name",
+    "layer_type",
+    "shape",
+    "alpha",
+    "alpha_weighted",
+    "log_norm",
+    "log_spectral_norm",
+    "stable_rank",
+    "num_spikes",
+    "num_traps",
+    "phase",
+    "warning",
+)
+
+
+def details_frame(rows: Sequence[LayerMetrics]) -> pd.DataFrame:
+    """One row per analysed matrix, columns as in LayerMetrics."""
+    columns = list(LayerMetrics.__dataclass_fields__)
+    return pd.DataFrame([asdict(r) for r in rows], columns=columns)
+
+
+def summarize(details: pd.DataFrame, skipped: Sequence[Skipped], **context: Any) -> dict[str, Any]:
+    """Model-level summary: means of SUMMARY_MEANS, counts of layers, warnings and phases.
+
+    A layer whose alpha is NaN (fit failed, non-finite weights) is left out of
+    every mean and counted in ``num_fit_failed``.
+    """
+    summary: dict[str, Any] = dict(context)
+    summary["num_layers"] = int(len(details))
+    summary["num_skipped"] = len(skipped)
+    fitted = details[np.isfinite(details["alpha"].to_numpy(dtype=float))]
+    summary["num_fit_failed"] = int(len(details) - len(fitted))
+    for column in SUMMARY_MEANS:
+        values = fitted[column].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        summary[column] = float(values.mean()) if values.size else math.nan
+    codes = Counter(c for w in details["warning"] for c in w.split(";") if c)
+    summary["warnings"] = {code: codes.get(code, 0) for code in WARNINGS}
+    summary["phases"] = dict(Counter(details["phase"]))
+    traps = details["num_traps"].to_numpy(dtype=float)
+    summary["num_traps"] = int(np.nansum(traps)) if np.isfinite(traps).any() else None
+    summary["skipped"] = [
+        {"name": s.name, "shape": list(s.shape), "reason": s.reason} for s in skipped
+    ]
+    return summary
+
+
+def to_json(details: pd.DataFrame, summary: dict[str, Any]) -> str:
+    """``{"layers": [...], "summary": {...}}`` with NaN as null."""
+    layers = [_clean(r) for r in details.to_dict(orient="records")]
+    return json.dumps({"layers": layers, "summary": _clean(summary)}, indent=2) + "\n"
+
+
+def to_csv(details: pd.DataFrame) -> str:
+    frame = details.assign(shape=details["shape"].map(_shape_text))
+    return frame.to_csv(index=False, float_format="%.10g")
+
+
+def to_markdown(details: pd.DataFrame, summary: dict[str, Any]) -> str:
+    """A GitHub-flavoured Markdown table of the main columns plus the summary."""
+    frame = _display_frame(details)
+    lines = [
+        "| " + " | ".join(frame.columns) + " |",
+        "|" + "|".join("---" for _ in frame.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return (
+        "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in summary_lines(summary)) + "\n"
+    )
+
+
+def to_table(details: pd.DataFrame, summary: dict[str, Any]) -> str:
+    """Plain-text table for a terminal."""
+    frame = _display_frame(details)
+    body = frame.to_string(index=False) if len(frame) else "(no layers)"
+    return body + "\n\n" + "\n".join(summary_lines(summary)) + "\n"
+
+
+def render(fmt: str, details: pd.DataFrame, summary: dict[str, Any]) -> str:
+    if fmt == "json":
+        return to_json(details, summary)
+    if fmt == "csv":
+        return to_csv(details)
+    if fmt == "markdown":
+        return to_markdown(details, summary)
+    if fmt == "table":
+        return to_table(details, summary)
+    raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """Human-readable lines of the model summary."""
+    lines = [
+        f"model: {summary.get('model', '?')} ({summary.get('format', '?')})",
+        f"layers analysed: {summary['num_layers']}, skipped: {summary['num_skipped']}, "
+        f"fit failed (left out of means): {summary['num_fit_failed']}",
+    ]
+    lines.append(
+        "means: " + ", ".join(f"{k} {_fmt(summary[k])}" for k in SUMMARY_MEANS if k in summary)
+    )
+    warnings = {k: v for k, v in summary["warnings"].items() if v}
+    lines.append("warnings: " + (", ".join(f"{k} {v}" for k, v in warnings.items()) or "none"))
+    lines.append("phases: " + ", ".join(f"{k} {v}" for k, v in summary["phases"].items()))
+    if summary.get("num_traps") is not None:
+        lines.append(f"correlation traps: {summary['num_traps']}")
+    return lines
+
+
+def _display_frame(details: pd.DataFrame) -> pd.DataFrame:
+    columns = [c for c in TABLE_COLUMNS if c in details]
+    if details["num_traps"].isna().all():
+        columns.remove("num_traps")
+    frame = details[columns].copy()
+    frame["shape"] = frame["shape"].map(_shape_text)
+    for column in frame.columns:
+        if frame[column].dtype.kind == "f":
+            frame[column] = frame[column].map(_fmt)
+    return frame
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return "nan" if math.isnan(x) else f"{x:.3f}"
+    return str(x)
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN/Inf -> None, numpy scalars -> Python, tuples -> lists."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

