@@ -4,11 +4,10 @@ import torch
 
 from helpers import esd
 from spectralyzer.engine import (
+    Shuffler,
     compute_spectra,
     gram_eigenvalues,
-    layer_generator,
     resolve_device,
-    shuffle_entries,
 )
 from spectralyzer.io.memory import MemoryCheckpoint
 from spectralyzer.layers import Selection, plan
@@ -83,10 +82,12 @@ def test_randomized_spectra_are_seeded_and_keep_the_frobenius_norm():
         np.testing.assert_allclose(r1.sum(), one[name].esd.evals.sum(), rtol=1e-5)
 
 
-def test_shuffle_entries_is_a_seeded_permutation():
+def test_shuffler_is_a_seeded_permutation_per_shape():
     x = torch.arange(24.0).reshape(2, 4, 3)
-    y = shuffle_entries(x, layer_generator("layer", 0))
-    assert torch.equal(y, shuffle_entries(x, layer_generator("layer", 0)))
+    y = Shuffler(0)(x)
+    assert torch.equal(y, Shuffler(0)(x))
+    assert not torch.equal(y, Shuffler(1)(x))
+    assert not torch.equal(Shuffler(0)(x.reshape(1, 8, 3)).reshape(2, 4, 3), y)
     assert not torch.equal(x, y)
     assert torch.equal(torch.sort(y.reshape(-1)).values, x.reshape(-1))
 
@@ -107,3 +108,15 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_spectra_match_cpu():
+    tensors = _checkpoint()
+    specs, cpu = _spectra(tensors, randomize=True, seed=2)
+    _, gpu = _spectra(tensors, randomize=True, seed=2, device=torch.device("cuda"))
+    for spec in specs:
+        np.testing.assert_allclose(gpu[spec.name].esd.evals, cpu[spec.name].esd.evals, rtol=1e-9)
+        np.testing.assert_allclose(
+            gpu[spec.name].randomized.evals, cpu[spec.name].randomized.evals, rtol=1e-3, atol=1e-4
+        )

@@ -25,6 +25,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from math import prod
 
 import numpy as np
 import torch
@@ -74,20 +75,33 @@ def gram_eigenvalues(stack: torch.Tensor, dtype: torch.dtype = torch.float64) ->
     return torch.linalg.eigvalsh(gram).clamp_min_(0)
 
 
-def layer_generator(name: str, seed: int) -> torch.Generator:
-    """A generator seeded by ``seed`` and the layer name: results do not depend on
-    batching or on the order of layers."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+class Shuffler:
+    """Uniformly random permutations of matrix entries, one per stack shape, seeded.
 
-
-def shuffle_entries(stack: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The matrices of a ``(B, N, M)`` stack with all their entries in a uniformly random order.
-
-    One permutation of all ``B N M`` entries of the layer (slices included), so the
-    result has the entry distribution of ``W`` and none of its structure.
+    A layer's randomised copy is its entries in the order of a uniform random
+    permutation drawn from ``seed`` and the layer's ``(slices, N, M)`` shape, so
+    it does not depend on batching, on the order of layers or on other layers.
+    Layers of one shape share the permutation: each copy is still uniformly
+    shuffled (its ESD has the same distribution as with a fresh permutation),
+    and a model's many same-shaped layers cost one permutation instead of one
+    each -- drawing a permutation is the expensive part.
     """
-    order = torch.randperm(stack.numel(), generator=generator, device="cpu")
-    return stack.reshape(-1)[order.to(stack.device)].reshape(stack.shape)
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._orders: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def order(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if shape not in self._orders:
+            key = zlib.crc32(repr(tuple(shape)).encode())
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + key) % 2**63)
+            self._orders[shape] = torch.randperm(prod(shape), generator=generator)
+        return self._orders[shape]
+
+    def __call__(self, stack: torch.Tensor) -> torch.Tensor:
+        """The stack with its entries permuted (one permutation across its slices)."""
+        order = self.order(tuple(stack.shape)).to(stack.device)
+        return stack.reshape(-1)[order].reshape(stack.shape)
 
 
 def _batches(specs: list[LayerSpec], batch_elements: int) -> Iterable[list[LayerSpec]]:
@@ -142,6 +156,7 @@ def compute_spectra(
     """
     device = device or torch.device("cpu")
     clock = _Clock(timings)
+    shuffle = Shuffler(seed)
     result: dict[str, LayerSpectra] = {}
     for batch in _batches(specs, batch_elements):
         stacks, finite = [], []
@@ -156,11 +171,7 @@ def compute_spectra(
         clock.lap("eigenvalues")
         rands: list[ESD | None] = [None] * len(batch)
         if randomize:
-            shuffled = [
-                shuffle_entries(s, layer_generator(spec.name, seed))
-                for s, spec in zip(stacks, batch, strict=True)
-            ]
-            block = _concat(shuffled).to(device)
+            block = _concat([shuffle(s) for s in stacks]).to(device)
             rands = list(_split(gram_eigenvalues(block, torch.float32), batch, finite))
             clock.lap("randomize")
         del stacks, block
