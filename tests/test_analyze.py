@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,3 +180,31 @@ def test_minilm_esd_matches_numpy(minilm):
     lam = esd(w)
     assert row["lambda_max"] == pytest.approx(lam[-1], rel=1e-10)
     assert row["log_norm"] == pytest.approx(np.log10(lam.sum()), rel=1e-10)
+
+
+def _package_file(package, *parts):
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        pytest.skip(f"{package} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)), *parts)
+
+
+def test_real_conv_net_facenet_onet():
+    details, summary = spectralyzer.analyze(_package_file("facenet_pytorch", "data", "onet.pt"))
+    rows = details.set_index("name")
+    assert rows.loc["conv3.weight", "layer_type"] == "conv2d"
+    assert rows.loc["conv3.weight", "num_evals"] == 9 * 64  # 3x3 kernel positions of 64x64
+    assert rows.loc["conv4.weight", "num_evals"] == 4 * 64  # Conv2d(64, 128, 2): N=128, M=64
+    assert rows.loc["dense5.weight", "M"] == 256
+    assert np.isfinite(rows["alpha"]).all()
+    assert "conv1.weight" in {s["name"] for s in summary["skipped"]}  # 3 input channels < 8
+
+
+def test_real_recurrent_net_silero_torchscript():
+    details, _ = spectralyzer.analyze(_package_file("silero_vad", "data", "silero_vad.jit"))
+    rows = details.set_index("name")
+    assert rows.loc["_model.decoder.rnn.weight_hh", "layer_type"] == "lstm"
+    assert rows.loc["_model.encoder.0.reparam_conv.weight", "layer_type"] == "conv1d"
+    assert np.isfinite(details["alpha"]).all()

@@ -20,6 +20,7 @@ def info(name, shape, dtype="float32"):
         ("lstm.weight_ih_l0", (512, 64), "lstm"),
         ("lstm.weight_hh_l0", (512, 128), "lstm"),
         ("gru.weight_hh_l1_reverse", (384, 128), "gru"),
+        ("decoder.rnn.weight_hh", (512, 128), "lstm"),  # nn.LSTMCell
         ("conv1.weight", (64, 3, 7), "conv1d"),
         ("features.0.weight", (64, 3, 3, 3), "conv2d"),
         ("c3d.weight", (8, 4, 3, 3, 3), "conv3d"),

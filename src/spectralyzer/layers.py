@@ -59,7 +59,7 @@ _FLOAT_DTYPES = {
 }
 _EMBEDDING = re.compile(r"(embed|(^|\.)wte\.|(^|\.)wpe\.|(^|\.)shared\.weight$)", re.IGNORECASE)
 _GPT2_CONV1D = re.compile(r"(^|\.)(c_attn|c_proj|c_fc|q_attn)\.weight$")
-_RECURRENT = re.compile(r"(^|\.)weight_(ih|hh)_l\d+(_reverse)?$")
+_RECURRENT = re.compile(r"(^|\.)weight_(ih|hh)(_l\d+)?(_reverse)?$")  # nn.LSTM/GRU/RNN and *Cell
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,8 @@ def _display_frame(details: pd.DataFrame) -> pd.DataFrame:
         columns.remove("num_traps")
     frame = details[columns].copy()
     frame["shape"] = frame["shape"].map(_shape_text)
+    if "num_traps" in frame:  # a count, float only because it is NaN when not randomised
+        frame["num_traps"] = frame["num_traps"].astype("Int64")
     for column in frame.columns:
         if frame[column].dtype.kind == "f":
             frame[column] = frame[column].map(_fmt)
