@@ -24,6 +24,7 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from math import prod
 
@@ -68,16 +69,30 @@ def gram_eigenvalues(stack: torch.Tensor, dtype: torch.dtype = torch.float64) ->
     """Eigenvalues of ``W^T W`` for a ``(B, N, M)`` stack, ascending, clipped at 0.
 
     Rounding can make eigenvalues of a positive semi-definite Gram matrix
-    slightly negative; they are set to 0.  On the CPU, numpy's LAPACK
-    ``syevd`` is used: it is about 25% faster here than torch's for M ~ 400.
+    slightly negative; they are set to 0.
     """
     x = stack.to(dtype)
     gram = x.mT @ x
-    if gram.device.type == "cpu":
-        evals = torch.from_numpy(np.linalg.eigvalsh(gram.numpy()))
-    else:
-        evals = torch.linalg.eigvalsh(gram)
-    return evals.clamp_min_(0)
+    if gram.device.type != "cpu" or gram.shape[0] == 1:
+        return torch.linalg.eigvalsh(gram).clamp_min_(0)
+    # LAPACK's eigensolver gains little from threads on one matrix of a few
+    # hundred rows: give each CPU thread a share of the batch instead
+    # (1.8x faster on 2 cores for a batch of 384 x 384 matrices)
+    chunks = gram.chunk(torch.get_num_threads())
+    return torch.cat(_one_thread_each(torch.linalg.eigvalsh, chunks)).clamp_min_(0)
+
+
+def _one_thread_each(fn: Callable[[torch.Tensor], torch.Tensor], items: list) -> list:
+    """``[fn(item) for item in items]`` on a pool of threads, torch intra-op threads set to 1."""
+    if len(items) < 2:
+        return [fn(item) for item in items]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(items)) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Shuffler:
