@@ -208,3 +208,27 @@ def test_real_recurrent_net_silero_torchscript():
     assert rows.loc["_model.decoder.rnn.weight_hh", "layer_type"] == "lstm"
     assert rows.loc["_model.encoder.0.reparam_conv.weight", "layer_type"] == "conv1d"
     assert np.isfinite(details["alpha"]).all()
+
+
+def test_minilm_agrees_with_weightwatcher_reference(minilm):
+    """weightwatcher 0.7.7 on the same checkpoint (bench/weightwatcher_reference.py made the CSV)."""
+    import pandas as pd
+
+    details, _ = minilm
+    reference = pd.read_csv(Path(__file__).parent / "data" / "weightwatcher_0.7.7_minilm.csv")
+    ours = details.set_index("name").loc[reference["name"]]
+    assert len(reference) == len(details) == 39
+    np.testing.assert_array_equal(ours["N"], reference["N"])
+    np.testing.assert_array_equal(ours["M"], reference["M"])
+    for column in (
+        "alpha",
+        "xmin",
+        "D",
+        "log_spectral_norm",
+        "alpha_weighted",
+        "log_norm",
+        "log_alpha_norm",
+        "stable_rank",
+    ):
+        np.testing.assert_allclose(ours[column], reference[column], rtol=1e-6, err_msg=column)
+    np.testing.assert_array_equal(ours["n_tail"], reference["num_pl_spikes"])

@@ -13,6 +13,9 @@ The randomised copies used for the correlation-trap check only need to be
 compared with a Marchenko-Pastur edge known to a few percent, so they are
 computed in float32 (relative error about ``M * 1e-7`` of ``lambda_max``).
 
+Threads: on the CPU, the eigensolver runs one share of a batch per thread
+with torch's intra-op threads set to 1 for that call (restored afterwards).
+
 Memory: tensors are loaded one at a time; a batch holds at most
 ``batch_elements`` matrix entries (one tensor more when a single tensor is
 larger), so peak memory is bounded by the largest layer, not the model.
@@ -105,6 +108,9 @@ class Shuffler:
     shuffled (its ESD has the same distribution as with a fresh permutation),
     and a model's many same-shaped layers cost one permutation instead of one
     each (drawing a permutation costs more than the eigenvalues of the matrix).
+    Cheaper structured shuffles (independent cyclic shifts of rows and columns)
+    were measured and rejected: on matrices with sorted or one-signed entries
+    their ESDs differ from a uniform permutation's (KS distance up to 0.2).
     """
 
     def __init__(self, seed: int) -> None:
