@@ -117,6 +117,8 @@ def test_refuses_to_overwrite_its_input(model):
 def test_bad_option_values(model):
     assert run("analyze", model, "--types", "transformer").exit_code == 2
     assert run("analyze").exit_code == 2  # neither MODEL nor --demo
+    bad_regex = run("analyze", model, "--layers", "(")
+    assert bad_regex.exit_code == 2 and "regular expression" in bad_regex.output
 
 
 def test_console_script_runs_demo():

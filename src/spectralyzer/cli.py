@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -127,6 +128,13 @@ def build_options(
         )
     if min_evals < 1:
         raise click.BadParameter("--min-evals must be at least 1")
+    for flag, pattern in (("--layers", include), ("--exclude", exclude)):
+        try:
+            re.compile(pattern or "")
+        except re.error as err:
+            raise click.BadParameter(
+                f"{flag} {pattern!r} is not a valid regular expression: {err}"
+            ) from None
     selection = Selection(include, exclude, type_list, min_evals, max_evals or None, conv_mode)
     return AnalysisOptions(selection, randomize, seed, normalize, device, trust_pickle)
 

@@ -7,27 +7,21 @@ from pathlib import Path
 
 import torch
 
-from .base import Checkpoint, TensorInfo
+from ._common import TensorDictCheckpoint
 
 
-class MemoryCheckpoint(Checkpoint):
-    """Wraps a mapping of names to tensors (or a module's ``state_dict()``)."""
+class MemoryCheckpoint(TensorDictCheckpoint):
+    """Wraps a mapping of names to tensors (or a module's ``state_dict()``); non-tensors are ignored."""
 
     format = "in-memory"
 
     def __init__(
         self, tensors: Mapping[str, torch.Tensor] | torch.nn.Module, label: str = "<memory>"
-    ):
+    ) -> None:
         super().__init__(Path(label))
         if isinstance(tensors, torch.nn.Module):
             tensors = tensors.state_dict()
         self._tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
 
-    def tensors(self) -> list[TensorInfo]:
-        return [
-            TensorInfo(name, tuple(t.shape), str(t.dtype).removeprefix("torch."))
-            for name, t in self._tensors.items()
-        ]
-
     def load(self, name: str) -> torch.Tensor:
-        return self._tensors[name].detach().cpu()
+        return super().load(name).cpu()
