@@ -232,3 +232,33 @@ def test_minilm_agrees_with_weightwatcher_reference(minilm):
     ):
         np.testing.assert_allclose(ours[column], reference[column], rtol=1e-6, err_msg=column)
     np.testing.assert_array_equal(ours["n_tail"], reference["num_pl_spikes"])
+
+
+def test_odd_but_valid_weights_are_analysed_or_skipped_with_a_reason():
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "zeros.weight": torch.zeros(64, 32),
+        "rank1.weight": torch.outer(torch.randn(64, generator=g), torch.randn(32, generator=g)),
+        "const.weight": torch.ones(64, 32),
+        "row.weight": torch.randn(1, 300, generator=g),
+        "bool.weight": torch.ones(64, 32, dtype=torch.bool),
+        "int.weight": torch.ones(64, 32, dtype=torch.int32),
+        "bf16.weight": torch.randn(64, 32, generator=g).bfloat16(),
+        "f8.weight": torch.randn(64, 32, generator=g).to(torch.float8_e4m3fn),
+        "aspect.weight": torch.randn(20000, 8, generator=g),
+    }
+    details, summary = spectralyzer.analyze(tensors, randomize=True)
+    rows = details.set_index("name")
+    for name in ("zeros.weight", "rank1.weight", "const.weight"):
+        assert rows.loc[name, "phase"] == "rank-collapse", name
+        assert "fit-failed" in rows.loc[name, "warning"]
+        assert rows.loc[name, "num_spikes"] == 0 and rows.loc[name, "num_traps"] == 0
+    assert rows.loc["rank1.weight", "rank_loss"] == 31
+    for name in ("bf16.weight", "f8.weight", "aspect.weight"):
+        assert np.isfinite(rows.loc[name, "alpha"]), name
+    # an upcast float8 matrix has the ESD of its float32 values
+    f8 = tensors["f8.weight"].float().double().numpy()
+    assert rows.loc["f8.weight", "lambda_max"] == pytest.approx(esd(f8)[-1], rel=1e-10)
+    reasons = {s["name"]: s["reason"] for s in summary["skipped"]}
+    assert set(reasons) == {"row.weight", "bool.weight", "int.weight"}
+    assert "--min-evals" in reasons["row.weight"] and "bool" in reasons["bool.weight"]

@@ -44,6 +44,7 @@ ALPHA_UNDER_TRAINED = 6.0  # alpha above: under-trained / random-like (THEORY.md
 ALPHA_OVER_TRAINED = 2.0  # alpha below: over-trained, very heavy-tailed
 FEW_EVALS = 50  # below this many eigenvalues the alpha estimator is biased (Clauset et al. 3.3)
 _EPS64 = float(np.finfo(np.float64).eps)
+_EPS32 = float(np.finfo(np.float32).eps)
 
 WARNINGS = (
     "nonfinite-weights",
@@ -137,12 +138,17 @@ def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def trap_metrics(esd: ESD, randomized: ESD | None, N: int, M: int) -> tuple[float, float]:
-    """(num_traps, rand_distance): spikes of the randomised ESD, and its distance to the ESD."""
+    """(num_traps, rand_distance): spikes of the randomised ESD, and its distance to the ESD.
+
+    The randomised ESD is computed in float32 (see :mod:`spectralyzer.engine`), so
+    its numerical zeros are those below ``10 M eps32 lambda_max``.
+    """
     if randomized is None:
         return math.nan, math.nan
     if not randomized.finite or randomized.evals.size == 0:
         return math.nan, math.nan
-    traps = fit_mp(randomized.evals, N, M).num_spikes
+    tol = float(randomized.evals[-1]) * 10 * M * _EPS32
+    traps = fit_mp(randomized.evals, N, M, zero_tol=tol).num_spikes
     return float(traps), ks_distance(esd.evals, randomized.evals)
 
 
@@ -178,9 +184,10 @@ def layer_metrics(spectra: LayerSpectra, *, scale: float = 1.0) -> LayerMetrics:
     if not spectra.esd.finite:
         return _undefined(base, "nonfinite-weights")
     evals = spectra.esd.evals * scale
+    tol = zero_tolerance(float(evals[-1]), spec.M, spec.dtype)
     pl = fit_power_law(evals)
-    mp = fit_mp(evals, spec.N, spec.M)
-    norms = norm_metrics(evals, pl.alpha, zero_tolerance(float(evals[-1]), spec.M, spec.dtype))
+    mp = fit_mp(evals, spec.N, spec.M, zero_tol=tol)
+    norms = norm_metrics(evals, pl.alpha, tol)
     # trap count and KS distance are invariant to a common scale: use the raw ESDs
     num_traps, rand_distance = trap_metrics(spectra.esd, spectra.randomized, spec.N, spec.M)
     return LayerMetrics(

@@ -75,12 +75,25 @@ def mp_density(x: np.ndarray, sigma2: float, N: int, M: int) -> np.ndarray:
 
 
 def fit_mp(
-    evals: np.ndarray, N: int, M: int, *, t: float = TW1_QUANTILE_99, max_iter: int = 200
+    evals: np.ndarray,
+    N: int,
+    M: int,
+    *,
+    zero_tol: float = 0.0,
+    t: float = TW1_QUANTILE_99,
+    max_iter: int = 200,
 ) -> MPFit:
-    """Fit the MP bulk of an ascending ESD of ``N x M`` matrices (pooled slices allowed)."""
+    """Fit the MP bulk of an ascending ESD of ``N x M`` matrices (pooled slices allowed).
+
+    Eigenvalues at or below ``zero_tol`` are numerical zeros of a rank-deficient
+    matrix; an MP bulk with ``Q >= 1`` has none, so they are left out.
+    """
     evals = np.asarray(evals, dtype=float)
+    if not np.isfinite(evals).all():
+        return MPFit.failed()
+    evals = evals[evals > max(zero_tol, 0.0)]
     total = evals.size
-    if total == 0 or not np.isfinite(evals).all() or evals[-1] <= 0:
+    if total < 2:
         return MPFit.failed()
     csum = np.concatenate(([0.0], np.cumsum(evals)))
     k = 0

@@ -47,10 +47,10 @@ HEAVY_TAIL_MAX_ALPHA = 4.0
 def classify_phase(evals: np.ndarray, mp: MPFit, alpha: float, rank_loss: int) -> str:
     """The phase of an ascending ESD given its MP fit, power-law alpha and rank loss."""
     total = len(evals)
+    if total and rank_loss >= RANK_COLLAPSE_FRACTION * total:
+        return "rank-collapse"
     if total == 0 or not math.isfinite(mp.lambda_plus):
         return "unknown"
-    if rank_loss >= RANK_COLLAPSE_FRACTION * total:
-        return "rank-collapse"
     if mp.num_spikes == 0:
         return "random-like"
     smallest_spike = evals[total - mp.num_spikes]
