@@ -252,7 +252,9 @@ def test_odd_but_valid_weights_are_analysed_or_skipped_with_a_reason():
     for name in ("zeros.weight", "rank1.weight", "const.weight"):
         assert rows.loc[name, "phase"] == "rank-collapse", name
         assert "fit-failed" in rows.loc[name, "warning"]
-        assert rows.loc[name, "num_spikes"] == 0 and rows.loc[name, "num_traps"] == 0
+        assert rows.loc[name, "num_spikes"] == 0  # rounding noise of the zeros is no spike
+    for name in ("zeros.weight", "const.weight"):  # shuffling leaves them as they are
+        assert rows.loc[name, "num_traps"] == 0
     assert rows.loc["rank1.weight", "rank_loss"] == 31
     for name in ("bf16.weight", "f8.weight", "aspect.weight"):
         assert np.isfinite(rows.loc[name, "alpha"]), name
