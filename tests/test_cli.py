@@ -1,7 +1,12 @@
+import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -9,6 +14,7 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from spectralyzer.cli import main
+from spectralyzer.tables import FORMATS
 
 
 @pytest.fixture
@@ -131,3 +137,55 @@ def test_console_script_runs_demo():
         pytest.skip("demo package not installed")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["summary"]["num_layers"] == 39
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_interrupted_run_writes_no_report(model, tmp_path, monkeypatch, signum, code):
+    import spectralyzer.cli as cli
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the signal arrives first
+
+    monkeypatch.setattr(cli, "run_analysis", interrupted)
+    out = tmp_path / "report.json"
+    result = run("analyze", model, "--format", "json", "-o", out)
+    assert result.exit_code == code
+    assert "no report was written" in result.stderr
+    assert list(tmp_path.iterdir()) == [model]  # neither the report nor a temporary file
+
+
+def _fingerprint(root):
+    return {
+        p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_inputs_are_never_modified(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    inputs = tmp_path / "inputs"
+    (inputs / "folder").mkdir(parents=True)
+    weights = {
+        "a.weight": torch.randn(40, 20, generator=g),
+        "b.weight": torch.randn(20, 30, generator=g),
+    }
+    save_file(weights, inputs / "m.safetensors")
+    torch.save(weights, inputs / "m.pt")
+    np.savez(inputs / "m.npz", **{k: v.numpy() for k, v in weights.items()})
+    save_file(weights, inputs / "folder" / "model.safetensors")
+    before = _fingerprint(inputs)
+    for name in ("m.safetensors", "m.pt", "m.npz", "folder"):
+        for fmt in FORMATS:
+            result = run(
+                "analyze",
+                inputs / name,
+                "--format",
+                fmt,
+                "--randomize",
+                "-o",
+                tmp_path / f"out.{fmt}",
+            )
+            assert result.exit_code == 0, result.output
+    assert _fingerprint(inputs) == before

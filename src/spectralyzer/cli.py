@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -32,11 +33,25 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+class Terminated(Exception):
+    """SIGTERM arrived: stop like Ctrl-C does."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn expected errors into one line on stderr with exit code 2."""
+    """Turn expected errors into one line on stderr with exit code 2.
+
+    Ctrl-C and SIGTERM end the command with one line and exit codes 130 and
+    143; reports are written only once complete (atomically), so none is left
+    half-written.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return command(*args, **kwargs)
         except (SpectralyzerError, ValueError, OSError) as err:
@@ -45,6 +60,10 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(err) or type(err).__name__)
         except KeyboardInterrupt:
             _fail("interrupted; no report was written", 130)
+        except Terminated:
+            _fail("terminated; no report was written", 143)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return click.option("--debug", is_flag=True, help="Show tracebacks.")(wrapper)
 
