@@ -264,3 +264,17 @@ def test_odd_but_valid_weights_are_analysed_or_skipped_with_a_reason():
     reasons = {s["name"]: s["reason"] for s in summary["skipped"]}
     assert set(reasons) == {"row.weight", "bool.weight", "int.weight"}
     assert "--min-evals" in reasons["row.weight"] and "bool" in reasons["bool.weight"]
+
+
+def test_fix_fingers_clips_planted_outsized_eigenvalues():
+    # a heavy-tailed matrix plus three rank-one "fingers" far above its top eigenvalue
+    w = pareto_entries(1000, 500, mu=2.0, seed=21)
+    top = esd(w)[-1]
+    w = spiked(1000, 500, list(np.sqrt(top * np.array([30.0, 60.0, 100.0]))), sigma=0.0) + w
+    plain, _ = spectralyzer.analyze({"w.weight": as_tensor(w)})
+    fixed, summary = spectralyzer.analyze({"w.weight": as_tensor(w)}, fix_fingers=True)
+    assert plain.loc[0, "num_fingers"] == 0
+    assert fixed.loc[0, "num_fingers"] >= 3  # the planted three, and maybe the Pareto top one
+    assert fixed.loc[0, "xmax"] <= top * 1.01
+    assert fixed.loc[0, "alpha"] > plain.loc[0, "alpha"]
+    assert summary["fix_fingers"] is True

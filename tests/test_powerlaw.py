@@ -20,6 +20,7 @@ from scipy.optimize import minimize_scalar
 
 import spectralyzer.fit.powerlaw as plfit
 from spectralyzer.fit import PowerLawFit, fit_power_law
+from spectralyzer.fit.powerlaw import fit_power_law_clipped
 
 powerlaw = pytest.importorskip("powerlaw")
 
@@ -374,3 +375,21 @@ def test_properties(values):
     assert fit.alpha == pytest.approx(alpha, rel=1e-9)
     assert fit.D == pytest.approx(D, rel=1e-9, abs=1e-12)
     assert D <= min(d for _, d in scan.values()) + 1e-12
+
+
+def test_fix_fingers_clips_the_outsized_eigenvalues():
+    rng = np.random.default_rng(7)
+    alpha = 3.0
+    x = (1 - rng.uniform(size=2000)) ** (-1 / (alpha - 1))
+    fingers = x.max() * np.array([30.0, 80.0, 200.0])
+    spoilt = fit_power_law(np.concatenate([x, fingers]))
+    fixed, clipped = fit_power_law_clipped(np.concatenate([x, fingers]))
+    assert clipped == 3
+    assert fixed.xmax == pytest.approx(x.max())
+    assert abs(fixed.alpha - alpha) < abs(spoilt.alpha - alpha)
+    assert abs(fixed.alpha - alpha) < 3 * fixed.sigma
+    # a clean power law has no fingers: the plain fit stands
+    for seed in range(5):
+        clean = (1 - np.random.default_rng(seed).uniform(size=2000)) ** (-1 / (alpha - 1))
+        plain, none = fit_power_law_clipped(clean)
+        assert none == 0 and plain == fit_power_law(clean), seed

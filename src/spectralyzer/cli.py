@@ -113,6 +113,11 @@ def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
             is_flag=True,
             help="Divide eigenvalues by N (default: eigenvalues of W^T W).",
         ),
+        click.option(
+            "--fix-fingers",
+            is_flag=True,
+            help="Clip a few outsized top eigenvalues ('fingers') from the power-law fit.",
+        ),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
         click.option(
             "--trust-pickle",
@@ -135,6 +140,7 @@ def build_options(
     randomize: bool,
     seed: int,
     normalize: bool,
+    fix_fingers: bool,
     device: str,
     trust_pickle: bool,
 ) -> AnalysisOptions:
@@ -155,7 +161,15 @@ def build_options(
                 f"{flag} {pattern!r} is not a valid regular expression: {err}"
             ) from None
     selection = Selection(include, exclude, type_list, min_evals, max_evals or None, conv_mode)
-    return AnalysisOptions(selection, randomize, seed, normalize, device, trust_pickle)
+    return AnalysisOptions(
+        selection=selection,
+        randomize=randomize,
+        seed=seed,
+        normalize=normalize,
+        fix_fingers=fix_fingers,
+        device=device,
+        trust_pickle=trust_pickle,
+    )
 
 
 @contextmanager

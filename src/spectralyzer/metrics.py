@@ -6,6 +6,7 @@ divided by N, unless the caller normalised it).  ``log`` is base 10.
 =====================  =====================================================
 alpha, xmin, xmax, D,  continuous power-law fit of the tail (Clauset et al. 2009),
 sigma, n_tail          sigma = (alpha - 1) / sqrt(n_tail)
+num_fingers            top eigenvalues clipped from the fit (``fix_fingers``)
 alpha_weighted         ``alpha * log10(lambda_max)`` (alpha-hat)
 log_norm               ``log10(sum lambda_i)`` = log10 ||W||_F^2
 log_spectral_norm      ``log10(lambda_max)`` = log10 ||W||_2^2
@@ -38,7 +39,7 @@ from scipy.special import logsumexp
 from .engine import ESD, LayerSpectra
 from .fit.mp import MPFit, fit_mp
 from .fit.phases import classify_phase
-from .fit.powerlaw import PowerLawFit, fit_power_law
+from .fit.powerlaw import PowerLawFit, fit_power_law, fit_power_law_clipped
 
 ALPHA_UNDER_TRAINED = 6.0  # alpha above: under-trained / random-like (THEORY.md section 3)
 ALPHA_OVER_TRAINED = 2.0  # alpha below: over-trained, very heavy-tailed
@@ -46,6 +47,7 @@ FEW_EVALS = 50  # below this many eigenvalues the alpha estimator is biased (Cla
 _EPS64 = float(np.finfo(np.float64).eps)
 _EPS32 = float(np.finfo(np.float32).eps)
 
+COUNTS = ("n_tail", "num_fingers", "rank_loss", "num_spikes")  # integer columns, 0 when undefined
 WARNINGS = (
     "nonfinite-weights",
     "fit-failed",
@@ -76,6 +78,7 @@ class LayerMetrics:
     D: float
     sigma: float
     n_tail: int
+    num_fingers: int  # top eigenvalues clipped from the fit (--fix-fingers), else 0
     log_norm: float
     log_spectral_norm: float
     log_alpha_norm: float
@@ -168,8 +171,15 @@ def warnings_for(pl: PowerLawFit, num_evals: int, num_traps: float) -> list[str]
     return codes
 
 
-def layer_metrics(spectra: LayerSpectra, *, scale: float = 1.0) -> LayerMetrics:
-    """All metrics of one layer; ``scale`` multiplies the eigenvalues (1/N to normalise)."""
+def layer_metrics(
+    spectra: LayerSpectra, *, scale: float = 1.0, fix_fingers: bool = False
+) -> LayerMetrics:
+    """All metrics of one layer.
+
+    ``scale`` multiplies the eigenvalues (1/N to normalise); ``fix_fingers``
+    clips outsized top eigenvalues from the power-law fit
+    (:func:`spectralyzer.fit.powerlaw.fit_power_law_clipped`).
+    """
     spec = spectra.spec
     base = {
         "name": spec.name,
@@ -185,7 +195,7 @@ def layer_metrics(spectra: LayerSpectra, *, scale: float = 1.0) -> LayerMetrics:
         return _undefined(base, "nonfinite-weights")
     evals = spectra.esd.evals * scale
     tol = zero_tolerance(float(evals[-1]), spec.M, spec.dtype)
-    pl = fit_power_law(evals)
+    pl, fingers = fit_power_law_clipped(evals) if fix_fingers else (fit_power_law(evals), 0)
     mp = fit_mp(evals, spec.N, spec.M, zero_tol=tol)
     norms = norm_metrics(evals, pl.alpha, tol)
     # trap count and KS distance are invariant to a common scale: use the raw ESDs
@@ -199,6 +209,7 @@ def layer_metrics(spectra: LayerSpectra, *, scale: float = 1.0) -> LayerMetrics:
         D=pl.D,
         sigma=pl.sigma,
         n_tail=pl.n_tail,
+        num_fingers=fingers,
         **_mp_fields(mp),
         num_traps=num_traps,
         rand_distance=rand_distance,
@@ -222,10 +233,10 @@ def _undefined(base: dict, warning: str) -> LayerMetrics:
     numbers = {
         f: nan
         for f in LayerMetrics.__dataclass_fields__
-        if f not in base and f not in ("phase", "warning", "n_tail", "rank_loss", "num_spikes")
+        if f not in base and f not in COUNTS + ("phase", "warning")
     }
     return LayerMetrics(
-        **base, **numbers, n_tail=0, rank_loss=0, num_spikes=0, phase="unknown", warning=warning
+        **base, **numbers, **dict.fromkeys(COUNTS, 0), phase="unknown", warning=warning
     )
 
 

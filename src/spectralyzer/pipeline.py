@@ -33,6 +33,7 @@ class AnalysisOptions:
     randomize: bool = False  # correlation-trap check on a randomised copy of each matrix
     seed: int = 0  # seeds the randomisation
     normalize: bool = False  # divide eigenvalues by N (default: eigenvalues of W^T W)
+    fix_fingers: bool = False  # clip outsized top eigenvalues from the power-law fit
     device: str = "auto"
     trust_pickle: bool = False
 
@@ -93,7 +94,12 @@ def run_analysis(
         fmt = checkpoint.format
     tic = time.perf_counter()
     rows = [
-        layer_metrics(spectra[s.name], scale=1.0 / s.N if options.normalize else 1.0) for s in specs
+        layer_metrics(
+            spectra[s.name],
+            scale=1.0 / s.N if options.normalize else 1.0,
+            fix_fingers=options.fix_fingers,
+        )
+        for s in specs
     ]
     details = details_frame(rows)
     timings["fits"] = time.perf_counter() - tic
@@ -105,6 +111,7 @@ def run_analysis(
         esd="eigenvalues of W^T W / N" if options.normalize else "eigenvalues of W^T W",
         conv_mode=options.selection.conv_mode,
         randomized=options.randomize,
+        fix_fingers=options.fix_fingers,
         seed=options.seed,
         device=device.type,
         spectralyzer_version=__version__,
@@ -125,6 +132,7 @@ def analyze(
     randomize: bool = False,
     seed: int = 0,
     normalize: bool = False,
+    fix_fingers: bool = False,
     device: str = "auto",
     trust_pickle: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -136,7 +144,15 @@ def analyze(
     >>> details, summary = analyze("model.safetensors")  # doctest: +SKIP
     """
     selection = Selection(layers, exclude, types, min_evals, max_evals, conv_mode)
-    options = AnalysisOptions(selection, randomize, seed, normalize, device, trust_pickle)
+    options = AnalysisOptions(
+        selection=selection,
+        randomize=randomize,
+        seed=seed,
+        normalize=normalize,
+        fix_fingers=fix_fingers,
+        device=device,
+        trust_pickle=trust_pickle,
+    )
     result = run_analysis(source, options)
     return result.details, result.summary
 

@@ -356,3 +356,39 @@ def _ks_bounds(
                 upper[r0:r1] = np.maximum(np.maximum(hi, lo), lower[r0:r1])
             r0 = r1
     return lower, upper
+
+
+MAX_FINGERS = 5  # most top eigenvalues --fix-fingers may clip
+FINGER_P = 0.01  # a clipped eigenvalue must be this unlikely under the clipped fit
+
+
+def fit_power_law_clipped(
+    evals: np.ndarray,
+    *,
+    max_fingers: int = MAX_FINGERS,
+    p: float = FINGER_P,
+    xmin_floor: float = XMIN_FLOOR,
+) -> tuple[PowerLawFit, int]:
+    """The fit with the "fingers" clipped, and how many were clipped (THEORY.md section 3).
+
+    Fingers are a few outsized eigenvalues that the tail's power law does not
+    predict and that drag alpha down.  For ``k = 1 .. max_fingers`` the tail is
+    refitted without the ``k`` largest eigenvalues (``xmax`` just below them,
+    truncated power law as in :func:`fit_power_law`); they are fingers when even
+    the smallest of them is implausible under that fit: the chance that the
+    largest of ``n_tail`` draws reaches it, about
+    ``n_tail (lambda / xmin)^(1 - alpha)``, is below ``p``.  The largest such
+    ``k`` is clipped; with none, this is the plain fit and ``k = 0``.
+    """
+    x = np.sort(np.asarray(evals, dtype=np.float64))
+    best, best_k = fit_power_law(x, xmin_floor=xmin_floor), 0
+    for k in range(1, min(max_fingers, x.size - 4) + 1):
+        if not x[-k - 1] > xmin_floor:
+            break
+        fit = fit_power_law(x, xmin_floor=xmin_floor, xmax=float(x[-k - 1]))
+        if fit.status != "ok":
+            continue
+        chance = fit.n_tail * (x[-k] / fit.xmin) ** (1.0 - fit.alpha)
+        if chance < p:
+            best, best_k = fit, k
+    return best, best_k
