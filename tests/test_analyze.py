@@ -241,6 +241,7 @@ def test_odd_but_valid_weights_are_analysed_or_skipped_with_a_reason():
         "rank1.weight": torch.outer(torch.randn(64, generator=g), torch.randn(32, generator=g)),
         "const.weight": torch.ones(64, 32),
         "row.weight": torch.randn(1, 300, generator=g),
+        "col.weight": torch.randn(300, 1, generator=g),
         "bool.weight": torch.ones(64, 32, dtype=torch.bool),
         "int.weight": torch.ones(64, 32, dtype=torch.int32),
         "bf16.weight": torch.randn(64, 32, generator=g).bfloat16(),
@@ -262,7 +263,7 @@ def test_odd_but_valid_weights_are_analysed_or_skipped_with_a_reason():
     f8 = tensors["f8.weight"].float().double().numpy()
     assert rows.loc["f8.weight", "lambda_max"] == pytest.approx(esd(f8)[-1], rel=1e-10)
     reasons = {s["name"]: s["reason"] for s in summary["skipped"]}
-    assert set(reasons) == {"row.weight", "bool.weight", "int.weight"}
+    assert set(reasons) == {"row.weight", "col.weight", "bool.weight", "int.weight"}
     assert "--min-evals" in reasons["row.weight"] and "bool" in reasons["bool.weight"]
 
 

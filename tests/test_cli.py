@@ -189,3 +189,55 @@ def test_inputs_are_never_modified(tmp_path):
             )
             assert result.exit_code == 0, result.output
     assert _fingerprint(inputs) == before
+
+
+def _bad_files(folder):
+    """One file (or folder) per kind of bad input, written by the test."""
+    g = torch.Generator().manual_seed(2)
+    good = folder / "good.safetensors"
+    save_file({"w.weight": torch.randn(32, 16, generator=g)}, good)
+    data = good.read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    files = {}
+    files["empty.pt"] = b""
+    files["truncated.safetensors"] = data[:-100]
+    lying = dict(header, **{"w.weight": dict(header["w.weight"], shape=[64, 16])})
+    text = json.dumps(lying).encode()
+    files["lying.safetensors"] = len(text).to_bytes(8, "little") + text + data[8 + header_len :]
+    files["absurd.safetensors"] = (2**62).to_bytes(8, "little") + b"{" + data[9:]
+    files["nonutf8.safetensors"] = (4).to_bytes(8, "little") + b"{\xff\xfe}" + b"\0" * 64
+    bad_dtype = dict(header, **{"w.weight": dict(header["w.weight"], dtype="Q7")})
+    text = json.dumps(bad_dtype).encode()
+    files["dtype.safetensors"] = len(text).to_bytes(8, "little") + text + data[8 + header_len :]
+    import zipfile
+
+    with zipfile.ZipFile(folder / "notes.zip", "w") as archive:
+        archive.writestr("readme.txt", "not a checkpoint")
+    files["notes.pt"] = (folder / "notes.zip").read_bytes()
+    paths = []
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+        paths.append(folder / name)
+    shards = folder / "sharded"
+    shards.mkdir()
+    save_file(
+        {"w.weight": torch.randn(32, 16, generator=g)}, shards / "model-00001-of-00002.safetensors"
+    )
+    index = {
+        "weight_map": {
+            "w.weight": "model-00001-of-00002.safetensors",
+            "v.weight": "model-00002-of-00002.safetensors",
+        }
+    }
+    (shards / "model.safetensors.index.json").write_text(json.dumps(index))
+    return paths + [shards]
+
+
+def test_bad_files_give_one_line_and_exit_2(tmp_path):
+    for path in _bad_files(tmp_path):
+        result = run("analyze", path)
+        line = _error_line(result)
+        assert path.name in line, line
+        debug = run("analyze", path, "--debug")
+        assert debug.exit_code != 0 and debug.exception is not None  # --debug lets it propagate

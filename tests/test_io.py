@@ -690,6 +690,20 @@ def test_corrupt_safetensors_header_is_handled(tmp_path, valid_files, position, 
         assert "\n" not in str(err)
 
 
+@FUZZ
+@given(fraction=st.floats(0.0, 0.999), value=st.integers(0, 255))
+def test_corrupt_torch_zip_is_handled(tmp_path, valid_files, fraction, value):
+    """Any byte of a torch zip checkpoint (local headers, pickle, central directory) altered."""
+    data = bytearray(valid_files[1])
+    data[int(len(data) * fraction)] = value
+    path = tmp_path / "m.pt"
+    path.write_bytes(bytes(data))
+    try:
+        read_all(path)
+    except InputError as err:
+        assert "\n" not in str(err)
+
+
 # ----------------------------------------------------------------------------- real checkpoints
 
 

@@ -1,0 +1,329 @@
+"""Property-based checks of the analysis on random state dicts (hypothesis).
+
+Random state dicts hold 1 to 5 tensors: 2-D weights, 4-D conv kernels and 1-D
+biases, in float32/float16/bfloat16/float64, filled with Gaussian, Student-t,
+constant or mostly-zero values, sometimes with one NaN or Inf entry.  The
+properties are invariants that must hold for every input, whatever the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import spectralyzer
+from spectralyzer.engine import compute_spectra
+from spectralyzer.fit import PHASES
+from spectralyzer.io.memory import MemoryCheckpoint
+from spectralyzer.layers import CONV_MODES, Selection, plan
+from spectralyzer.tables import SUMMARY_MEANS
+
+StateDict = dict[str, torch.Tensor]
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+FILLS = ("gaussian", "student-t", "constant", "sparse")
+CLIP = 1000.0  # |entries| <= CLIP, so 16 * CLIP stays finite in float16 (max 65504)
+NAMES_2D = ("layer{i}.weight", "model.embed{i}.weight", "h.{i}.attn.c_attn.weight", "rnn.weight_hh_l{i}")
+
+# columns of a row that are counts, labels or shape facts rather than measured numbers
+STRUCTURE = ("name", "layer_type", "shape", "N", "M", "Q", "num_slices", "num_evals")
+TEXT = ("phase", "warning")
+FIT_COLUMNS = ("alpha", "alpha_weighted", "xmin", "xmax", "D", "sigma", "log_alpha_norm")
+NORM_COLUMNS = ("lambda_max", "log_norm", "log_spectral_norm", "stable_rank")
+MP_COLUMNS = ("sigma_mp", "lambda_plus", "mp_softrank")
+TRAP_COLUMNS = ("num_traps", "rand_distance")
+# metrics that do not change when every weight is multiplied by the same constant
+SCALE_FREE = ("alpha", "D", "stable_rank", "entropy", "num_spikes", "phase")
+
+SETTINGS = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def _values(fill: str, shape: tuple[int, ...], seed: int, constant: float) -> np.ndarray:
+    """Entries of one tensor, float64, |x| <= CLIP."""
+    rng = np.random.default_rng(seed)
+    if fill == "gaussian":
+        x = rng.normal(0.0, 1.0, size=shape)
+    elif fill == "student-t":
+        x = rng.standard_t(df=1.5, size=shape)
+    elif fill == "constant":
+        x = np.full(shape, constant)
+    else:  # mostly zeros: about 5% Gaussian entries
+        x = rng.normal(size=shape) * (rng.uniform(size=shape) < 0.05)
+    return np.clip(x, -CLIP, CLIP)
+
+
+@st.composite
+def tensors(draw: st.DrawFn, index: int) -> tuple[str, torch.Tensor]:
+    """One named tensor: a 2-D weight, a 4-D conv kernel or a 1-D bias."""
+    kind = draw(st.sampled_from(("2d", "2d", "conv", "bias")))
+    if kind == "2d":
+        name = draw(st.sampled_from(NAMES_2D)).format(i=index)
+        shape: tuple[int, ...] = (draw(st.integers(1, 80)), draw(st.integers(1, 80)))
+    elif kind == "conv":
+        name = f"conv{index}.weight"
+        k = draw(st.integers(1, 3))
+        shape = (draw(st.integers(1, 24)), draw(st.integers(1, 24)), k, k)
+    else:
+        name = f"layer{index}.bias"
+        shape = (draw(st.integers(1, 80)),)
+    fill = draw(st.sampled_from(FILLS))
+    constant = draw(st.sampled_from((0.0, 1.0, -0.375, 3.0, 1e-3)))
+    x = _values(fill, shape, draw(st.integers(0, 2**32 - 1)), constant)
+    poison = draw(st.sampled_from((None, None, None, None, "nan", "inf", "-inf")))
+    if poison:
+        x.reshape(-1)[draw(st.integers(0, x.size - 1))] = float(poison)
+    return name, torch.from_numpy(x).to(draw(st.sampled_from(DTYPES)))
+
+
+@st.composite
+def state_dicts(draw: st.DrawFn) -> StateDict:
+    """1 to 5 named tensors with distinct names."""
+    count = draw(st.integers(1, 5))
+    return dict(draw(tensors(i)) for i in range(count))
+
+
+def _plan(sd: StateDict, conv_mode: str = "slices") -> tuple[list, list]:
+    with MemoryCheckpoint(sd) as checkpoint:
+        return plan(checkpoint.tensors(), Selection(conv_mode=conv_mode))
+
+
+def _analyze_or_none(sd: StateDict, **kwargs: object) -> tuple[pd.DataFrame, dict] | None:
+    """``analyze(sd)``; None (after checking the error) when nothing is analysable."""
+    specs, _ = _plan(sd, str(kwargs.get("conv_mode", "slices")))
+    if not specs:
+        with pytest.raises(spectralyzer.InputError):
+            spectralyzer.analyze(sd, **kwargs)
+        return None
+    return spectralyzer.analyze(sd, **kwargs)
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and math.isfinite(float(x))
+
+
+@SETTINGS
+@given(sd=state_dicts(), randomize=st.booleans(), conv_mode=st.sampled_from(CONV_MODES))
+def test_every_esd_is_sorted_non_negative_and_complete(
+    sd: StateDict, randomize: bool, conv_mode: str
+) -> None:
+    """ESDs: ascending, >= 0, num_slices * M values, trace = ||W||_F^2; empty iff non-finite."""
+    specs, _ = _plan(sd, conv_mode)
+    with MemoryCheckpoint(sd) as checkpoint:
+        spectra = compute_spectra(checkpoint, specs, conv_mode=conv_mode, randomize=randomize)
+    assert list(spectra) == [s.name for s in specs]
+    for spec in specs:
+        weights = sd[spec.name].double()
+        finite = bool(torch.isfinite(weights).all())
+        layer = spectra[spec.name]
+        assert layer.spec == spec
+        assert (layer.randomized is not None) == randomize
+        for esd in (layer.esd, layer.randomized) if randomize else (layer.esd,):
+            assert esd.finite == finite
+            if not finite:
+                assert esd.evals.size == 0
+                continue
+            evals = esd.evals
+            assert evals.dtype == np.float64 and evals.shape == (spec.num_slices * spec.M,)
+            assert np.all(np.isfinite(evals)) and np.all(evals >= 0)
+            assert np.all(np.diff(evals) >= 0)
+        if finite:
+            # trace of W^T W: exact sum of squares up to float64 rounding of the Gram/eigensolver
+            frob = float((weights**2).sum())
+            slack = 1e-12 * spec.num_evals * max(float(layer.esd.evals[-1]), 1e-300)
+            assert abs(layer.esd.evals.sum() - frob) <= 1e-9 * frob + slack
+
+
+@SETTINGS
+@given(sd=state_dicts(), conv_mode=st.sampled_from(CONV_MODES), seed=st.integers(0, 2**16))
+def test_rows_are_exactly_the_planned_matrices(sd: StateDict, conv_mode: str, seed: int) -> None:
+    """One row per planned matrix, in plan order; 2+-D tensors are rows or skipped, 1-D neither."""
+    result = _analyze_or_none(sd, randomize=True, seed=seed, conv_mode=conv_mode)
+    if result is None:
+        return
+    details, summary = result
+    specs, skipped = _plan(sd, conv_mode)
+    assert list(details["name"]) == [s.name for s in specs]
+    assert summary["num_layers"] == len(details) == len(specs)
+    skipped_names = [s["name"] for s in summary["skipped"]]
+    assert skipped_names == [s.name for s in skipped]
+    assert summary["num_skipped"] == len(skipped)
+    rows = set(details["name"])
+    assert not rows & set(skipped_names)
+    for name, tensor in sd.items():
+        if tensor.ndim >= 2:
+            assert name in rows or name in skipped_names, name
+        else:
+            assert name not in rows and name not in skipped_names, name
+    for spec, row in zip(specs, details.itertuples(index=False), strict=True):
+        assert (row.N, row.M, row.num_slices, row.num_evals) == (
+            spec.N,
+            spec.M,
+            spec.num_slices,
+            spec.num_evals,
+        )
+        assert tuple(row.shape) == tuple(sd[spec.name].shape)
+
+
+@SETTINGS
+@given(sd=state_dicts(), seed=st.integers(0, 2**16))
+def test_every_metric_is_finite_or_explained(sd: StateDict, seed: int) -> None:
+    """Which columns may be NaN, and when (finite weights, randomize=True).
+
+    * non-finite weights: every metric NaN, warning ``nonfinite-weights``, phase unknown;
+    * alpha NaN <=> warning ``fit-failed``; then every power-law-derived column
+      (FIT_COLUMNS) is NaN and n_tail == 0; alpha finite => alpha >= 1 and all
+      FIT_COLUMNS finite;
+    * NORM_COLUMNS are NaN exactly when lambda_max == 0 (all-zero weights), and
+      then the fit has failed (no eigenvalue above the floor);
+    * MP_COLUMNS are NaN exactly when fewer than 2 eigenvalues are above the
+      numerical-zero tolerance (num_evals - rank_loss < 2): MP needs a bulk;
+    * entropy, num_traps and rand_distance are always finite;
+    * any NaN in a numeric column comes with a non-empty warning.
+    """
+    result = _analyze_or_none(sd, randomize=True, seed=seed)
+    if result is None:
+        return
+    details, _ = result
+    numeric = [c for c in details.columns if c not in STRUCTURE + TEXT]
+    for row in details.to_dict(orient="records"):
+        codes = set(filter(None, row["warning"].split(";")))
+        assert row["phase"] in (*PHASES, "unknown")
+        if not bool(torch.isfinite(sd[row["name"]]).all()):
+            assert "nonfinite-weights" in codes and row["phase"] == "unknown"
+            assert all(not _finite(row[c]) for c in numeric if c not in ("n_tail", "rank_loss"))
+            continue
+        assert "nonfinite-weights" not in codes
+        fitted = _finite(row["alpha"])
+        assert fitted != ("fit-failed" in codes)
+        if fitted:
+            assert row["alpha"] >= 1.0
+            assert all(_finite(row[c]) for c in FIT_COLUMNS), row
+            assert row["n_tail"] >= 1
+        else:
+            assert all(not _finite(row[c]) for c in FIT_COLUMNS) and row["n_tail"] == 0
+        nonzero = row["lambda_max"] > 0
+        assert all(_finite(row[c]) == nonzero for c in NORM_COLUMNS), row
+        assert nonzero or not fitted
+        has_bulk = row["num_evals"] - row["rank_loss"] >= 2
+        assert all(_finite(row[c]) == has_bulk for c in MP_COLUMNS), row
+        assert 0.0 <= row["entropy"] <= 1.0 + 1e-12
+        assert _finite(row["num_traps"]) and 0.0 <= row["rand_distance"] <= 1.0
+        if any(not _finite(row[c]) for c in numeric):
+            assert codes, row
+
+
+@SETTINGS
+@given(sd=state_dicts(), randomize=st.booleans())
+def test_summary_means_are_over_fitted_rows(sd: StateDict, randomize: bool) -> None:
+    """Each summary mean is the mean of the finite values of that column over finite-alpha rows."""
+    result = _analyze_or_none(sd, randomize=randomize)
+    if result is None:
+        return
+    details, summary = result
+    fitted = details[np.isfinite(details["alpha"].to_numpy(dtype=float))]
+    assert summary["num_layers"] == len(details)
+    assert summary["num_fit_failed"] == len(details) - len(fitted)
+    for column in SUMMARY_MEANS:
+        values = [v for v in fitted[column] if _finite(v)]
+        if values:
+            assert summary[column] == pytest.approx(float(np.mean(values)), rel=1e-12, abs=1e-300)
+        else:
+            assert math.isnan(summary[column])
+    assert sum(summary["phases"].values()) == len(details)
+
+
+@SETTINGS
+@given(sd=state_dicts(), seed=st.integers(0, 2**16), order=st.randoms(use_true_random=False))
+def test_analysis_is_deterministic_and_order_free(sd: StateDict, seed: int, order) -> None:
+    """Same input and seed -> identical frames; reordering the dict changes only row order."""
+    result = _analyze_or_none(sd, randomize=True, seed=seed)
+    if result is None:
+        return
+    details, summary = result
+    again, summary_again = spectralyzer.analyze(sd, randomize=True, seed=seed)
+    pd.testing.assert_frame_equal(details, again)
+    assert _nan_equal(summary, summary_again)
+    names = list(sd)
+    order.shuffle(names)
+    shuffled, _ = spectralyzer.analyze({n: sd[n] for n in names}, randomize=True, seed=seed)
+    assert list(shuffled["name"]) == [n for n in names if n in set(details["name"])]
+    pd.testing.assert_frame_equal(
+        details.set_index("name").sort_index(), shuffled.set_index("name").sort_index()
+    )
+
+
+def _nan_equal(a: object, b: object) -> bool:
+    """Equality that treats NaN as equal to NaN, through dicts and lists."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_nan_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_nan_equal, a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def _scaled(sd: StateDict, c: float) -> StateDict:
+    """Every tensor times c (a power of 2: exact in every float dtype unless it overflows)."""
+    return {name: t * c for name, t in sd.items()}
+
+
+def _check_scale_free(row: pd.Series, scaled: pd.Series, c: float) -> None:
+    for column in SCALE_FREE:
+        a, b = row[column], scaled[column]
+        if isinstance(a, str) or not _finite(a):
+            assert a == b or (not _finite(a) and not _finite(b)), (column, a, b)
+        else:
+            assert b == pytest.approx(a, rel=1e-9, abs=1e-12), (column, a, b)
+    expected = row["log_spectral_norm"] + 2 * math.log10(c)
+    if _finite(row["log_spectral_norm"]):
+        assert scaled["log_spectral_norm"] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    else:
+        assert not _finite(scaled["log_spectral_norm"])
+
+
+@SETTINGS
+@given(sd=state_dicts(), power=st.integers(1, 4))
+def test_scale_invariance_of_full_rank_layers(sd: StateDict, power: int) -> None:
+    """W -> c W (c = 2^power) leaves SCALE_FREE unchanged and adds 2 log10 c to log_spectral_norm.
+
+    Asserted for every row without numerical zeros (rank_loss == 0).  Rank-deficient
+    rows are left out here because of a known bug, pinned by the xfail test below:
+    the power-law fit counts rounding noise above an absolute floor (1e-10) as tail.
+    """
+    result = _analyze_or_none(sd)
+    if result is None:
+        return
+    details, _ = result
+    c = 2.0**power
+    scaled, _ = spectralyzer.analyze(_scaled(sd, c))
+    assert list(scaled["name"]) == list(details["name"])
+    for (_, row), (_, other) in zip(details.iterrows(), scaled.iterrows(), strict=True):
+        if row["rank_loss"] == 0:
+            _check_scale_free(row, other, c)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: fit_power_law is called with an absolute xmin_floor (1e-10) instead of the "
+    "relative numerical-zero tolerance, so for a rank-deficient matrix scaled up the fit "
+    "runs on rounding noise (alpha NaN at scale 1, ~1.09 'over-trained' at scale 1024)",
+)
+@pytest.mark.parametrize("make", [lambda: torch.ones(80, 30)], ids=["ones-80x30"])
+def test_scale_invariance_of_rank_deficient_layers(make: Callable[[], torch.Tensor]) -> None:
+    """Minimal reproducer: a constant (rank-1) matrix and the same matrix times 1024."""
+    sd = {"a.weight": make()}
+    details, _ = spectralyzer.analyze(sd)
+    scaled, _ = spectralyzer.analyze(_scaled(sd, 1024.0))
+    _check_scale_free(details.iloc[0], scaled.iloc[0], 1024.0)
