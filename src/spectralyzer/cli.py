@@ -25,6 +25,8 @@ from .engine import DEVICES
 from .errors import SpectralyzerError
 from .layers import CONV_MODES, LAYER_TYPES, Selection
 from .pipeline import AnalysisOptions, run_analysis
+from .series import RANK_METRICS, default_labels, read_accuracy, render_series
+from .series import compare as compare_models
 from .tables import FORMATS, render
 
 
@@ -240,6 +242,59 @@ def analyze(
     with progress_bar(quiet) as (on_plan, advance):
         result = run_analysis(path, options, on_plan=on_plan, progress=advance)
     write_output(render(fmt, result.details, result.summary), output, [Path(path)])
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--labels", metavar="LIST", help="Comma-separated names of the models (default: file names)."
+)
+@click.option(
+    "--accuracy",
+    "accuracy_csv",
+    type=click.Path(path_type=Path),
+    help="CSV with a 'model' column (label or path) and 'accuracy' or 'error'.",
+)
+@click.option(
+    "--rank-by",
+    type=click.Choice(RANK_METRICS),
+    default="alpha_weighted",
+    show_default=True,
+    help="Model mean that ranks the models (lower is better).",
+)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("-o", "--output", metavar="FILE", help="Write the comparison here instead of stdout.")
+@click.option("--layers-out", metavar="FILE", help="Also write the per-depth layer table as CSV.")
+@analysis_options
+@handle_errors
+def compare(
+    models: tuple[Path, ...],
+    labels: str | None,
+    accuracy_csv: Path | None,
+    rank_by: str,
+    fmt: str,
+    output: str | None,
+    layers_out: str | None,
+    **opts: Any,
+) -> None:
+    """Compare a series of models: summaries, ranking, and agreement with accuracy."""
+    names = [label.strip() for label in labels.split(",")] if labels else default_labels(models)
+    if len(names) != len(models):
+        raise click.BadParameter(
+            f"{len(names)} labels for {len(models)} models", param_hint="--labels"
+        )
+    accuracy = read_accuracy(accuracy_csv, names) if accuracy_csv else None
+    series = compare_models(
+        list(models),
+        labels=names,
+        accuracy=accuracy,
+        rank_by=rank_by,
+        options=build_options(**opts),
+    )
+    inputs = [*models, *([accuracy_csv] if accuracy_csv else [])]
+    if layers_out:
+        write_output(series.layers.to_csv(index=False, float_format="%.10g"), layers_out, inputs)
+    write_output(render_series(fmt, series), output, inputs)
 
 
 if __name__ == "__main__":  # pragma: no cover

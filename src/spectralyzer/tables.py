@@ -82,8 +82,8 @@ def summarize(details: pd.DataFrame, skipped: Sequence[Skipped], **context: Any)
 
 def to_json(details: pd.DataFrame, summary: dict[str, Any]) -> str:
     """``{"layers": [...], "summary": {...}}`` with NaN as null."""
-    layers = [_clean(r) for r in details.to_dict(orient="records")]
-    return json.dumps({"layers": layers, "summary": _clean(summary)}, indent=2) + "\n"
+    layers = [clean_json(r) for r in details.to_dict(orient="records")]
+    return json.dumps({"layers": layers, "summary": clean_json(summary)}, indent=2) + "\n"
 
 
 def to_csv(details: pd.DataFrame) -> str:
@@ -93,15 +93,28 @@ def to_csv(details: pd.DataFrame) -> str:
 
 def to_markdown(details: pd.DataFrame, summary: dict[str, Any]) -> str:
     """A GitHub-flavoured Markdown table of the main columns plus the summary."""
-    frame = _display_frame(details)
+    table = markdown_table(_display_frame(details))
+    return table + "\n" + "\n".join(f"- {line}" for line in summary_lines(summary)) + "\n"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of a DataFrame (floats to 3 decimals)."""
+    frame = format_floats(frame)
     lines = [
-        "| " + " | ".join(frame.columns) + " |",
+        "| " + " | ".join(map(str, frame.columns)) + " |",
         "|" + "|".join("---" for _ in frame.columns) + "|",
     ]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
-    return (
-        "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in summary_lines(summary)) + "\n"
-    )
+    return "\n".join(lines) + "\n"
+
+
+def format_floats(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy with float columns as text to 3 decimals, for people to read."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if frame[column].dtype.kind == "f":
+            frame[column] = frame[column].map(_fmt)
+    return frame
 
 
 def to_table(details: pd.DataFrame, summary: dict[str, Any]) -> str:
@@ -149,10 +162,7 @@ def _display_frame(details: pd.DataFrame) -> pd.DataFrame:
     frame["shape"] = frame["shape"].map(_shape_text)
     if "num_traps" in frame:  # a count, float only because it is NaN when not randomised
         frame["num_traps"] = frame["num_traps"].astype("Int64")
-    for column in frame.columns:
-        if frame[column].dtype.kind == "f":
-            frame[column] = frame[column].map(_fmt)
-    return frame
+    return format_floats(frame)
 
 
 def _fmt(x: Any) -> str:
@@ -165,12 +175,12 @@ def _shape_text(shape: Sequence[int]) -> str:
     return "x".join(map(str, shape))
 
 
-def _clean(obj: Any) -> Any:
+def clean_json(obj: Any) -> Any:
     """JSON-safe copy: NaN/Inf -> None, numpy scalars -> Python, tuples -> lists."""
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: clean_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [clean_json(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
