@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,6 +119,27 @@ def test_refuses_to_overwrite_its_input(model):
     before = model.read_bytes()
     _error_line(run("analyze", model, "--format", "csv", "-o", model))
     assert model.read_bytes() == before
+
+
+def test_output_to_a_device_is_written_in_place(model):
+    devnull = Path(os.devnull)
+    before = devnull.stat()
+    result = run("analyze", model, "--format", "json", "-o", devnull)
+    assert result.exit_code == 0, result.output
+    after = devnull.stat()
+    assert devnull.is_char_device() and (after.st_ino, after.st_rdev) == (
+        before.st_ino,
+        before.st_rdev,
+    )
+
+
+def test_refuses_to_write_into_an_input_folder(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file({"w.weight": torch.randn(32, 16)}, folder / "model.safetensors")
+    before = _fingerprint(folder)
+    _error_line(run("analyze", folder, "--format", "csv", "-o", folder / "report.csv"))
+    assert _fingerprint(folder) == before
 
 
 def test_bad_option_values(model):

@@ -199,13 +199,26 @@ def progress_bar(quiet: bool):
 
 
 def write_output(text: str, output: str | None, inputs: list[Path]) -> None:
-    """Write to stdout, or atomically to a file (temporary file, then rename)."""
+    """Write to stdout, or atomically to a file (temporary file, then rename).
+
+    A target that exists and is not a regular file (``/dev/null``, a FIFO) is
+    written in place: renaming over it would replace the device or pipe.
+    """
     if output is None or output == "-":
         click.echo(text, nl=False)
         return
     target = Path(output)
-    if any(target.exists() and target.resolve() == p.resolve() for p in inputs):
-        raise SpectralyzerError(f"{output}: refusing to overwrite an input file")
+    resolved = target.resolve()
+    for source in inputs:
+        source = source.resolve()
+        if resolved == source or (source.is_dir() and resolved.is_relative_to(source)):
+            raise SpectralyzerError(f"{output}: refusing to write over or into an input")
+    if target.is_dir():
+        raise SpectralyzerError(f"{output}: is a directory")
+    if target.exists() and not target.is_file():
+        with open(target, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:

@@ -4,9 +4,9 @@ The ESD of a layer is the eigenvalues ``lambda_i = s_i^2`` of ``X = W^T W``
 (not divided by N), pooled over its matrices.  Matrices of one shape are
 stacked and decomposed in one batched call, on a GPU when there is one.
 
-Accuracy.  The Gram matrix is formed and decomposed in float64.  Entries of
-float32 (or narrower) weights multiply exactly in float64, so the only error is
-float64 rounding: every eigenvalue is within about ``M * eps64 * lambda_max``
+Accuracy.  The Gram matrix is formed and decomposed in float64 (narrower
+weights are upcast, float64 weights kept).  Entries of float32 (or narrower)
+weights multiply exactly in float64, so the only error is float64 rounding: every eigenvalue is within about ``M * eps64 * lambda_max``
 (eps64 = 2.2e-16) of the exact one, i.e. 1e-8 relative for any eigenvalue above
 ``1e-5 lambda_max`` when ``M <= 4096`` (tested against ``numpy.linalg.svd``).
 The randomised copies used for the correlation-trap check only need to be
@@ -215,17 +215,19 @@ def _spectra_of_batches(
     for index, batch in enumerate(batches):
         stacks, finite = [], []
         for spec in batch:
-            stack = to_matrices(checkpoint.load(spec.name).float(), spec, conv_mode)
+            tensor = checkpoint.load(spec.name)
+            tensor = tensor if tensor.dtype == torch.float64 else tensor.float()
+            stack = to_matrices(tensor, spec, conv_mode)
             ok = bool(torch.isfinite(stack).all())
             stacks.append(stack if ok else torch.zeros_like(stack))
             finite.append(ok)
         clock.lap("load")
-        block = _concat(stacks).to(device)
+        block = _concat(stacks, torch.float64, device)
         esds = _split(gram_eigenvalues(block), batch, finite)
         clock.lap("eigenvalues")
         rands: list[ESD | None] = [None] * len(batch)
         if randomize:
-            block = _concat([shuffle(s) for s in stacks]).to(device)
+            block = _concat([shuffle(s) for s in stacks], torch.float32, device)
             rands = list(_split(gram_eigenvalues(block, torch.float32), batch, finite))
             clock.lap("randomize")
         del stacks, block
@@ -238,9 +240,17 @@ def _spectra_of_batches(
     return result
 
 
-def _concat(stacks: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat`` along the batch, without a copy for a single stack."""
-    return stacks[0] if len(stacks) == 1 else torch.cat(stacks)
+def _concat(stacks: list[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The stacks as one batch of ``dtype`` on ``device``, converted while copied (one copy)."""
+    if len(stacks) == 1:
+        return stacks[0].to(device=device, dtype=dtype)
+    total = sum(s.shape[0] for s in stacks)
+    block = torch.empty((total, *stacks[0].shape[1:]), dtype=dtype, device=device)
+    start = 0
+    for stack in stacks:
+        block[start : start + stack.shape[0]].copy_(stack)
+        start += stack.shape[0]
+    return block
 
 
 class _Clock:

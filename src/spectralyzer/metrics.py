@@ -39,7 +39,7 @@ from scipy.special import logsumexp
 from .engine import ESD, LayerSpectra
 from .fit.mp import MPFit, fit_mp
 from .fit.phases import classify_phase
-from .fit.powerlaw import PowerLawFit, fit_power_law, fit_power_law_clipped
+from .fit.powerlaw import XMIN_FLOOR, PowerLawFit, fit_power_law, fit_power_law_clipped
 
 ALPHA_UNDER_TRAINED = 6.0  # alpha above: under-trained / random-like (THEORY.md section 3)
 ALPHA_OVER_TRAINED = 2.0  # alpha below: over-trained, very heavy-tailed
@@ -195,7 +195,13 @@ def layer_metrics(
         return _undefined(base, "nonfinite-weights")
     evals = spectra.esd.evals * scale
     tol = zero_tolerance(float(evals[-1]), spec.M, spec.dtype)
-    pl, fingers = fit_power_law_clipped(evals) if fix_fingers else (fit_power_law(evals), 0)
+    # numerical zeros are not part of the tail: the fit's floor is the zero
+    # tolerance (relative to lambda_max), never below powerlaw's absolute 1e-10
+    floor = max(XMIN_FLOOR, tol)
+    if fix_fingers:
+        pl, fingers = fit_power_law_clipped(evals, xmin_floor=floor)
+    else:
+        pl, fingers = fit_power_law(evals, xmin_floor=floor), 0
     mp = fit_mp(evals, spec.N, spec.M, zero_tol=tol)
     norms = norm_metrics(evals, pl.alpha, tol)
     # trap count and KS distance are invariant to a common scale: use the raw ESDs
