@@ -20,9 +20,8 @@ entries), so ``anon`` should level off once a file holds more than one batch
 (32 matrices of 1024 x 1024), while ``file`` and hence ``maxrss`` grow with
 the pages of the mapped file that were read.
 
-The report goes to a temporary file, not ``/dev/null``: the CLI writes its
-output atomically (temporary file, then rename), which as root would replace
-the ``/dev/null`` device node itself.
+The report goes to a temporary file (``-o /dev/null`` also works: a target
+that is not a regular file is written in place, not renamed over).
 """
 
 from __future__ import annotations

@@ -210,6 +210,15 @@ def test_inputs_are_never_modified(tmp_path):
                 tmp_path / f"out.{fmt}",
             )
             assert result.exit_code == 0, result.output
+    (inputs / "acc.csv").write_text("model,accuracy\nm.safetensors,0.9\nm.pt,0.8\nm.npz,0.7\n")
+    before = _fingerprint(inputs)
+    models = [inputs / name for name in ("m.safetensors", "m.pt", "m.npz")]
+    for fmt in FORMATS:
+        result = run(
+            "compare", *models, "--accuracy", inputs / "acc.csv", "--format", fmt,
+            "-o", tmp_path / f"series.{fmt}", "--layers-out", tmp_path / "depth.csv",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
     assert _fingerprint(inputs) == before
 
 
