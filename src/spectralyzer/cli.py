@@ -23,8 +23,8 @@ from . import __version__
 from .demo import demo_model_path
 from .engine import DEVICES
 from .errors import SpectralyzerError
-from .layers import CONV_MODES, LAYER_TYPES, Selection
-from .pipeline import AnalysisOptions, run_analysis
+from .layers import CONV_MODES, LAYER_TYPES
+from .pipeline import AnalysisOptions, make_options, run_analysis
 from .series import RANK_METRICS, default_labels, read_accuracy, render_series
 from .series import compare as compare_models
 from .tables import FORMATS, render
@@ -133,45 +133,25 @@ def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def build_options(
-    include: str | None,
-    exclude: str | None,
-    types: str | None,
-    min_evals: int,
-    max_evals: int,
-    conv_mode: str,
-    randomize: bool,
-    seed: int,
-    normalize: bool,
-    fix_fingers: bool,
-    device: str,
-    trust_pickle: bool,
+    include: str | None, types: str | None, max_evals: int, **opts: Any
 ) -> AnalysisOptions:
-    """AnalysisOptions from the values of :func:`analysis_options`."""
+    """AnalysisOptions from the values of :func:`analysis_options`, validated."""
     type_list = tuple(t.strip() for t in types.split(",") if t.strip()) if types else None
     unknown = set(type_list or ()) - set(LAYER_TYPES)
     if unknown:
         raise click.BadParameter(
             f"unknown layer type(s) {sorted(unknown)}; choose from {', '.join(LAYER_TYPES)}"
         )
-    if min_evals < 1:
+    if opts["min_evals"] < 1:
         raise click.BadParameter("--min-evals must be at least 1")
-    for flag, pattern in (("--layers", include), ("--exclude", exclude)):
+    for flag, pattern in (("--layers", include), ("--exclude", opts["exclude"])):
         try:
             re.compile(pattern or "")
         except re.error as err:
             raise click.BadParameter(
                 f"{flag} {pattern!r} is not a valid regular expression: {err}"
             ) from None
-    selection = Selection(include, exclude, type_list, min_evals, max_evals or None, conv_mode)
-    return AnalysisOptions(
-        selection=selection,
-        randomize=randomize,
-        seed=seed,
-        normalize=normalize,
-        fix_fingers=fix_fingers,
-        device=device,
-        trust_pickle=trust_pickle,
-    )
+    return make_options(layers=include, types=type_list, max_evals=max_evals or None, **opts)
 
 
 @contextmanager

@@ -143,9 +143,13 @@ def analyze(
 
     >>> details, summary = analyze("model.safetensors")  # doctest: +SKIP
     """
-    selection = Selection(layers, exclude, types, min_evals, max_evals, conv_mode)
-    options = AnalysisOptions(
-        selection=selection,
+    options = make_options(
+        layers=layers,
+        exclude=exclude,
+        types=types,
+        min_evals=min_evals,
+        max_evals=max_evals,
+        conv_mode=conv_mode,
         randomize=randomize,
         seed=seed,
         normalize=normalize,
@@ -155,6 +159,21 @@ def analyze(
     )
     result = run_analysis(source, options)
     return result.details, result.summary
+
+
+def make_options(
+    *,
+    layers: str | None = None,
+    exclude: str | None = None,
+    types: tuple[str, ...] | None = None,
+    min_evals: int = 8,
+    max_evals: int | None = 16384,
+    conv_mode: str = "slices",
+    **rest: Any,
+) -> AnalysisOptions:
+    """AnalysisOptions from the flat keyword arguments of :func:`analyze`."""
+    selection = Selection(layers, exclude, types, min_evals, max_evals, conv_mode)
+    return AnalysisOptions(selection=selection, **rest)
 
 
 def _nothing_to_analyse(skipped: list[Skipped]) -> str:
