@@ -21,13 +21,16 @@ import click
 
 from . import __version__
 from .demo import demo_model_path
+from .diff import diff as diff_models
 from .engine import DEVICES
 from .errors import SpectralyzerError
+from .gate import Policy, evaluate, to_junit, verdict_lines
+from .gate import to_markdown as gate_markdown
 from .layers import CONV_MODES, LAYER_TYPES
 from .pipeline import AnalysisOptions, make_options, run_analysis
 from .series import RANK_METRICS, default_labels, read_accuracy, render_series
 from .series import compare as compare_models
-from .tables import FORMATS, render
+from .tables import FORMATS, render, render_frame
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -288,6 +291,60 @@ def compare(
     if layers_out:
         write_output(series.layers.to_csv(index=False, float_format="%.10g"), layers_out, inputs)
     write_output(render_series(fmt, series), output, inputs)
+
+
+@main.command(name="diff")
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("-o", "--output", metavar="FILE", help="Write the table here instead of stdout.")
+@analysis_options
+@handle_errors
+def diff_command(base: Path, candidate: Path, fmt: str, output: str | None, **opts: Any) -> None:
+    """Per-layer changes from BASE to CANDIDATE (matched by name and shape)."""
+    result = diff_models(base, candidate, build_options(**opts))
+    write_output(render_frame(fmt, result.layers), output, [base, candidate])
+
+
+@main.command()
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(path_type=Path),
+    help="Policy TOML (default thresholds otherwise).",
+)
+@click.option("--junit", metavar="FILE", help="Write a JUnit XML report.")
+@click.option("--markdown", metavar="FILE", help="Write a Markdown summary.")
+@analysis_options
+@handle_errors
+def gate(
+    base: Path,
+    candidate: Path,
+    policy_path: Path | None,
+    junit: str | None,
+    markdown: str | None,
+    **opts: Any,
+) -> None:
+    """Fail (exit 1) when CANDIDATE's spectra show damage relative to BASE; 0 when it passes.
+
+    Appends the Markdown summary to $GITHUB_STEP_SUMMARY when that is set.
+    """
+    policy = Policy.from_toml(policy_path) if policy_path else Policy()
+    verdict = evaluate(diff_models(base, candidate, build_options(**opts)), policy)
+    inputs = [base, candidate, *([policy_path] if policy_path else [])]
+    if junit:
+        write_output(to_junit(verdict), junit, inputs)
+    summary = gate_markdown(verdict)
+    if markdown:
+        write_output(summary, markdown, inputs)
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as handle:
+            handle.write(summary)
+    click.echo("\n".join(verdict_lines(verdict)))
+    if not verdict.passed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -136,6 +136,19 @@ def render(fmt: str, details: pd.DataFrame, summary: dict[str, Any]) -> str:
     raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
 
 
+def render_frame(fmt: str, frame: pd.DataFrame) -> str:
+    """Any table (e.g. a diff) as table, csv, json (a list of records) or markdown."""
+    if fmt == "json":
+        return json.dumps(clean_json(frame.to_dict(orient="records")), indent=2) + "\n"
+    if fmt == "csv":
+        return frame.to_csv(index=False, float_format="%.10g")
+    if fmt == "markdown":
+        return markdown_table(frame)
+    if fmt == "table":
+        return format_floats(frame).to_string(index=False) + "\n"
+    raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+
+
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """Human-readable lines of the model summary."""
     lines = [

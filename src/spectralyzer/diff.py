@@ -1,0 +1,99 @@
+"""Layer-by-layer differences between a base model and a modified candidate.
+
+Layers are matched by parameter name; a layer whose shape changed (pruned
+channels, factorised layers) is still compared and marked ``shape-changed``;
+layers present in only one model are listed, never dropped silently.
+``log`` is base 10, so ``d_log_spectral_norm = 0.1`` means lambda_max grew by
+26% (THEORY.md section 3, "scale collapse").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .pipeline import AnalysisOptions, Source, run_analysis
+
+DELTA_COLUMNS = ("alpha", "alpha_weighted", "log_spectral_norm", "log_norm")
+SCALE_COLLAPSE_QUIET = 0.02  # median |d log_spectral_norm| below which most layers "barely move"
+
+
+@dataclass(frozen=True)
+class Diff:
+    """Per-layer deltas (candidate - base) and what could not be matched."""
+
+    layers: pd.DataFrame  # one row per name in either model
+    base_summary: dict
+    candidate_summary: dict
+
+    @property
+    def matched(self) -> pd.DataFrame:
+        return self.layers[self.layers["status"] != "unmatched"]
+
+
+def diff(base: Source, candidate: Source, options: AnalysisOptions = AnalysisOptions()) -> Diff:  # noqa: B008
+    """Analyse both models and compare them layer by layer."""
+    a, b = run_analysis(base, options), run_analysis(candidate, options)
+    return Diff(diff_frames(a.details, b.details), a.summary, b.summary)
+
+
+def diff_frames(base: pd.DataFrame, cand: pd.DataFrame) -> pd.DataFrame:
+    """The per-layer comparison table of two details frames.
+
+    Columns: ``name, status`` (``matched``, ``shape-changed``, ``unmatched``),
+    ``in_base, in_candidate``, ``shape_base, shape_candidate``, base and
+    candidate alpha and phase, ``d_<metric>`` for DELTA_COLUMNS,
+    ``d_log_stable_rank = log10(stable_rank_c / stable_rank_b)``, ``new_traps``
+    (NaN unless both were randomised), ``phase_changed``.
+    """
+    left = base.set_index("name")
+    right = cand.set_index("name")
+    names = list(left.index) + [n for n in right.index if n not in left.index]
+    rows = []
+    for name in names:
+        in_a, in_b = name in left.index, name in right.index
+        row: dict = {"name": name, "in_base": in_a, "in_candidate": in_b}
+        ra = left.loc[name] if in_a else None
+        rb = right.loc[name] if in_b else None
+        row["shape_base"] = tuple(ra["shape"]) if in_a else None
+        row["shape_candidate"] = tuple(rb["shape"]) if in_b else None
+        if not (in_a and in_b):
+            row["status"] = "unmatched"
+            rows.append(row)
+            continue
+        row["status"] = (
+            "matched" if row["shape_base"] == row["shape_candidate"] else "shape-changed"
+        )
+        for side, r in (("base", ra), ("candidate", rb)):
+            row[f"alpha_{side}"] = r["alpha"]
+            row[f"phase_{side}"] = r["phase"]
+        for metric in DELTA_COLUMNS:
+            row[f"d_{metric}"] = rb[metric] - ra[metric]
+        row["d_log_stable_rank"] = _log_ratio(rb["stable_rank"], ra["stable_rank"])
+        row["new_traps"] = rb["num_traps"] - ra["num_traps"]
+        row["phase_changed"] = ra["phase"] != rb["phase"]
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    first = ["name", "status"]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def scale_collapse(layers: pd.DataFrame, threshold: float) -> list[str]:
+    """Layers whose log_spectral_norm moved by more than ``threshold`` while most barely moved.
+
+    "Most barely moved": the median ``|d log_spectral_norm|`` over matched layers is
+    below SCALE_COLLAPSE_QUIET (Mahoney slides: distillation breaking ResNet20).
+    """
+    moved = layers["d_log_spectral_norm"].abs().dropna()
+    if moved.empty or float(np.median(moved)) >= SCALE_COLLAPSE_QUIET:
+        return []
+    return list(layers.loc[moved.index[moved > threshold], "name"])
+
+
+def _log_ratio(new: float, old: float) -> float:
+    if not (new > 0 and old > 0):
+        return math.nan
+    return math.log10(new / old)

