@@ -33,8 +33,8 @@ def reinit(sd, count=3, seed=0):
     """Re-initialise ``count`` encoder matrices at random (Kaiming-like scale)."""
     g = torch.Generator().manual_seed(seed)
     out = copy(sd)
-    names = [k for k in matrices(sd) if "encoder" in k]
-    damaged = names[:: len(names) // count][:count]
+    names = [k for k in matrices(sd) if "encoder" in k] or matrices(sd)
+    damaged = names[:: max(1, len(names) // count)][:count]
     for k in damaged:
         out[k] = torch.randn(out[k].shape, generator=g) / np.sqrt(out[k].shape[1])
     return out, damaged

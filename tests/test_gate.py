@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
@@ -151,3 +152,48 @@ def test_gate_cli_exit_codes_and_reports(minilm, tmp_path, monkeypatch):
     table = runner.invoke(main, ["diff", str(base), str(bad), "--format", "json"])
     rows = {r["name"]: r for r in json.loads(table.stdout)}
     assert all(rows[name]["d_log_norm"] != 0 for name in damaged)
+
+
+SMALL = Path(__file__).resolve().parents[1] / "data" / "mlp" / "epoch_30.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("change", "fails"),
+    [
+        (lambda sd: (damage.copy(sd), []), False),
+        (lambda sd: (damage.fp16_round_trip(sd), []), False),
+        (lambda sd: damage.reinit(sd, count=1), True),
+        (lambda sd: damage.low_rank(sd, keep=0.1, share=1.0), True),
+        (damage.magnitude_prune, True),
+        (damage.add_noise, True),
+    ],
+    ids=["copy", "fp16", "reinit-1", "low-rank", "prune-90%", "noise-100%"],
+)
+def test_gate_on_the_small_trained_mlp(change, fails):
+    """The 64-256-256-10 MLP trained by data/train_mlp.py, damaged or not."""
+    weights = load_file(SMALL)
+    candidate, damaged = change(weights)
+    verdict = evaluate(diff(weights, candidate))
+    assert verdict.passed is not fails, verdict.failures
+    assert set(verdict.failures) <= set(damaged)
+    if fails:
+        assert verdict.failures
+
+
+def test_compare_the_training_series():
+    series_dir = SMALL.parent
+    paths = sorted(series_dir.glob("epoch_*.safetensors"))
+    runner = CliRunner()
+    args = [
+        "compare",
+        *map(str, paths),
+        "--accuracy",
+        str(series_dir / "accuracy.csv"),
+        "--format",
+        "json",
+    ]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["models"]) == 4 and all(m["num_layers"] == 3 for m in data["models"])
+    assert all(c["n"] == 4 for c in data["correlations"])

@@ -15,6 +15,6 @@ def test_ruff_is_clean():
     if not Path(ruff).exists():
         pytest.skip("ruff is not installed")
     result = subprocess.run(
-        [ruff, "check", "src", "tests", "bench"], cwd=ROOT, capture_output=True, text=True
+        [ruff, "check", "src", "tests", "bench", "data"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
