@@ -279,3 +279,14 @@ def test_fix_fingers_clips_planted_outsized_eigenvalues():
     assert fixed.loc[0, "xmax"] <= top * 1.01
     assert fixed.loc[0, "alpha"] > plain.loc[0, "alpha"]
     assert summary["fix_fingers"] is True
+
+
+def test_rand_distance_is_the_two_sample_ks_statistic():
+    from scipy import stats
+
+    from spectralyzer.metrics import ks_distance
+
+    rng = np.random.default_rng(3)
+    a, b = np.sort(rng.normal(size=300)), np.sort(rng.normal(0.2, 1.0, size=200))
+    assert ks_distance(a, b) == pytest.approx(stats.ks_2samp(a, b).statistic, abs=1e-12)
+    assert ks_distance(a, a) == 0
