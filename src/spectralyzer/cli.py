@@ -7,8 +7,10 @@ User mistakes (bad files, bad options) print one line on stderr and exit 2;
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -181,15 +183,19 @@ def progress_bar(quiet: bool):
             state["bar"].__exit__(None, None, None)
 
 
-def write_output(text: str, output: str | None, inputs: list[Path]) -> None:
+def write_output(data: str | bytes, output: str | None, inputs: list[Path]) -> None:
     """Write to stdout, or atomically to a file (temporary file, then rename).
 
     A target that exists and is not a regular file (``/dev/null``, a FIFO) is
     written in place: renaming over it would replace the device or pipe.
     """
     if output is None or output == "-":
-        click.echo(text, nl=False)
+        if isinstance(data, bytes):
+            sys.stdout.buffer.write(data)
+        else:
+            click.echo(data, nl=False)
         return
+    payload = data.encode("utf-8") if isinstance(data, str) else data
     target = Path(output)
     resolved = target.resolve()
     for source in inputs:
@@ -199,14 +205,14 @@ def write_output(text: str, output: str | None, inputs: list[Path]) -> None:
     if target.is_dir():
         raise SpectralyzerError(f"{output}: is a directory")
     if target.exists() and not target.is_file():
-        with open(target, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        target.write_bytes(payload)
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual mode
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -225,10 +231,21 @@ def main() -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("-o", "--output", metavar="FILE", help="Write the report here instead of stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--report",
+    metavar="DIR",
+    help="Also write a report folder: index.html (self-contained), report.md, figures, CSV, JSON.",
+)
 @analysis_options
 @handle_errors
 def analyze(
-    model: Path | None, demo: bool, fmt: str, output: str | None, quiet: bool, **opts: Any
+    model: Path | None,
+    demo: bool,
+    fmt: str,
+    output: str | None,
+    quiet: bool,
+    report: str | None,
+    **opts: Any,
 ) -> None:
     """Per-layer spectral quality of a checkpoint (file or Hugging Face folder)."""
     if demo == (model is not None):
@@ -237,7 +254,95 @@ def analyze(
     options = build_options(**opts)
     with progress_bar(quiet) as (on_plan, advance):
         result = run_analysis(path, options, on_plan=on_plan, progress=advance)
+    if report:
+        write_report_folder(result, report, [Path(path)])
     write_output(render(fmt, result.details, result.summary), output, [Path(path)])
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_report_folder(result: Any, folder: str, inputs: list[Path]) -> None:
+    """Write the report into a temporary sibling folder, then move it into place.
+
+    An existing ``folder`` is replaced only when it is empty or an earlier
+    report (it holds ``index.html``).
+    """
+    try:
+        from .report.model_report import write_model_report
+    except ImportError as err:  # matplotlib is the optional 'plots' extra
+        raise SpectralyzerError(
+            f"--report needs matplotlib: pip install 'spectralyzer[plots]' ({err})"
+        ) from None
+    target = Path(folder)
+    for source in inputs:
+        if target.resolve() == source.resolve() or target.resolve().is_relative_to(
+            source.resolve()
+        ):
+            raise SpectralyzerError(f"{folder}: refusing to write over or into an input")
+    earlier = target.is_dir() and (not any(target.iterdir()) or (target / "index.html").exists())
+    if target.exists() and not earlier:
+        raise SpectralyzerError(
+            f"{folder}: exists and is not an earlier report; choose another --report folder"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write_model_report(result, staging)
+        os.chmod(staging, 0o777 & ~_umask())
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--layer", "layer", required=True, metavar="REGEX", help="Layers to plot (regex on the name)."
+)
+@click.option("-o", "--output", required=True, metavar="FILE.png", help="Where to write the PNG.")
+@click.option(
+    "--randomize/--no-randomize",
+    default=True,
+    show_default=True,
+    help="Overlay the randomised ESD.",
+)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--trust-pickle", is_flag=True, help="Allow pickles that run code when loaded.")
+@handle_errors
+def plot(
+    model: Path, layer: str, output: str, randomize: bool, seed: int, trust_pickle: bool
+) -> None:
+    """ESD plots (log-log, power-law and Marchenko-Pastur fits) of the matching layers."""
+    try:
+        from .report.plots import esd_grid
+    except ImportError as err:
+        raise SpectralyzerError(
+            f"plot needs matplotlib: pip install 'spectralyzer[plots]' ({err})"
+        ) from None
+    try:
+        re.compile(layer)
+    except re.error as err:
+        raise click.BadParameter(f"{layer!r} is not a valid regular expression: {err}") from None
+    options = make_options(layers=layer, randomize=randomize, seed=seed, trust_pickle=trust_pickle)
+    result = run_analysis(model, options)
+    panels = []
+    for _, row in result.details.iterrows():
+        spectra = result.spectra[row["name"]]
+        if spectra.esd.finite:
+            rand = spectra.randomized.evals if spectra.randomized is not None else None
+            panels.append((row, spectra.esd.evals, rand))
+    if not panels:
+        raise SpectralyzerError(f"{model}: no analysable layer matches {layer!r}")
+    buffer = io.BytesIO()
+    esd_grid(panels).savefig(buffer, format="png")
+    write_output(buffer.getvalue(), output, [model])
 
 
 @main.command()

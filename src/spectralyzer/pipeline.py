@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .engine import compute_spectra, resolve_device
+from .engine import LayerSpectra, compute_spectra, resolve_device
 from .errors import InputError
 from .io import open_checkpoint
 from .io.base import Checkpoint
@@ -46,6 +46,7 @@ class Analysis:
     summary: dict[str, Any]
     skipped: list[Skipped]
     timings: dict[str, float]
+    spectra: dict[str, LayerSpectra] = field(default_factory=dict)  # ESDs, for plots
 
 
 Source = str | os.PathLike[str] | Mapping[str, torch.Tensor] | torch.nn.Module
@@ -117,7 +118,7 @@ def run_analysis(
         spectralyzer_version=__version__,
     )
     timings["total"] = time.perf_counter() - start
-    return Analysis(details, summary, skipped, timings)
+    return Analysis(details, summary, skipped, timings, spectra)
 
 
 def analyze(

@@ -93,7 +93,7 @@ def to_csv(details: pd.DataFrame) -> str:
 
 def to_markdown(details: pd.DataFrame, summary: dict[str, Any]) -> str:
     """A GitHub-flavoured Markdown table of the main columns plus the summary."""
-    table = markdown_table(_display_frame(details))
+    table = markdown_table(display_frame(details))
     return table + "\n" + "\n".join(f"- {line}" for line in summary_lines(summary)) + "\n"
 
 
@@ -119,7 +119,7 @@ def format_floats(frame: pd.DataFrame) -> pd.DataFrame:
 
 def to_table(details: pd.DataFrame, summary: dict[str, Any]) -> str:
     """Plain-text table for a terminal."""
-    frame = _display_frame(details)
+    frame = display_frame(details)
     body = frame.to_string(index=False) if len(frame) else "(no layers)"
     return body + "\n\n" + "\n".join(summary_lines(summary)) + "\n"
 
@@ -167,7 +167,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _display_frame(details: pd.DataFrame) -> pd.DataFrame:
+def display_frame(details: pd.DataFrame) -> pd.DataFrame:
+    """The main columns of the per-layer table, as text for people to read."""
     columns = [c for c in TABLE_COLUMNS if c in details]
     if details["num_traps"].isna().all():
         columns.remove("num_traps")

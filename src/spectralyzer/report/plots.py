@@ -1,0 +1,145 @@
+"""matplotlib figures of one layer's ESD and of a model's metrics along depth.
+
+Every function returns a ``Figure`` (Agg backend, no display needed); the caller
+saves or embeds it.  The drawn curves are the fitted models of THEORY.md:
+the power law ``p(x) = (alpha - 1) / xmin (x / xmin)^-alpha`` on ``[xmin, xmax]``
+scaled by the tail's share of the eigenvalues, and the Marchenko-Pastur density
+of :func:`spectralyzer.fit.mp.mp_density` with the fitted sigma.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from ..fit.mp import mp_density  # noqa: E402
+
+TYPE_COLOURS = {
+    "linear": "tab:blue",
+    "embedding": "tab:orange",
+    "gpt2-conv1d": "tab:cyan",
+    "conv1d": "tab:green",
+    "conv2d": "tab:red",
+    "conv3d": "tab:purple",
+    "lstm": "tab:brown",
+    "gru": "tab:pink",
+    "rnn": "tab:olive",
+}
+
+
+def esd_figure(row: pd.Series, evals: np.ndarray, randomized: np.ndarray | None = None) -> Figure:
+    """ESD on log-log axes with the power-law fit, xmin, the MP bulk and spikes/traps."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=90)
+    draw_esd(ax, row, evals, randomized)
+    fig.tight_layout()
+    return fig
+
+
+def esd_grid(panels: list[tuple[pd.Series, np.ndarray, np.ndarray | None]]) -> Figure:
+    """Several layers' ESDs side by side (three per row)."""
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), dpi=90, squeeze=False)
+    for ax, (row, evals, randomized) in zip(axes.flat, panels, strict=False):
+        draw_esd(ax, row, evals, randomized)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def draw_esd(ax, row: pd.Series, evals: np.ndarray, randomized: np.ndarray | None = None) -> None:
+    """Draw one layer's ESD panel on ``ax`` (see :func:`esd_figure`)."""
+    positive = evals[evals > 0]
+    if positive.size:
+        bins = np.logspace(math.log10(positive.min()), math.log10(positive.max()) + 1e-9, 60)
+        ax.hist(positive, bins=bins, density=True, color="tab:blue", alpha=0.55, label="ESD")
+        if randomized is not None and (randomized > 0).any():
+            rand = randomized[randomized > 0]
+            ax.hist(
+                rand, bins=bins, density=True, histtype="step", color="0.35", label="randomised ESD"
+            )
+        _power_law(ax, row, positive.size)
+        _marchenko_pastur(ax, row, bins)
+        spikes = int(row["num_spikes"])
+        if spikes:
+            ax.plot(np.sort(positive)[-spikes:], np.full(spikes, _floor(ax)), "|", color="red",
+                    markersize=12, label=f"{spikes} spikes")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("eigenvalue of $W^TW$")
+    ax.set_ylabel("density")
+    warning = f" [{row['warning']}]" if row["warning"] else ""
+    ax.set_title(f"{row['name']}\n{row['phase']}, alpha {row['alpha']:.2f}{warning}", fontsize=8)
+    ax.legend(fontsize=6, loc="lower left")
+
+
+def _power_law(ax, row: pd.Series, total: int) -> None:
+    alpha, xmin, xmax = row["alpha"], row["xmin"], row["xmax"]
+    if not (math.isfinite(alpha) and xmin > 0 and xmax > xmin):
+        return
+    x = np.logspace(math.log10(xmin), math.log10(xmax), 50)
+    share = row["n_tail"] / total
+    ax.plot(x, share * (alpha - 1) / xmin * (x / xmin) ** -alpha, color="black", lw=1.2,
+            label=f"power law, alpha {alpha:.2f}")  # fmt: skip
+    ax.axvline(xmin, color="black", ls=":", lw=1, label="xmin")
+
+
+def _marchenko_pastur(ax, row: pd.Series, bins: np.ndarray) -> None:
+    sigma, lam_plus = row["sigma_mp"], row["lambda_plus"]
+    if not (math.isfinite(sigma) and math.isfinite(lam_plus)):
+        return
+    x = np.logspace(math.log10(bins[0]), math.log10(bins[-1]), 400)
+    density = mp_density(x, sigma**2, int(row["N"]), int(row["M"]))
+    shown = density > 0
+    if shown.any():
+        ax.plot(x[shown], density[shown], color="tab:green", lw=1.2, label="Marchenko-Pastur fit")
+    ax.axvline(lam_plus, color="tab:green", ls="--", lw=1, label="lambda+")
+
+
+def _floor(ax) -> float:
+    low, _ = ax.get_ylim()
+    return low * 1.5 if low > 0 else 1e-6
+
+
+def depth_figure(details: pd.DataFrame) -> Figure:
+    """alpha (with the 2 and 6 lines) and log_spectral_norm against depth, coloured by type."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), dpi=90, sharex=True)
+    depth = np.arange(len(details))
+    for kind, rows in details.groupby("layer_type"):
+        colour = TYPE_COLOURS.get(kind, "0.3")
+        index = depth[details["layer_type"].to_numpy() == kind]
+        top.scatter(index, rows["alpha"], s=14, color=colour, label=kind)
+        bottom.scatter(index, rows["log_spectral_norm"], s=14, color=colour, label=kind)
+    for level in (2, 6):
+        top.axhline(level, color="0.5", ls="--", lw=0.8)
+    top.set_ylabel("alpha")
+    top.legend(fontsize=7)
+    bottom.set_ylabel("log10 spectral norm$^2$")
+    bottom.set_xlabel("layer (file order)")
+    fig.tight_layout()
+    return fig
+
+
+def histogram_figure(details: pd.DataFrame) -> Figure:
+    """Histograms of alpha and alpha-hat over the layers."""
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8), dpi=90)
+    for ax, column, label in zip(
+        axes, ("alpha", "alpha_weighted"), ("alpha", "alpha-hat"), strict=True
+    ):
+        values = details[column].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        if values.size:
+            ax.hist(values, bins=min(30, max(5, values.size)), color="tab:blue", alpha=0.7)
+        ax.set_xlabel(label)
+        ax.set_ylabel("layers")
+    fig.tight_layout()
+    return fig

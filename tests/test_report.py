@@ -1,0 +1,98 @@
+"""The report folder and the plot command; the HTML is opened in headless Chromium."""
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from spectralyzer.cli import main
+
+pytest.importorskip("matplotlib")
+MODEL = Path(__file__).resolve().parents[1] / "data" / "mlp" / "epoch_30.safetensors"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("r") / "report"
+    result = CliRunner().invoke(
+        main, ["analyze", str(MODEL), "--randomize", "--report", str(folder)]
+    )
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def test_report_folder_contents(report):
+    assert {p.name for p in report.iterdir()} == {
+        "index.html",
+        "report.md",
+        "figures",
+        "layers.csv",
+        "summary.json",
+    }
+    figures = sorted(p.name for p in (report / "figures").iterdir())
+    assert figures == sorted(
+        ["depth.png", "histograms.png", "esd_0.weight.png", "esd_2.weight.png", "esd_4.weight.png"]
+    )
+    assert all((report / "figures" / f).read_bytes().startswith(PNG) for f in figures)
+    assert len(pd.read_csv(report / "layers.csv")) == 3
+    assert json.loads((report / "summary.json").read_text())["num_layers"] == 3
+    markdown = (report / "report.md").read_text()
+    for link in re.findall(r"\]\((figures/[^)]+)\)", markdown):
+        assert (report / link).is_file(), link
+
+
+def test_html_is_self_contained(report):
+    page = (report / "index.html").read_text()
+    sources = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http://" not in page and "https://" not in page
+
+
+def test_report_refuses_a_folder_that_is_not_a_report(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["analyze", str(MODEL), "--report", str(tmp_path)])
+    assert result.exit_code == 2 and "not an earlier report" in result.stderr
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_plot_command(tmp_path):
+    out = tmp_path / "esd.png"
+    result = CliRunner().invoke(main, ["plot", str(MODEL), "--layer", r"^[24]\.", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(PNG)
+    none = CliRunner().invoke(main, ["plot", str(MODEL), "--layer", "nothing", "-o", str(out)])
+    assert none.exit_code == 2
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/setup installs it)"
+)
+def test_html_renders_in_headless_chromium(report, tmp_path):
+    url = (report / "index.html").as_uri()
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120,
+        ).stdout  # fmt: skip
+        shot = tmp_path / "page.png"
+        subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1200,1600", f"--screenshot={shot}", url],
+            capture_output=True, timeout=120,
+        )  # fmt: skip
+    assert 'data-figures-rendered="5"' in dom  # every embedded figure decoded with a size
+    assert 'data-table-rows="3"' in dom
+    assert shot.read_bytes().startswith(PNG) and shot.stat().st_size > 20_000
