@@ -96,3 +96,44 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     assert 'data-figures-rendered="5"' in dom  # every embedded figure decoded with a size
     assert 'data-table-rows="3"' in dom
     assert shot.read_bytes().startswith(PNG) and shot.stat().st_size > 20_000
+
+
+SERIES = sorted(MODEL.parent.glob("epoch_*.safetensors"))
+
+
+def test_compare_report(tmp_path):
+    folder = tmp_path / "series"
+    args = ["compare", *map(str, SERIES), "--accuracy", str(MODEL.parent / "accuracy.csv")]
+    result = CliRunner().invoke(main, [*args, "--report", str(folder)])
+    assert result.exit_code == 0, result.output
+    figures = {p.name for p in (folder / "figures").iterdir()}
+    assert "depth.png" in figures and "accuracy_alpha_weighted.png" in figures
+    assert len(figures) == 1 + 5  # depth, and one scatter per metric
+    assert len(pd.read_csv(folder / "models.csv")) == 4
+    page = (folder / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == len(figures)
+    assert "Kendall" in (folder / "report.md").read_text() or "kendall_tau" in page
+
+
+def test_gate_report_puts_the_verdict_on_top(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(MODEL)
+    weights["2.weight"] = weights["2.weight"] * 4  # one layer's scale changes: the gate fails
+    bad = tmp_path / "bad.safetensors"
+    save_file(weights, bad)
+    folder = tmp_path / "gate"
+    result = CliRunner().invoke(main, ["gate", str(MODEL), str(bad), "--report", str(folder)])
+    assert result.exit_code == 1, result.output
+    page = (folder / "index.html").read_text()
+    assert page.index("FAIL") < page.index("<table")
+    assert page.count('<tr class="bad">') == 1
+    assert len(pd.read_csv(folder / "diff.csv")) == 3
+    if CHROMIUM:
+        with tempfile.TemporaryDirectory() as profile:
+            dom = subprocess.run(
+                [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000",
+                 "--dump-dom", (folder / "index.html").as_uri()],
+                capture_output=True, text=True, timeout=120,
+            ).stdout  # fmt: skip
+        assert 'data-figures-rendered="1"' in dom and 'data-table-rows="3"' in dom

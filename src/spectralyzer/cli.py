@@ -255,7 +255,10 @@ def analyze(
     with progress_bar(quiet) as (on_plan, advance):
         result = run_analysis(path, options, on_plan=on_plan, progress=advance)
     if report:
-        write_report_folder(result, report, [Path(path)])
+        writers = report_writers()
+        write_report_folder(
+            lambda d: writers.model_report.write_model_report(result, d), report, [Path(path)]
+        )
     write_output(render(fmt, result.details, result.summary), output, [Path(path)])
 
 
@@ -265,18 +268,12 @@ def _umask() -> int:
     return mask
 
 
-def write_report_folder(result: Any, folder: str, inputs: list[Path]) -> None:
-    """Write the report into a temporary sibling folder, then move it into place.
+def write_report_folder(writer: Callable[[Path], Any], folder: str, inputs: list[Path]) -> None:
+    """Let ``writer`` fill a temporary sibling folder, then move it into place.
 
     An existing ``folder`` is replaced only when it is empty or an earlier
     report (it holds ``index.html``).
     """
-    try:
-        from .report.model_report import write_model_report
-    except ImportError as err:  # matplotlib is the optional 'plots' extra
-        raise SpectralyzerError(
-            f"--report needs matplotlib: pip install 'spectralyzer[plots]' ({err})"
-        ) from None
     target = Path(folder)
     for source in inputs:
         if target.resolve() == source.resolve() or target.resolve().is_relative_to(
@@ -291,7 +288,7 @@ def write_report_folder(result: Any, folder: str, inputs: list[Path]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        write_model_report(result, staging)
+        writer(staging)
         os.chmod(staging, 0o777 & ~_umask())
         if target.exists():
             shutil.rmtree(target)
@@ -299,6 +296,18 @@ def write_report_folder(result: Any, folder: str, inputs: list[Path]) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def report_writers() -> Any:
+    """The report package (needs matplotlib, the optional 'plots' extra)."""
+    try:
+        from . import report
+        from .report import comparison_reports, model_report  # noqa: F401
+    except ImportError as err:
+        raise SpectralyzerError(
+            f"reports need matplotlib: pip install 'spectralyzer[plots]' ({err})"
+        ) from None
+    return report
 
 
 @main.command()
@@ -366,6 +375,11 @@ def plot(
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("-o", "--output", metavar="FILE", help="Write the comparison here instead of stdout.")
 @click.option("--layers-out", metavar="FILE", help="Also write the per-depth layer table as CSV.")
+@click.option(
+    "--report",
+    metavar="DIR",
+    help="Also write a report folder (index.html, report.md, figures, CSV).",
+)
 @analysis_options
 @handle_errors
 def compare(
@@ -376,6 +390,7 @@ def compare(
     fmt: str,
     output: str | None,
     layers_out: str | None,
+    report: str | None,
     **opts: Any,
 ) -> None:
     """Compare a series of models: summaries, ranking, and agreement with accuracy."""
@@ -395,6 +410,11 @@ def compare(
     inputs = [*models, *([accuracy_csv] if accuracy_csv else [])]
     if layers_out:
         write_output(series.layers.to_csv(index=False, float_format="%.10g"), layers_out, inputs)
+    if report:
+        writers = report_writers()
+        write_report_folder(
+            lambda d: writers.comparison_reports.write_series_report(series, d), report, inputs
+        )
     write_output(render_series(fmt, series), output, inputs)
 
 
@@ -422,6 +442,11 @@ def diff_command(base: Path, candidate: Path, fmt: str, output: str | None, **op
 )
 @click.option("--junit", metavar="FILE", help="Write a JUnit XML report.")
 @click.option("--markdown", metavar="FILE", help="Write a Markdown summary.")
+@click.option(
+    "--report",
+    metavar="DIR",
+    help="Also write a report folder (index.html, report.md, figures, CSV).",
+)
 @analysis_options
 @handle_errors
 def gate(
@@ -430,6 +455,7 @@ def gate(
     policy_path: Path | None,
     junit: str | None,
     markdown: str | None,
+    report: str | None,
     **opts: Any,
 ) -> None:
     """Fail (exit 1) when CANDIDATE's spectra show damage relative to BASE; 0 when it passes.
@@ -437,8 +463,16 @@ def gate(
     Appends the Markdown summary to $GITHUB_STEP_SUMMARY when that is set.
     """
     policy = Policy.from_toml(policy_path) if policy_path else Policy()
-    verdict = evaluate(diff_models(base, candidate, build_options(**opts)), policy)
+    result = diff_models(base, candidate, build_options(**opts))
+    verdict = evaluate(result, policy)
     inputs = [base, candidate, *([policy_path] if policy_path else [])]
+    if report:
+        writers = report_writers()
+        write_report_folder(
+            lambda d: writers.comparison_reports.write_gate_report(result, verdict, d),
+            report,
+            inputs,
+        )
     if junit:
         write_output(to_junit(verdict), junit, inputs)
     summary = gate_markdown(verdict)

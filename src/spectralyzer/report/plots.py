@@ -69,6 +69,11 @@ def draw_esd(ax, row: pd.Series, evals: np.ndarray, randomized: np.ndarray | Non
             )
         _power_law(ax, row, positive.size)
         _marchenko_pastur(ax, row, bins)
+        traps = row["num_traps"]
+        if randomized is not None and math.isfinite(traps) and traps > 0:
+            top = np.sort(randomized)[-int(traps) :]
+            ax.plot(top, np.full(top.size, _floor(ax) * 3), "x", color="tab:orange", markersize=8,
+                    label=f"{int(traps)} correlation trap(s)")  # fmt: skip
         spikes = int(row["num_spikes"])
         if spikes:
             ax.plot(np.sort(positive)[-spikes:], np.full(spikes, _floor(ax)), "|", color="red",
@@ -141,5 +146,55 @@ def histogram_figure(details: pd.DataFrame) -> Figure:
             ax.hist(values, bins=min(30, max(5, values.size)), color="tab:blue", alpha=0.7)
         ax.set_xlabel(label)
         ax.set_ylabel("layers")
+    fig.tight_layout()
+    return fig
+
+
+def series_depth_figure(layers: pd.DataFrame) -> Figure:
+    """alpha and log_spectral_norm against depth, one line per model."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), dpi=90, sharex=True)
+    for model, rows in layers.groupby("model", sort=False):
+        top.plot(rows["depth"], rows["alpha"], marker="o", ms=3, lw=1, label=str(model))
+        bottom.plot(rows["depth"], rows["log_spectral_norm"], marker="o", ms=3, lw=1)
+    for level in (2, 6):
+        top.axhline(level, color="0.5", ls="--", lw=0.8)
+    top.set_ylabel("alpha")
+    top.legend(fontsize=7)
+    bottom.set_ylabel("log10 spectral norm$^2$")
+    bottom.set_xlabel("layer (file order)")
+    fig.tight_layout()
+    return fig
+
+
+def metric_accuracy_figure(models: pd.DataFrame, metric: str, tau: float) -> Figure:
+    """One metric against accuracy, with the least-squares line and Kendall's tau."""
+    fig, ax = plt.subplots(figsize=(4, 3.2), dpi=90)
+    x = models[metric].to_numpy(dtype=float)
+    y = models["accuracy"].to_numpy(dtype=float)
+    ax.scatter(x, y, color="tab:blue")
+    for label, xi, yi in zip(models["model"], x, y, strict=True):
+        ax.annotate(str(label), (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    keep = np.isfinite(x) & np.isfinite(y)
+    if keep.sum() >= 2 and np.ptp(x[keep]) > 0:
+        slope, intercept = np.polyfit(x[keep], y[keep], 1)
+        grid = np.linspace(x[keep].min(), x[keep].max(), 10)
+        ax.plot(grid, intercept + slope * grid, color="black", lw=1)
+    ax.set_xlabel(metric)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Kendall tau {tau:.2f}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def delta_figure(layers: pd.DataFrame, failing: set[str]) -> Figure:
+    """Change of log_spectral_norm and log_norm per matched layer; failing layers in red."""
+    fig, axes = plt.subplots(2, 1, figsize=(8, 4.5), dpi=90, sharex=True)
+    index = np.arange(len(layers))
+    colours = ["tab:red" if name in failing else "tab:blue" for name in layers["name"]]
+    for ax, column in zip(axes, ("d_log_spectral_norm", "d_log_norm"), strict=True):
+        ax.bar(index, layers[column].to_numpy(dtype=float), color=colours)
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_ylabel(column, fontsize=8)
+    axes[1].set_xlabel("layer (file order); red: failed the gate")
     fig.tight_layout()
     return fig

@@ -1,0 +1,83 @@
+"""Report folders for a model series (compare) and for a gate verdict (gate)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from ..diff import Diff
+from ..gate import Verdict, to_markdown
+from ..series import Series
+from ..tables import markdown_table
+from .html import cards_html, figure_html, page, png, table_html
+from .plots import delta_figure, metric_accuracy_figure, series_depth_figure
+
+
+def write_series_report(series: Series, folder: Path) -> Path:
+    """index.html, report.md, models.csv, layers.csv (+ correlations.csv) and figures/."""
+    figures = folder / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    images = {"depth.png": png(series_depth_figure(series.layers))}
+    if series.correlations is not None:
+        for _, row in series.correlations.iterrows():
+            images[f"accuracy_{row['metric']}.png"] = png(
+                metric_accuracy_figure(series.models, row["metric"], row["kendall_tau"])
+            )
+        series.correlations.to_csv(folder / "correlations.csv", index=False, float_format="%.10g")
+    for name, data in images.items():
+        (figures / name).write_bytes(data)
+    series.models.to_csv(folder / "models.csv", index=False, float_format="%.10g")
+    series.layers.to_csv(folder / "layers.csv", index=False, float_format="%.10g")
+    notes = "".join(f"<li>{html.escape(note)}</li>" for note in series.notes)
+    sections = [
+        f'<section id="models"><h2>Models</h2><ul>{notes}</ul>'
+        + table_html(series.models, "models")
+        + "</section>",
+        '<section id="depth"><h2>alpha along depth</h2>'
+        + figure_html(images["depth.png"], "alpha and log spectral norm against depth, every model")
+        + "</section>",
+    ]
+    markdown = ["# spectralyzer comparison", "", *[f"- {n}" for n in series.notes], ""]
+    markdown += [markdown_table(series.models), "![alpha along depth](figures/depth.png)", ""]
+    if series.correlations is not None:
+        scatter = [n for n in images if n.startswith("accuracy_")]
+        sections.append(
+            '<section id="accuracy"><h2>Metrics against accuracy</h2>'
+            + table_html(series.correlations, "correlations")
+            + "".join(figure_html(images[n], n[9:-4] + " against accuracy") for n in scatter)
+            + "</section>"
+        )
+        markdown += ["## Metrics against accuracy", "", markdown_table(series.correlations)]
+        markdown += [f"![{n}](figures/{n})" for n in scatter]
+    (folder / "report.md").write_text("\n".join(markdown) + "\n")
+    index = folder / "index.html"
+    index.write_text(page("spectralyzer comparison", sections), encoding="utf-8")
+    return index
+
+
+def write_gate_report(result: Diff, verdict: Verdict, folder: Path) -> Path:
+    """index.html (verdict on top, failing layers highlighted), report.md, diff.csv, figures/."""
+    figures = folder / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    matched = result.matched.reset_index(drop=True)
+    image = png(delta_figure(matched, set(verdict.failures)))
+    (figures / "deltas.png").write_bytes(image)
+    result.layers.to_csv(folder / "diff.csv", index=False, float_format="%.10g")
+    reasons = result.layers["name"].map(lambda n: "; ".join(verdict.failures.get(n, [])))
+    table = result.layers.assign(why=reasons)
+    word, cls = ("PASS", "pass") if verdict.passed else ("FAIL", "fail")
+    cards = [("verdict", word), ("layers checked", len(verdict.checked))]
+    cards += [("layers failed", len(verdict.failures)), ("unmatched", len(verdict.unmatched))]
+    notes = "".join(f"<li>{html.escape(note)}</li>" for note in verdict.notes)
+    sections = [
+        f'<section id="verdict" class="{cls}">{cards_html(cards)}<ul>{notes}</ul></section>',
+        '<section id="deltas"><h2>Changes per layer</h2>'
+        + figure_html(image, "change of log spectral norm and log norm per layer")
+        + table_html(table, "diff", ["bad" if r else "" for r in reasons])
+        + "</section>",
+    ]
+    markdown = to_markdown(verdict) + "\n![changes per layer](figures/deltas.png)\n\n"
+    (folder / "report.md").write_text(markdown + markdown_table(table))
+    index = folder / "index.html"
+    index.write_text(page(f"spectralyzer gate: {word}", sections), encoding="utf-8")
+    return index
