@@ -94,7 +94,7 @@ def _zip_format(path: Path) -> str:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+    except Exception as exc:  # the boundary to zipfile: anything it raises is a bad archive
         raise InputError(path, f"corrupt or truncated zip archive ({describe(exc)})") from exc
     members = [PurePosixPath(name).parts for name in names]
     if any(_is_torchscript_member(parts) for parts in members):
