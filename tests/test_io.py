@@ -692,7 +692,9 @@ def test_corrupt_safetensors_header_is_handled(tmp_path, valid_files, position, 
 
 @FUZZ
 @given(fraction=st.floats(0.0, 0.999), value=st.integers(0, 255))
-@example(fraction=0.83984375, value=64)  # a zip64 record claiming "version 6.4": NotImplementedError
+@example(
+    fraction=0.83984375, value=64
+)  # a zip64 record claiming "version 6.4": NotImplementedError
 def test_corrupt_torch_zip_is_handled(tmp_path, valid_files, fraction, value):
     """Any byte of a torch zip checkpoint (local headers, pickle, central directory) altered."""
     data = bytearray(valid_files[1])

@@ -1,0 +1,83 @@
+"""Learning rates and momenta from curvature (THEORY.md section 4; Granziol et al.).
+
+Pure functions of eigenvalue estimates:
+
+* stability limits on a quadratic with top curvature ``l1``: gradient descent
+  ``lr < 2 / l1``; heavy-ball momentum ``beta``: ``lr < 2 (1 + beta) / l1``;
+  PyTorch's Nesterov SGD: ``lr < (2 + 2 beta) / ((1 + 2 beta) l1)``; Adam with
+  preconditioned top curvature ``l1``: ``lr < (2 + 2 beta1) / ((1 - beta1) l1)``
+  (Cohen et al. 2022; 38 / l1 at beta1 = 0.9);
+* textbook optima for curvature in ``[lP, l1]`` (Polyak 1964; Nesterov):
+  heavy ball ``lr = 4 / (sqrt(l1) + sqrt(lP))^2``,
+  ``momentum = ((sqrt(l1) - sqrt(lP)) / (sqrt(l1) + sqrt(lP)))^2``; Nesterov
+  ``lr = 1 / l1``, ``momentum = (sqrt(l1) - sqrt(lP)) / (sqrt(l1) + sqrt(lP))``
+  (Granziol et al., eqs. 24-25, print these in another normalisation);
+* batch size: the Hessian variance along a unit ``z`` from ``K`` micro-batches,
+  ``V_H(b) = K/(K-1) [mean_i ||H_i z||^2 - ||H_bar z||^2]`` (their Algorithm 1),
+  scales as ``V_H(B) = V_H(b) b / B``; the batch outlier is
+  ``l1 + V/l1`` when ``l1 > sqrt(V)``, else ``2 sqrt(V)``; hence
+  ``lr_max(B) = 2 B l1 / (B l1^2 + b V_H(b))``, linear in ``B`` below
+  ``B* = b V_H(b) / l1^2`` and flat above it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+
+def gd_limit(l1: float) -> float:
+    return 2.0 / l1
+
+
+def heavy_ball_limit(l1: float, beta: float) -> float:
+    return 2.0 * (1.0 + beta) / l1
+
+
+def nesterov_limit(l1: float, beta: float) -> float:
+    """Stability limit of ``torch.optim.SGD(nesterov=True, momentum=beta)``."""
+    return (2.0 + 2.0 * beta) / ((1.0 + 2.0 * beta) * l1)
+
+
+def adam_limit(l1_preconditioned: float, beta1: float = 0.9) -> float:
+    return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * l1_preconditioned)
+
+
+def heavy_ball_optimum(l1: float, lp: float) -> tuple[float, float]:
+    """(lr, momentum) minimising the heavy-ball convergence factor on curvatures in [lp, l1]."""
+    s1, sp = math.sqrt(l1), math.sqrt(lp)
+    return 4.0 / (s1 + sp) ** 2, ((s1 - sp) / (s1 + sp)) ** 2
+
+
+def nesterov_optimum(l1: float, lp: float) -> tuple[float, float]:
+    s1, sp = math.sqrt(l1), math.sqrt(lp)
+    return 1.0 / l1, (s1 - sp) / (s1 + sp)
+
+
+def hessian_variance(micro_hvps: Sequence[torch.Tensor]) -> float:
+    """``V_H(b)`` from the products ``H_i z`` of K micro-batches with one unit vector z."""
+    k = len(micro_hvps)
+    if k < 2:
+        raise ValueError("need at least two micro-batches")
+    stack = torch.stack(list(micro_hvps))
+    mean_sq = float((stack**2).sum(dim=1).mean())
+    mean_vec = stack.mean(dim=0)
+    return k / (k - 1) * (mean_sq - float(mean_vec @ mean_vec))
+
+
+def batch_top_eigenvalue(l1: float, variance: float) -> float:
+    """Top eigenvalue of a batch Hessian whose noise has variance ``variance`` per direction."""
+    root = math.sqrt(variance)
+    return l1 + variance / l1 if l1 > root else 2.0 * root
+
+
+def lr_max(batch: float, l1: float, micro_batch: float, variance_micro: float) -> float:
+    """``2 B l1 / (B l1^2 + b V_H(b))``: the largest stable SGD learning rate at batch size B."""
+    return 2.0 * batch * l1 / (batch * l1**2 + micro_batch * variance_micro)
+
+
+def critical_batch(l1: float, micro_batch: float, variance_micro: float) -> float:
+    """``B* = b V_H(b) / l1^2``: above it, raising the learning rate with the batch stops paying."""
+    return micro_batch * variance_micro / l1**2

@@ -1,0 +1,92 @@
+"""Learning-rate rules checked by running the optimisers on quadratics."""
+
+import math
+
+import pytest
+import torch
+
+from spectralyzer.hessian import step_sizes as ss
+
+
+def run_sgd(l1, lr, steps=400, **kwargs):
+    """|x| after SGD on f(x) = l1 x^2 / 2 from x = 1 (torch.optim.SGD itself)."""
+    x = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([x], lr=lr, **kwargs)
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.5 * l1 * x**2).sum().backward()
+        opt.step()
+    return abs(float(x))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.9])
+def test_stability_limits_of_heavy_ball_and_nesterov(beta):
+    l1 = 3.0
+    limit = ss.heavy_ball_limit(l1, beta) if beta else ss.gd_limit(l1)
+    assert run_sgd(l1, 0.98 * limit, momentum=beta) < 1e-2
+    assert run_sgd(l1, 1.02 * limit, momentum=beta) > 1.0
+    if beta:
+        limit = ss.nesterov_limit(l1, beta)
+        assert run_sgd(l1, 0.98 * limit, momentum=beta, nesterov=True) < 1e-2
+        assert run_sgd(l1, 1.02 * limit, momentum=beta, nesterov=True) > 1.0
+
+
+def test_adam_limit_is_38_over_l1_at_beta_09():
+    assert ss.adam_limit(2.0) == pytest.approx(38 / 2.0)
+
+
+def test_heavy_ball_optimum_converges_at_its_rate():
+    l1, lp = 100.0, 1.0
+    lr, beta = ss.heavy_ball_optimum(l1, lp)
+    rate = (math.sqrt(l1) - math.sqrt(lp)) / (math.sqrt(l1) + math.sqrt(lp))
+    assert beta == pytest.approx(rate**2)
+    # on curvatures l1 and lp the error shrinks by about `rate` per step
+    x = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([x], lr=lr, momentum=beta)
+    curv = torch.tensor([l1, lp], dtype=torch.float64)
+    norms = []
+    for _ in range(200):
+        opt.zero_grad()
+        (0.5 * curv * x**2).sum().backward()
+        opt.step()
+        norms.append(float(x.norm()))
+    observed = (norms[-1] / norms[99]) ** (1 / 100)
+    assert observed == pytest.approx(rate, rel=0.05)
+    # and it beats the best plain gradient descent rate (l1 - lp) / (l1 + lp)
+    assert observed < (l1 - lp) / (l1 + lp)
+
+
+def test_nesterov_optimum():
+    lr, mu = ss.nesterov_optimum(16.0, 1.0)
+    assert lr == pytest.approx(1 / 16) and mu == pytest.approx(3 / 5)
+
+
+def test_hessian_variance_of_known_micro_batches():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(20, generator=gen, dtype=torch.float64)
+    z = z / z.norm()
+    h = torch.randn(20, 20, generator=gen, dtype=torch.float64)
+    noise = [torch.randn(20, 20, generator=gen, dtype=torch.float64) * 0.3 for _ in range(6)]
+    products = [(h + e) @ z for e in noise]
+    stack = torch.stack(products)
+    unbiased = float(((stack - stack.mean(0)) ** 2).sum(1).sum() / (len(products) - 1))
+    assert ss.hessian_variance(products) == pytest.approx(unbiased, rel=1e-12)
+    with pytest.raises(ValueError):
+        ss.hessian_variance(products[:1])
+
+
+def test_lr_max_is_linear_then_flat_with_the_threshold_at_b_star():
+    l1, b, v = 4.0, 32, 50.0
+    b_star = ss.critical_batch(l1, b, v)
+    assert b_star == pytest.approx(32 * 50 / 16)
+    assert ss.lr_max(b_star, l1, b, v) == pytest.approx(0.5 * ss.gd_limit(l1))
+    small = [ss.lr_max(B, l1, b, v) for B in (1, 2, 4)]
+    assert small[1] / small[0] == pytest.approx(2, rel=0.02) and small[2] / small[
+        1
+    ] == pytest.approx(2, rel=0.05)
+    assert ss.lr_max(1e9, l1, b, v) == pytest.approx(ss.gd_limit(l1), rel=1e-6)
+
+
+def test_batch_top_eigenvalue_branches():
+    assert ss.batch_top_eigenvalue(10.0, 4.0) == pytest.approx(10.4)
+    assert ss.batch_top_eigenvalue(1.0, 16.0) == pytest.approx(8.0)
