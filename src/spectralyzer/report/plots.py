@@ -117,13 +117,23 @@ def _floor(ax) -> float:
 
 def depth_figure(details: pd.DataFrame) -> Figure:
     """alpha (with the 2 and 6 lines) and log_spectral_norm against depth, coloured by type."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), dpi=90, sharex=True)
+    fig, top, bottom = _depth_axes()
     depth = np.arange(len(details))
     for kind, rows in details.groupby("layer_type"):
         colour = TYPE_COLOURS.get(kind, "0.3")
         index = depth[details["layer_type"].to_numpy() == kind]
         top.scatter(index, rows["alpha"], s=14, color=colour, label=kind)
         bottom.scatter(index, rows["log_spectral_norm"], s=14, color=colour, label=kind)
+    return _finish_depth(fig, top, bottom)
+
+
+def _depth_axes() -> tuple[Figure, object, object]:
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), dpi=90, sharex=True)
+    return fig, top, bottom
+
+
+def _finish_depth(fig: Figure, top, bottom) -> Figure:
+    """The 2 and 6 lines of the well-trained alpha band, labels and legend."""
     for level in (2, 6):
         top.axhline(level, color="0.5", ls="--", lw=0.8)
     top.set_ylabel("alpha")
@@ -152,18 +162,11 @@ def histogram_figure(details: pd.DataFrame) -> Figure:
 
 def series_depth_figure(layers: pd.DataFrame) -> Figure:
     """alpha and log_spectral_norm against depth, one line per model."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), dpi=90, sharex=True)
+    fig, top, bottom = _depth_axes()
     for model, rows in layers.groupby("model", sort=False):
         top.plot(rows["depth"], rows["alpha"], marker="o", ms=3, lw=1, label=str(model))
         bottom.plot(rows["depth"], rows["log_spectral_norm"], marker="o", ms=3, lw=1)
-    for level in (2, 6):
-        top.axhline(level, color="0.5", ls="--", lw=0.8)
-    top.set_ylabel("alpha")
-    top.legend(fontsize=7)
-    bottom.set_ylabel("log10 spectral norm$^2$")
-    bottom.set_xlabel("layer (file order)")
-    fig.tight_layout()
-    return fig
+    return _finish_depth(fig, top, bottom)
 
 
 def metric_accuracy_figure(models: pd.DataFrame, metric: str, tau: float) -> Figure:
