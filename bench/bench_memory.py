@@ -29,76 +29,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
+from memprobe import run_measured, write_safetensors
 
 MIB = 2**20
 
 
-def write_safetensors(path: Path, count: int, rows: int, cols: int) -> None:
-    """``count`` float32 matrices (copies of one random matrix) in a safetensors file."""
-    block = np.random.default_rng(0).standard_normal((rows, cols), dtype=np.float32).tobytes()
-    header = {
-        f"layers.{i}.weight": {
-            "dtype": "F32",
-            "shape": [rows, cols],
-            "data_offsets": [i * len(block), (i + 1) * len(block)],
-        }
-        for i in range(count)
-    }
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    with path.open("wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for _ in range(count):
-            f.write(block)
-
-
-def _status(pid: int) -> dict[str, int]:
-    """Memory fields of /proc/PID/status in bytes (empty where there is no /proc)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return {}
-    out = {}
-    for line in lines:
-        key, _, value = line.partition(":")
-        if key.startswith(("Vm", "Rss")) and value.strip().endswith("kB"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
-
-
 def measure(args: list[str]) -> dict[str, float]:
     """Run a command to completion; its exact peak RSS, polled peaks and wall time."""
-    start = time.perf_counter()
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
-        peaks: dict[str, int] = {}
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            for key, value in _status(proc.pid).items():
-                peaks[key] = max(peaks.get(key, 0), value)
-            time.sleep(0.001)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode:
-            err.seek(0)
-            sys.exit(f"{args} failed ({proc.returncode}):\n{err.read().decode(errors='replace')}")
-    return {
-        "maxrss": usage.ru_maxrss * 1024,
-        "anon": peaks.get("RssAnon", float("nan")),
-        "file": peaks.get("RssFile", float("nan")),
-        "wall": wall,
-    }
+    code, err, peaks = run_measured(args)
+    if code:
+        sys.exit(f"{args} failed ({code}):\n{err}")
+    nan = float("nan")
+    return {"maxrss": peaks["maxrss"], "anon": peaks.get("RssAnon", nan),
+            "file": peaks.get("RssFile", nan), "wall": peaks["wall"]}  # fmt: skip
 
 
 def main() -> None:

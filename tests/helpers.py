@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 
 def gaussian(n: int, m: int, sigma: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -43,3 +47,11 @@ def low_rank(n: int, m: int, rank: int, seed: int = 0) -> np.ndarray:
 def esd(w: np.ndarray) -> np.ndarray:
     """Reference ESD: squared singular values from numpy's SVD, ascending."""
     return np.sort(np.linalg.svd(w, compute_uv=False) ** 2)
+
+
+def package_dir(name: str) -> Path:
+    """An installed package's folder, found without importing it; skip if absent."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"{name} is not installed")
+    return Path(list(spec.submodule_search_locations)[0])

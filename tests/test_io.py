@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import struct
@@ -18,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from helpers import package_dir
 from spectralyzer.errors import InputError
 from spectralyzer.io import Checkpoint, TensorInfo, detect_format, open_checkpoint
 from spectralyzer.io.hf_folder import HFFolderCheckpoint
@@ -65,14 +65,6 @@ def input_error(path: Path, trust_pickle: bool = False) -> InputError:
 def torch_save(obj: object, path: Path, legacy: bool = False) -> Path:
     torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
     return path
-
-
-def package_dir(name: str) -> Path:
-    """An installed package's folder, found without importing it; skip if absent."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"{name} is not installed")
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def digest(path: Path) -> str:

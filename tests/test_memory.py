@@ -28,16 +28,12 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import struct
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from memprobe import run_measured, write_safetensors
 
 ROWS, COLS = 4096, 128  # float32: 2 MiB per layer, cheap eigenvalues (128 x 128 Gram)
 LAYERS = 300  # 600 MiB file
@@ -58,67 +54,6 @@ pytestmark = pytest.mark.skipif(
     not Path("/proc/self/status").exists() or not hasattr(os, "wait4"),
     reason="needs Linux /proc and os.wait4",
 )
-
-
-def write_safetensors(path: Path, layers: int, rows: int, cols: int) -> None:
-    """A safetensors file of ``layers`` copies of one random float32 matrix, written in blocks."""
-    block = np.random.default_rng(0).standard_normal((rows, cols), dtype=np.float32).tobytes()
-    header = {
-        f"layer{i}.weight": {
-            "dtype": "F32",
-            "shape": [rows, cols],
-            "data_offsets": [i * len(block), (i + 1) * len(block)],
-        }
-        for i in range(layers)
-    }
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    with path.open("wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for _ in range(layers):
-            f.write(block)
-
-
-def _status(pid: int) -> dict[str, int]:
-    """Memory fields of /proc/PID/status, in bytes (empty once the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return {}
-    fields = {}
-    for line in lines:
-        key, _, value = line.partition(":")
-        if key.startswith(("Vm", "Rss")) and value.strip().endswith("kB"):
-            fields[key] = int(value.split()[0]) * 1024
-    return fields
-
-
-def run_measured(args: list[str], data_limit: int | None = None) -> tuple[int, str, dict[str, int]]:
-    """Run a command; return (exit code, stderr, peak memory fields in bytes).
-
-    Peaks of RssAnon, RssFile, VmData are polled every millisecond; ``maxrss`` is
-    the kernel's exact peak resident set of this child (``wait4``).
-    """
-
-    def limit() -> None:
-        if data_limit is not None:
-            resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))
-
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=limit)
-        peaks: dict[str, int] = {}
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            for key, value in _status(proc.pid).items():
-                peaks[key] = max(peaks.get(key, 0), value)
-            time.sleep(0.001)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        peaks["maxrss"] = usage.ru_maxrss * 1024
-        err.seek(0)
-        return proc.returncode, err.read().decode(errors="replace"), peaks
 
 
 def test_peak_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
