@@ -75,6 +75,13 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--debug", is_flag=True, help="Show tracebacks.")(wrapper)
 
 
+report_option = click.option(
+    "--report",
+    metavar="DIR",
+    help="Also write a report folder (index.html, report.md, figures, CSV).",
+)
+
+
 def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options shared by every command that analyses checkpoints."""
     options = [
@@ -375,11 +382,7 @@ def plot(
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("-o", "--output", metavar="FILE", help="Write the comparison here instead of stdout.")
 @click.option("--layers-out", metavar="FILE", help="Also write the per-depth layer table as CSV.")
-@click.option(
-    "--report",
-    metavar="DIR",
-    help="Also write a report folder (index.html, report.md, figures, CSV).",
-)
+@report_option
 @analysis_options
 @handle_errors
 def compare(
@@ -442,11 +445,7 @@ def diff_command(base: Path, candidate: Path, fmt: str, output: str | None, **op
 )
 @click.option("--junit", metavar="FILE", help="Write a JUnit XML report.")
 @click.option("--markdown", metavar="FILE", help="Write a Markdown summary.")
-@click.option(
-    "--report",
-    metavar="DIR",
-    help="Also write a report folder (index.html, report.md, figures, CSV).",
-)
+@report_option
 @analysis_options
 @handle_errors
 def gate(
