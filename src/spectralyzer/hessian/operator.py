@@ -1,74 +1,124 @@
 """The Hessian of a model's loss on one batch, as a matrix-free linear operator.
 
-``H v`` is the vector-Jacobian product of the gradient with ``v``
-(reverse-over-reverse, ``torch.func.vjp`` of ``torch.func.grad``; ``H`` is
-symmetric), about the cost of two backward passes.  (Forward-over-reverse,
-``jvp`` of ``grad``, fails in torch 2.13 for ``nn.functional.mse_loss``:
-"ZeroTensors are immutable".)  The model
-is put in eval mode for the probe (dropout off, BatchNorm uses its running
-statistics), so ``H`` is the Hessian of a fixed, deterministic function.
+``H v`` is Pearlmutter's trick done by double backward: the gradient is built
+once with ``create_graph=True`` and kept, and each product is one more
+backward pass through it, ``H v = d(g . v)/dw`` (about the cost of two
+backward passes; the forward pass is not repeated).  Double backward works on
+plain modules and on TorchScript ones alike (``torch.func.functional_call``
+refuses scripted modules).
+
+The model is put in eval mode for the probe: dropout is off and BatchNorm uses
+its running statistics, so ``H`` is the Hessian of one fixed, deterministic
+function of the parameters (train-mode BatchNorm would couple the samples of
+the batch and make the curvature depend on how the batch is split).
+Parameters outside the block get ``requires_grad=False``; nothing is
+accumulated into ``.grad`` (only ``torch.autograd.grad`` is used).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vjp
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class HessianOperator:
-    """``v -> H v`` for the loss of ``model`` on ``(inputs, targets)``, flattened over parameters.
+class ParameterBlock:
+    """A block of a model's parameters, flattened into one vector space of dimension ``dim``.
 
-    ``params`` selects the block: names of the parameters to differentiate (all
-    trainable ones by default); the others are held fixed.
+    ``params`` names the parameters (all of them by default); they get
+    ``requires_grad=True`` and every other parameter ``requires_grad=False``.
     """
+
+    def __init__(self, model: nn.Module, params: Sequence[str] | None = None) -> None:
+        model.eval()
+        named = dict(model.named_parameters())
+        self.names = list(params) if params else list(named)
+        unknown = [n for n in self.names if n not in named]
+        if unknown:
+            raise ValueError(f"no parameter named {', '.join(unknown)}")
+        if not self.names:
+            raise ValueError("the model has no parameters")
+        for name, param in named.items():
+            param.requires_grad_(name in self.names)
+        self.params = [named[n] for n in self.names]
+        self.shapes = [p.shape for p in self.params]
+        self.sizes = [p.numel() for p in self.params]
+        self.dim = sum(self.sizes)
+        self.dtype = self.params[0].dtype
+        self.device = self.params[0].device
+
+    def unflatten(self, vector: torch.Tensor) -> list[torch.Tensor]:
+        parts = vector.to(self.dtype).split(self.sizes)
+        return [p.view(s) for p, s in zip(parts, self.shapes, strict=True)]
+
+    def flatten(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """One vector from per-parameter tensors; ``None`` (no dependence) is zero."""
+        return torch.cat(
+            [
+                (t if t is not None else torch.zeros_like(p)).reshape(-1)
+                for t, p in zip(tensors, self.params, strict=True)
+            ]
+        )
+
+    def point(self) -> torch.Tensor:
+        """The current parameter values as one vector."""
+        return self.flatten([p.detach() for p in self.params])
+
+
+def differentiate(
+    outputs: Sequence[torch.Tensor],
+    inputs: Sequence[torch.Tensor],
+    grad_outputs: Sequence[torch.Tensor],
+    *,
+    create_graph: bool = False,
+) -> list[torch.Tensor | None]:
+    """``torch.autograd.grad`` over the outputs that depend on anything; ``None`` where nothing does.
+
+    Outputs that do not require grad (a constant gradient, e.g. of a bias
+    under a quadratic loss) contribute zero instead of raising, and unused
+    inputs give ``None`` instead of raising (a pitfall of PyHessian).
+    """
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if o.requires_grad]
+    if not pairs:
+        return [None] * len(inputs)
+    return list(
+        torch.autograd.grad(
+            [o for o, _ in pairs],
+            list(inputs),
+            grad_outputs=[g for _, g in pairs],
+            retain_graph=True,
+            create_graph=create_graph,
+            allow_unused=True,
+        )
+    )
+
+
+class HessianOperator(ParameterBlock):
+    """``v -> H v`` for the loss of ``model`` on ``(inputs, targets)``, over the parameter block."""
 
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        loss_fn: LossFn,
         inputs: torch.Tensor,
         targets: torch.Tensor,
-        params: list[str] | None = None,
+        params: Sequence[str] | None = None,
     ) -> None:
-        model.eval()
-        named = dict(model.named_parameters())
-        self.names = params or [n for n, p in named.items() if p.requires_grad]
-        self.shapes = [named[n].shape for n in self.names]
-        self.sizes = [named[n].numel() for n in self.names]
-        self.dim = sum(self.sizes)
-        self.point = {n: named[n].detach() for n in self.names}
-        fixed = {n: p.detach() for n, p in named.items() if n not in self.names}
-        buffers = dict(model.named_buffers())
-
-        def loss(point: dict[str, torch.Tensor]) -> torch.Tensor:
-            state = {**fixed, **buffers, **point}
-            return loss_fn(functional_call(model, state, (inputs,)), targets)
-
-        self._loss = loss
-        self._grad = grad(loss)
-        self.dtype = next(iter(self.point.values())).dtype
-        self.device = next(iter(self.point.values())).device
-
-    def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
-        parts = vector.split(self.sizes)
-        return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
-
-    def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([tensors[n].reshape(-1) for n in self.names])
-
-    def loss(self) -> torch.Tensor:
-        return self._loss(self.point)
-
-    def gradient(self) -> torch.Tensor:
-        return self.flatten(self._grad(self.point))
+        super().__init__(model, params)
+        loss = loss_fn(model(inputs), targets)
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        self._grads = [
+            g if g is not None else torch.zeros_like(p)
+            for g, p in zip(grads, self.params, strict=True)
+        ]
+        self.loss = float(loss.detach())
+        self.gradient = self.flatten([g.detach() for g in self._grads])
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         """``H v`` for a flat vector ``v`` of length ``dim``."""
-        tangent = self.unflatten(vector.to(self.dtype))
-        _, pullback = vjp(self._grad, self.point)
-        return self.flatten(pullback(tangent)[0])
+        return self.flatten(differentiate(self._grads, self.params, self.unflatten(vector)))
 
     __call__ = matvec
