@@ -32,7 +32,7 @@ def exact_hessian(model, fn, x, y, names=None) -> torch.Tensor:
     shapes = [named[n].shape for n in names]
 
     def loss(flat):
-        parts = {n: t.view(s) for n, t, s in zip(names, flat.split(sizes), shapes)}
+        parts = {n: t.view(s) for n, t, s in zip(names, flat.split(sizes), shapes, strict=True)}
         return fn(torch.func.functional_call(model, {**named, **parts}, (x,)), y)
 
     flat = torch.cat([named[n].reshape(-1) for n in names])
