@@ -1,4 +1,9 @@
-"""Hutchinson's trace estimator (Hutchinson 1990): ``tr H = E[v^T H v]`` for Rademacher ``v``."""
+"""Trace estimators from matrix-vector products alone.
+
+- Hutchinson (1990): ``tr H = E[v^T H v]`` for Rademacher ``v``.
+- Hutch++ (Meyer, Musco, Musco & Woodruff 2021): a low-rank part taken exactly
+  plus Hutchinson on the deflated rest.
+"""
 
 from __future__ import annotations
 
@@ -28,3 +33,45 @@ def hutchinson(
     t = torch.tensor(values, dtype=torch.float64)
     stderr = float(t.std(unbiased=True)) / math.sqrt(samples) if samples > 1 else math.nan
     return TraceEstimate(float(t.mean()), stderr, samples)
+
+
+def _signs(shape: tuple[int, ...], generator: torch.Generator, dtype) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=generator).to(dtype) * 2 - 1
+
+
+def hutch_plus_plus(
+    matvec: MatVec, dim: int, matvecs: int, generator: torch.Generator, dtype=torch.float64
+) -> TraceEstimate:
+    """Hutch++ (Meyer, Musco, Musco & Woodruff 2021): ``tr(Q^T H Q)`` plus Hutchinson on the rest.
+
+    The budget of ``matvecs`` products is split in thirds: ``H S`` for a
+    Rademacher sketch ``S`` of ``k = matvecs // 3`` columns, whose orthonormal
+    basis ``Q`` captures the top of the spectrum; ``H Q`` gives the exact
+    ``tr(Q^T H Q)``; the remaining products go to Hutchinson on the deflated
+    ``(I - QQ^T) H (I - QQ^T)``.  For a decaying spectrum the error falls as
+    ``1/m`` instead of Hutchinson's ``1/sqrt(m)``.  ``stderr`` is that of the
+    Hutchinson part (the low-rank part is exact given ``Q``); ``samples`` is the
+    number of products used.  Below 3 products this is plain Hutchinson; when
+    ``k >= dim`` the trace is computed exactly from ``dim`` unit vectors
+    (``stderr`` 0).
+    """
+    if matvecs < 1:
+        raise ValueError(f"Hutch++ needs at least one matrix-vector product, got {matvecs}")
+    k = matvecs // 3
+    if k >= dim:
+        eye = torch.eye(dim, dtype=dtype)
+        exact = sum(float(matvec(e).to(dtype)[i]) for i, e in enumerate(eye))
+        return TraceEstimate(exact, 0.0, dim)
+    if k == 0:
+        return hutchinson(matvec, dim, matvecs, generator, dtype)
+    sketch = _signs((dim, k), generator, dtype)
+    q, _ = torch.linalg.qr(torch.stack([matvec(s).to(dtype) for s in sketch.T], dim=1))
+    low_rank = sum(float(c @ matvec(c).to(dtype)) for c in q.T)
+
+    def deflate(v: torch.Tensor) -> torch.Tensor:
+        return v - q @ (q.T @ v)
+
+    rest = hutchinson(
+        lambda v: deflate(matvec(deflate(v)).to(dtype)), dim, matvecs - 2 * k, generator, dtype
+    )
+    return TraceEstimate(low_rank + rest.value, rest.stderr, 2 * k + rest.samples)
