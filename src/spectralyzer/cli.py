@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import re
 import shutil
@@ -22,12 +23,16 @@ from typing import Any
 import click
 
 from . import __version__
-from .demo import demo_model_path
+from .demo import demo_model_path, probe_demo
 from .diff import diff as diff_models
 from .engine import DEVICES
 from .errors import SpectralyzerError
 from .gate import Policy, evaluate, to_junit, verdict_lines
 from .gate import to_markdown as gate_markdown
+from .hessian.probe import LOSSES, PRECISIONS, ProbeOptions, run_probe
+from .hessian.render import FORMATS as PROBE_FORMATS
+from .hessian.render import render_probe
+from .io.runnable import load_batch, load_runnable
 from .layers import CONV_MODES, LAYER_TYPES
 from .pipeline import AnalysisOptions, make_options, run_analysis
 from .series import RANK_METRICS, default_labels, read_accuracy, render_series
@@ -483,6 +488,123 @@ def gate(
     click.echo("\n".join(verdict_lines(verdict)))
     if not verdict.passed:
         sys.exit(1)
+
+
+def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple:
+    if not value:
+        return ()
+    try:
+        sizes = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+    if not sizes or sizes[0] < 1:
+        raise click.BadParameter("batch sizes must be positive integers")
+    return sizes
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Batch of inputs and targets: .pt (dict inputs/targets or a pair) or .npz.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    help="Checkpoint to load into MODEL (with a package.module:factory MODEL).",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Probe the built-in demo (a digits CNN, data/digits/) with every probe on.",
+)
+@click.option("--loss", type=click.Choice(list(LOSSES)), default="cross_entropy", show_default=True)
+@click.option("--top-k", default=5, show_default=True, help="Top eigenvalues to report.")
+@click.option(
+    "--steps", default=40, show_default=True, help="Lanczos steps for the top eigenvalues."
+)
+@click.option(
+    "--trace", is_flag=True, help="Trace by Hutch++ (and the effective rank tr/lambda_1)."
+)
+@click.option("--trace-matvecs", default=90, show_default=True, help="Hutch++ budget of products.")
+@click.option("--slq", is_flag=True, help="Spectral density by stochastic Lanczos quadrature.")
+@click.option("--slq-steps", default=60, show_default=True)
+@click.option("--slq-vectors", default=4, show_default=True)
+@click.option(
+    "--slq-width",
+    default=0.01,
+    show_default=True,
+    help="Gaussian smoothing of the density, as a fraction of the spectrum's range.",
+)
+@click.option("--ggn", is_flag=True, help="Also the Generalised Gauss-Newton matrix.")
+@click.option(
+    "--batch-sizes",
+    callback=_batch_sizes,
+    metavar="LIST",
+    help="Batch-size table, e.g. 32,128,512: top eigenvalue and learning rates per batch size.",
+)
+@click.option(
+    "--micro-batch", type=int, help="Micro-batch size of the Hessian variance (default n/16)."
+)
+@click.option("--repeats", default=3, show_default=True, help="Random sub-batches per batch size.")
+@click.option(
+    "--reference-batch",
+    type=int,
+    help="Batch size the factors are relative to (default: smallest).",
+)
+@click.option(
+    "--dataset-size", type=float, default=math.inf, help="Training-set size N (default: infinite)."
+)
+@click.option(
+    "--momentum", default=0.9, show_default=True, help="beta of the momentum stability limits."
+)
+@click.option(
+    "--per-layer", is_flag=True, help="Each weight matrix's Hessian block beside its alpha."
+)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option(
+    "--precision", type=click.Choice(list(PRECISIONS)), default="float64", show_default=True
+)
+@click.option(
+    "--trust-pickle", is_flag=True, help="Allow a full pickled model (runs code when loaded)."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(PROBE_FORMATS), default="table", show_default=True
+)
+@click.option("-o", "--output", metavar="FILE", help="Write the report here instead of stdout.")
+@handle_errors
+def probe(
+    model: str | None,
+    data: Path | None,
+    weights: Path | None,
+    demo: bool,
+    trust_pickle: bool,
+    fmt: str,
+    output: str | None,
+    **opts: Any,
+) -> None:
+    """Curvature of a model that runs, on a batch: Hessian/GGN spectra, batch-size and step-size guidance.
+
+    MODEL is a TorchScript file, a full pickled module (with --trust-pickle), or
+    package.module:factory with --weights. Unlike analyze, this needs data.
+    """
+    if demo == (model is not None):
+        raise click.UsageError("give either MODEL (with --data) or --demo")
+    if demo:
+        model, weights, data = probe_demo()
+        opts.update(trace=True, slq=True, ggn=True, per_layer=True)
+        opts["batch_sizes"] = opts["batch_sizes"] or (16, 32, 64, 128, 256, 512)
+    elif data is None:
+        raise click.UsageError("probe needs --data (a batch of inputs and targets)")
+    module = load_runnable(model, weights, trust_pickle=trust_pickle)
+    inputs, targets = load_batch(data)
+    result = run_probe(
+        module, inputs, targets, ProbeOptions(**opts), model_label=str(model), data_label=str(data)
+    )
+    inputs_used = [Path(p) for p in (model, weights, data) if p and Path(p).exists()]
+    write_output(render_probe(fmt, result), output, inputs_used)
 
 
 if __name__ == "__main__":  # pragma: no cover

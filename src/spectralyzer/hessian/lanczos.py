@@ -53,9 +53,18 @@ def lanczos(matvec: MatVec, start: torch.Tensor, steps: int) -> Tridiagonal:
 
 
 def top_eigenvalues(
-    matvec: MatVec, dim: int, k: int, steps: int, generator: torch.Generator, dtype=torch.float64
+    matvec: MatVec,
+    dim: int,
+    k: int,
+    steps: int,
+    generator: torch.Generator,
+    dtype=torch.float64,
+    device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """The ``k`` largest eigenvalues (descending) from the Ritz values of ``steps`` Lanczos steps."""
-    start = torch.randn(dim, generator=generator, dtype=dtype)
+    """The ``k`` largest eigenvalues (descending) from the Ritz values of ``steps`` Lanczos steps.
+
+    The start vector is drawn on the CPU from ``generator`` (reproducible on any device).
+    """
+    start = torch.randn(dim, generator=generator, dtype=dtype).to(device)
     values, _ = lanczos(matvec, start, min(steps, dim)).ritz()
     return values[::-1][:k].copy()

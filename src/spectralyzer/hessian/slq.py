@@ -45,11 +45,12 @@ def slq(
     vectors: int,
     generator: torch.Generator,
     dtype=torch.float64,
+    device: torch.device | str = "cpu",
 ) -> SpectralDensity:
     """Average of the Gauss quadrature rules of ``vectors`` random starts, ``steps`` each."""
     nodes, weights = [], []
     for _ in range(vectors):
-        start = torch.randn(dim, generator=generator, dtype=dtype)
+        start = torch.randn(dim, generator=generator, dtype=dtype).to(device)
         theta, u = lanczos(matvec, start, min(steps, dim)).ritz()
         nodes.append(theta)
         weights.append(u[0] ** 2 / vectors)

@@ -17,7 +17,13 @@ Pure functions of eigenvalue estimates:
   scales as ``V_H(B) = V_H(b) b / B``; the batch outlier is
   ``l1 + V/l1`` when ``l1 > sqrt(V)``, else ``2 sqrt(V)``; hence
   ``lr_max(B) = 2 B l1 / (B l1^2 + b V_H(b))``, linear in ``B`` below
-  ``B* = b V_H(b) / l1^2`` and flat above it.
+  ``B* = b V_H(b) / l1^2`` and flat above it;
+* finite populations: a batch of ``B`` drawn without replacement from ``N``
+  samples has the noise of ``b = B / (1 - B/N)`` independent ones (THEORY.md;
+  Granziol et al. after Theorem 4), i.e. variance ``S^2 (1/B - 1/N)`` with
+  ``S^2`` the per-sample Hessian variance along ``z``;
+* Adam with small epsilon: learning rate proportional to ``sqrt(B)``
+  (Granziol et al., section 11); SGD: proportional to ``B`` below ``B*``.
 """
 
 from __future__ import annotations
@@ -58,13 +64,41 @@ def nesterov_optimum(l1: float, lp: float) -> tuple[float, float]:
 
 def hessian_variance(micro_hvps: Sequence[torch.Tensor]) -> float:
     """``V_H(b)`` from the products ``H_i z`` of K micro-batches with one unit vector z."""
-    k = len(micro_hvps)
+    stack = torch.stack(list(micro_hvps))
+    return hessian_variance_from_sums(float((stack**2).sum()), stack.sum(dim=0), len(stack))
+
+
+def hessian_variance_from_sums(sum_sq: float, sum_vec: torch.Tensor, k: int) -> float:
+    """``K/(K-1) [mean_i ||H_i z||^2 - ||mean_i H_i z||^2]`` from running sums (streaming)."""
     if k < 2:
         raise ValueError("need at least two micro-batches")
-    stack = torch.stack(list(micro_hvps))
-    mean_sq = float((stack**2).sum(dim=1).mean())
-    mean_vec = stack.mean(dim=0)
-    return k / (k - 1) * (mean_sq - float(mean_vec @ mean_vec))
+    mean_vec = sum_vec / k
+    return k / (k - 1) * (sum_sq / k - float(mean_vec @ mean_vec))
+
+
+def per_sample_variance(variance_micro: float, micro_batch: int, population: float) -> float:
+    """``S^2 = V_H(b) / (1/b - 1/N)``: micro-batches of ``b`` drawn from ``N`` samples."""
+    return variance_micro / (1.0 / micro_batch - 1.0 / population)
+
+
+def noise_variance(per_sample: float, batch: float, population: float = math.inf) -> float:
+    """``S^2 (1/B - 1/N)``: Hessian noise of a batch of ``B`` drawn from ``N`` samples."""
+    return per_sample * (1.0 / batch - 1.0 / population)
+
+
+def deconvolved_top_eigenvalue(l1_batch: float, variance: float) -> float:
+    """``l1`` of the noiseless Hessian from a batch's ``l1_batch = l1 + V/l1`` (NaN if not separated).
+
+    The larger root of ``l1^2 - l1_batch l1 + V = 0``; it exists when
+    ``l1_batch >= 2 sqrt(V)``, the edge of the noise bulk.
+    """
+    disc = l1_batch**2 - 4.0 * variance
+    return 0.5 * (l1_batch + math.sqrt(disc)) if disc >= 0 else math.nan
+
+
+def adam_factor(batch: float, reference: float) -> float:
+    """Square-root rule for Adam (small epsilon): ``lr(B) / lr(B_ref) = sqrt(B / B_ref)``."""
+    return math.sqrt(batch / reference)
 
 
 def batch_top_eigenvalue(l1: float, variance: float) -> float:

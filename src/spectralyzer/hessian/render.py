@@ -1,0 +1,197 @@
+"""A probe's records -> text a practitioner reads (table, markdown) or a program reads (JSON).
+
+JSON keys are the dataclass fields of :mod:`.probe` and :mod:`.batch_scaling`
+(NaN and infinities written as ``null``); they are a stable interface.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from typing import Any
+
+import pandas as pd
+
+from ..tables import clean_json, markdown_table
+from .probe import Curvature, ProbeResult
+
+FORMATS = ("table", "json", "markdown")
+
+EVAL_MODE = (
+    "model in eval mode: dropout off, BatchNorm normalises with its running statistics "
+    "(the Hessian of one fixed function of the weights)"
+)
+
+
+def _g(x: float | None, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}g}"
+
+
+def _curvature_lines(c: Curvature) -> list[str]:
+    name = {"hessian": "Hessian", "ggn": "Generalised Gauss-Newton (GGN)"}[c.matrix]
+    lines = [
+        f"{name}:",
+        f"  top eigenvalues (Lanczos, {c.steps} steps, full re-orthogonalisation): "
+        + ", ".join(_g(v, 6) for v in c.top_eigenvalues),
+        f"  curvature along the gradient g'Mg/|g|^2: {_g(c.gradient_curvature)}",
+    ]
+    if c.trace:
+        lines.append(
+            f"  trace (Hutch++, {c.trace.samples} products): {_g(c.trace.value, 6)} "
+            f"+- {_g(c.trace.stderr, 2)} (standard error); effective rank tr/lambda_1: "
+            f"{_g(c.effective_rank)}"
+        )
+    if c.density:
+        d = c.density
+        lines.append(
+            f"  density (SLQ, {d.vectors} vectors x {d.steps} steps): Ritz values in "
+            f"[{_g(d.min_node)}, {_g(d.max_node)}]; negative mass {d.negative_mass:.1%}, "
+            f"near zero {d.near_zero_mass:.1%}; mean {_g(d.mean)} (estimates tr/P)"
+        )
+    return lines
+
+
+def scaling_frame(result: ProbeResult) -> pd.DataFrame:
+    return pd.DataFrame([asdict(r) for r in result.scaling.rows]) if result.scaling else None
+
+
+def _scaling_lines(result: ProbeResult) -> list[str]:
+    s = result.scaling
+    v = s.variance
+    n = s.batch
+    population = "infinite" if math.isinf(s.dataset_size) else f"{s.dataset_size:g}"
+    deconvolved = (
+        f"lambda_1 without batch noise: {_g(s.lambda_1, 6)} (deconvolved from lambda_1 of the "
+        f"{n}-sample batch, {_g(s.lambda_1_batch, 6)})"
+        if s.separated
+        else f"lambda_1 of the {n}-sample batch ({_g(s.lambda_1_batch, 6)}) does not stand clear "
+        "of its own noise: used as is, an upper bound"
+    )
+    return [
+        "Batch size (Granziol et al. 2022, Theorem 4 and Algorithm 1):",
+        f"  Hessian variance V_H(b) = {_g(v.value)} +- {_g(v.stderr, 2)} at micro-batch b = "
+        f"{v.micro_batch} ({v.micro_batches} micro-batches, {v.vectors} random unit vectors); "
+        f"per sample S^2 = {_g(v.per_sample)}",
+        f"  {deconvolved}",
+        f"  linear scaling of the SGD learning rate stops paying at B* = S^2/lambda_1^2 = "
+        f"{_g(s.critical_batch)}; data set size {population}; factors relative to B = "
+        f"{s.reference_batch}",
+    ]
+
+
+ASSUMPTIONS = [
+    "The Hessian is of the mean loss on the given batch, at the given weights; the learning "
+    "rates hold near these weights (a quadratic model), not for the whole run.",
+    "Batch noise H_B - H is a random matrix whose variance along any unit vector is V_H(B) "
+    "= S^2 (1/B - 1/N) (independent samples; isotropic noise, Granziol et al. section 4).",
+    "measured_lambda_1: Lanczos on random sub-batches of the probed samples; "
+    "predicted_lambda_1: lambda_1(n) + S^2 (1/B - 1/n)/lambda_1(n), or 2 sqrt(V) when the "
+    "outlier is swallowed by the noise bulk: their agreement checks the noise model on this model.",
+    "training_lambda_1 and sgd_lr_max = 2/lambda_1(B): a mini-batch of B from a data set of "
+    "size N; sgd_factor is the curvature-limited change of the SGD learning rate relative to "
+    "the reference batch, linear_factor the linear rule (valid below B*), adam_factor the "
+    "square-root rule for Adam with a small epsilon (Granziol et al. section 11).",
+    "Momentum rules: textbook heavy-ball (Polyak) and Nesterov optima for curvatures in "
+    "[lambda_low, lambda_1] (Granziol et al. eqs. 24-25 print them in another normalisation); "
+    "deep-net Hessians have near-zero and negative eigenvalues, so the low end is a Ritz value "
+    "of the top of the spectrum, not the smallest eigenvalue.",
+]
+
+
+def _guidance_lines(result: ProbeResult) -> list[str]:
+    g = result.guidance
+    lines = [
+        f"Step sizes at the probed batch size ({g.batch_size}; from the Hessian's lambda_1 = "
+        f"{_g(g.lambda_1, 6)}):",
+        f"  largest stable SGD learning rate 2/lambda_1: {_g(g.gd_limit)}; with heavy-ball "
+        f"momentum {g.momentum}: {_g(g.heavy_ball_limit)}; with PyTorch Nesterov momentum "
+        f"{g.momentum}: {_g(g.nesterov_limit)}",
+        f"  step along the gradient minimising the quadratic model |g|^2/g'Hg: "
+        f"{_g(g.gradient_step)}",
+    ]
+    if g.heavy_ball:
+        lines += [
+            f"  curvature range [{_g(g.lambda_low)}, {_g(g.lambda_1)}], low end = "
+            f"{g.lambda_low_source}:",
+            f"    heavy ball: lr {_g(g.heavy_ball[0])}, momentum {_g(g.heavy_ball[1])}; "
+            f"Nesterov: lr {_g(g.nesterov[0])}, momentum {_g(g.nesterov[1])}",
+        ]
+    else:
+        lines.append(
+            f"  no momentum rule: the low end ({g.lambda_low_source}) = {_g(g.lambda_low)} "
+            "is not positive and below lambda_1"
+        )
+    return lines
+
+
+def _header(result: ProbeResult) -> list[str]:
+    o = result.options
+    return [
+        f"spectralyzer probe: {result.model} on {result.data}",
+        f"{result.samples} samples, {result.parameters:,} parameters, {o.loss} loss "
+        f"{_g(result.loss, 6)}, gradient norm {_g(result.gradient_norm)}; {o.precision} on "
+        f"{result.device}, seed {o.seed}",
+        EVAL_MODE,
+    ]
+
+
+def to_text(result: ProbeResult, markdown: bool = False) -> str:
+    def table(frame: pd.DataFrame) -> str:
+        frame = frame.copy()
+        for column in frame.columns:  # 4 significant digits: curvatures span decades
+            if frame[column].dtype.kind == "f":
+                frame[column] = frame[column].map(_g)
+        return markdown_table(frame) if markdown else frame.to_string(index=False)
+
+    blocks = [_header(result)]
+    blocks += [_curvature_lines(c) for c in result.curvatures]
+    blocks.append(_guidance_lines(result))
+    if result.scaling:
+        blocks.append(_scaling_lines(result) + ["", table(scaling_frame(result))])
+    if result.layers is not None:
+        blocks.append(
+            ["Per layer: Hessian block of each weight matrix beside its weight spectrum", ""]
+            + [table(result.layers)]
+        )
+    blocks.append(["Assumptions:"] + [f"- {a}" for a in ASSUMPTIONS])
+    if markdown:
+        title, *rest = blocks[0]
+        blocks[0] = [f"# {title}", "", *rest]
+    return "\n\n".join("\n".join(b) for b in blocks) + "\n"
+
+
+def to_dict(result: ProbeResult) -> dict[str, Any]:
+    """Everything, as plain data; the layer table as a list of records."""
+    out = {
+        "model": result.model,
+        "data": result.data,
+        "samples": result.samples,
+        "parameters": result.parameters,
+        "loss_name": result.loss_name,
+        "loss": result.loss,
+        "gradient_norm": result.gradient_norm,
+        "device": result.device,
+        "options": asdict(result.options),
+        "eval_mode": EVAL_MODE,
+        "curvatures": {
+            c.matrix: {**asdict(c), "lambda_1": c.lambda_1, "effective_rank": c.effective_rank}
+            for c in result.curvatures
+        },
+        "guidance": asdict(result.guidance),
+        "batch_scaling": asdict(result.scaling) if result.scaling else None,
+        "layers": result.layers.to_dict(orient="records") if result.layers is not None else None,
+        "assumptions": ASSUMPTIONS,
+        "timings": result.timings,
+    }
+    return clean_json(out)
+
+
+def render_probe(fmt: str, result: ProbeResult) -> str:
+    if fmt == "json":
+        return json.dumps(to_dict(result), indent=2) + "\n"
+    if fmt in ("table", "markdown"):
+        return to_text(result, markdown=fmt == "markdown")
+    raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
