@@ -2,23 +2,32 @@
 
 Granziol et al., "Learning rates as a function of batch size: a random matrix
 theory approach" (JMLR 2022), Theorem 4 and Algorithm 1; THEORY.md section 4.
-The batch Hessian is the Hessian of the probed batch plus noise whose variance
-along a unit vector shrinks as ``1/B``:
+The Hessian of a batch of ``B`` samples is ``H_B = H + eps_B``, ``H`` the
+Hessian of the ``n`` probed samples, with top eigenpair ``(l1, phi)``:
 
-1. the ``n`` samples are shuffled (seeded) and split into ``K = n // b``
-   micro-batches; for a few random unit ``z``,
-   ``V_H(b) = K/(K-1) [mean_i ||H_i z||^2 - ||mean_i H_i z||^2]``;
-2. the per-sample variance is ``S^2 = V_H(b) / (1/b - 1/n)`` (micro-batches are
-   drawn without replacement from the ``n`` samples);
-3. a sub-batch of ``B`` of the probed samples has noise ``S^2 (1/B - 1/n)``; its
-   top eigenvalue is predicted as ``l1_n + V/l1_n`` (outlier separated from the
-   noise bulk) or ``2 sqrt(V)`` (swallowed), and measured by Lanczos on random
-   sub-batches, so the theory is checked on the model itself;
-4. for training on a data set of ``N`` samples (infinite by default), the
-   noiseless top eigenvalue ``l1`` is deconvolved from ``l1_n = l1 + S^2/(n l1)``
-   and a mini-batch of ``B`` has ``lambda_1(B) = l1 + S^2 (1/B - 1/N) / l1``;
-   the largest stable SGD step is ``2 / lambda_1(B)``, growing linearly in B
-   below ``B* = S^2 / l1^2`` and flat above it.
+1. the samples are shuffled (seeded) and split into ``K = n // b``
+   micro-batches ``H_i``; along a unit vector ``z`` the noise variance is
+   ``V(b) = K/(K-1) [mean_i ||H_i z||^2 - ||mean_i H_i z||^2]`` (Algorithm 1);
+   per sample ``S^2 = V(b) / (1/b - 1/n)`` (micro-batches are drawn without
+   replacement), and a batch of ``B`` from ``N`` samples has ``S^2 (1/B - 1/N)``;
+2. along random unit ``z`` this is the paper's ``V_H``: the noise bulk reaches
+   ``2 sqrt(V_H(B))`` (Wigner semicircle), and swallows the outlier when
+   ``l1 < sqrt(V_H(B))``;
+3. along ``phi`` it splits into the first-order part
+   ``V_par = Var(phi^T eps phi)`` (the batch-to-batch spread of the top
+   eigenvalue) and ``V_perp = E||eps phi||^2 - V_par``; second-order
+   perturbation theory (the other eigenvalues small against ``l1``) gives
+   ``E lambda_1(H_B) = l1 + V_perp(B) / l1``.  For isotropic (Wigner) noise
+   ``V_perp = V_H`` and this is Theorem 4's ``l1 + P sigma^2 / (b l1)``; real
+   networks' noise is far from isotropic (a few samples dominate the top
+   direction), which is why ``phi`` is used and not only a random ``z``;
+4. predictions are checked against Lanczos on random sub-batches of the probed
+   samples (``N = n``), then applied to training on a data set of ``N``
+   samples (infinite by default): the noiseless ``l1`` is deconvolved from
+   ``l1_n = l1 + S_perp^2 / (n l1)``, a mini-batch of ``B`` has
+   ``lambda_1(B) = l1 + S_perp^2 (1/B - 1/N) / l1``, the largest stable SGD
+   step ``2 / lambda_1(B)`` grows linearly in ``B`` below
+   ``B* = S_perp^2 / l1^2`` and is flat above it.
 """
 
 from __future__ import annotations
@@ -45,15 +54,19 @@ OperatorFactory = Callable[[torch.Tensor], Operator]
 
 
 @dataclass(frozen=True)
-class HessianVariance:
-    """``V_H(b)`` (mean over ``vectors`` random unit z, with its standard error) and ``S^2``."""
+class NoiseEstimate:
+    """Noise variances at micro-batch ``b`` (per sample: divided by ``1/b - 1/n``)."""
 
     micro_batch: int
     micro_batches: int
-    vectors: int
-    value: float
-    stderr: float
-    per_sample: float
+    vectors: int  # random unit vectors averaged for the bulk variance
+    bulk: float  # V_H(b) along random unit z (Algorithm 1)
+    bulk_stderr: float
+    perp: float  # V_perp(b) = E||eps phi||^2 - V_par(b)
+    par: float  # V_par(b) = Var(phi^T eps phi)
+    per_sample_bulk: float
+    per_sample_perp: float
+    per_sample_par: float
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,8 @@ class BatchSizeRow:
     batch_size: int
     measured_lambda_1: float  # mean over random sub-batches of the probed batch (NaN if B > n)
     measured_spread: float  # their standard deviation
-    predicted_lambda_1: float  # l1_n + S^2 (1/B - 1/n) / l1_n, or 2 sqrt(V)
+    predicted_lambda_1: float  # for sub-batches of the probed batch (N = n)
+    predicted_spread: float  # sqrt(V_par(B))
     training_lambda_1: float  # expected for a mini-batch of B from the data set
     sgd_lr_max: float  # 2 / training_lambda_1
     sgd_factor: float  # sgd_lr_max(B) / sgd_lr_max(B_ref)
@@ -78,9 +92,9 @@ class BatchScaling:
     lambda_1_batch: float  # l1_n, top eigenvalue of the probed batch's Hessian
     lambda_1: float  # deconvolved noiseless l1 (l1_n when not separable)
     separated: bool  # whether l1_n stands clear of its own noise (deconvolution valid)
-    variance: HessianVariance
+    noise: NoiseEstimate
     dataset_size: float
-    critical_batch: float  # B* = S^2 / l1^2
+    critical_batch: float  # B* = S_perp^2 / l1^2
     reference_batch: int
     rows: list[BatchSizeRow]
 
@@ -90,35 +104,55 @@ def unit_vectors(count: int, dim: int, generator: torch.Generator, dtype, device
     return (z / z.norm(dim=1, keepdim=True)).to(dtype=dtype, device=device)
 
 
-def hessian_variance(
-    factory: OperatorFactory, n: int, micro_batch: int, vectors: int, generator: torch.Generator
-) -> HessianVariance:
-    """Algorithm 1 of Granziol et al. on ``K = n // b`` shuffled micro-batches (streaming sums)."""
+def _unbiased(values: torch.Tensor) -> float:
+    return float(values.var()) if len(values) > 1 else math.nan
+
+
+def estimate_noise(
+    factory: OperatorFactory,
+    n: int,
+    top_vector: torch.Tensor,
+    micro_batch: int,
+    vectors: int,
+    generator: torch.Generator,
+) -> NoiseEstimate:
+    """Steps 1-3 of the module docstring on ``K = n // b`` shuffled micro-batches (streaming sums)."""
     k = n // micro_batch
     if k < 2:
         raise ValueError(f"micro-batch {micro_batch} leaves fewer than two micro-batches of {n}")
     order = torch.randperm(n, generator=generator)
-    sum_sq = [0.0] * vectors
-    sum_vec: list[torch.Tensor] = []
-    z = None
+    phi = top_vector / top_vector.norm()
+    z = unit_vectors(vectors, phi.numel(), generator, phi.dtype, phi.device)
+    probes = torch.cat([z, phi[None]])  # random vectors, then phi
+    sum_sq = [0.0] * len(probes)
+    sum_vec = [torch.zeros(phi.numel(), dtype=torch.float64) for _ in probes]
+    rayleigh = []  # phi^T H_i phi
     for i in range(k):
         op = factory(order[i * micro_batch : (i + 1) * micro_batch])
-        if z is None:
-            z = unit_vectors(vectors, op.dim, generator, op.dtype, op.device)
-            sum_vec = [torch.zeros(op.dim, dtype=torch.float64) for _ in range(vectors)]
-        for j in range(vectors):
-            hz = op.matvec(z[j]).to(device="cpu", dtype=torch.float64)
-            sum_sq[j] += float(hz @ hz)
-            sum_vec[j] += hz
+        for j, v in enumerate(probes):
+            hv = op.matvec(v).to(device="cpu", dtype=torch.float64)
+            sum_sq[j] += float(hv @ hv)
+            sum_vec[j] += hv
+        rayleigh.append(float(hv @ phi.to(device="cpu", dtype=torch.float64)))
         del op
-    values = torch.tensor(
-        [ss.hessian_variance_from_sums(sum_sq[j], sum_vec[j], k) for j in range(vectors)],
-        dtype=torch.float64,
-    )
-    value = float(values.mean())
-    stderr = float(values.std()) / math.sqrt(vectors) if vectors > 1 else math.nan
-    return HessianVariance(
-        micro_batch, k, vectors, value, stderr, ss.per_sample_variance(value, micro_batch, n)
+    variances = [
+        ss.hessian_variance_from_sums(sum_sq[j], sum_vec[j], k) for j in range(len(probes))
+    ]
+    bulk = torch.tensor(variances[:-1], dtype=torch.float64)
+    par = _unbiased(torch.tensor(rayleigh, dtype=torch.float64))
+    perp = variances[-1] - par
+    scale = 1.0 / micro_batch - 1.0 / n
+    return NoiseEstimate(
+        micro_batch=micro_batch,
+        micro_batches=k,
+        vectors=vectors,
+        bulk=float(bulk.mean()),
+        bulk_stderr=float(bulk.std()) / math.sqrt(vectors) if vectors > 1 else math.nan,
+        perp=perp,
+        par=par,
+        per_sample_bulk=max(float(bulk.mean()), 0.0) / scale,
+        per_sample_perp=max(perp, 0.0) / scale,
+        per_sample_par=max(par, 0.0) / scale,
     )
 
 
@@ -140,10 +174,18 @@ def sub_batch_top_eigenvalues(
     return values
 
 
+def predicted_top(l1: float, noise: NoiseEstimate, batch: float, population: float) -> float:
+    """``l1 + V_perp(B)/l1`` while ``l1 > sqrt(V_H(B))``, else the bulk edge ``2 sqrt(V_H(B))``."""
+    bulk = ss.noise_variance(noise.per_sample_bulk, batch, population)
+    perp = ss.noise_variance(noise.per_sample_perp, batch, population)
+    return ss.batch_top_eigenvalue(l1, bulk, shift_variance=perp)
+
+
 def batch_scaling(
     factory: OperatorFactory,
     n: int,
     lambda_1_batch: float,
+    top_vector: torch.Tensor,
     batch_sizes: Sequence[int],
     *,
     micro_batch: int,
@@ -155,43 +197,40 @@ def batch_scaling(
     dataset_size: float = math.inf,
 ) -> BatchScaling:
     """The batch-size table of the module docstring for the probed batch of ``n`` samples."""
-    variance = hessian_variance(factory, n, micro_batch, vectors, generator)
-    s2 = max(variance.per_sample, 0.0)
-    l1 = ss.deconvolved_top_eigenvalue(lambda_1_batch, s2 / n - s2 / dataset_size)
+    noise = estimate_noise(factory, n, top_vector, micro_batch, vectors, generator)
+    s2 = noise.per_sample_perp
+    l1 = ss.deconvolved_top_eigenvalue(lambda_1_batch, ss.noise_variance(s2, n, dataset_size))
     separated = not math.isnan(l1)
     if not separated:
         l1 = lambda_1_batch
     reference = reference_batch or min(batch_sizes)
     b_star = ss.critical_batch(l1, 1.0, s2)
-
-    def training_lambda(batch: int) -> float:
-        return ss.batch_top_eigenvalue(l1, ss.noise_variance(s2, batch, dataset_size))
-
     rows = []
     for batch in batch_sizes:
         if batch < n:
             measured = sub_batch_top_eigenvalues(factory, n, batch, repeats, steps, generator)
-            mean = sum(measured) / len(measured)
-            spread = (
-                math.sqrt(sum((m - mean) ** 2 for m in measured) / (len(measured) - 1))
-                if len(measured) > 1
-                else math.nan
-            )
+            values = torch.tensor(measured, dtype=torch.float64)
+            mean, spread = float(values.mean()), math.sqrt(_unbiased(values))
         elif batch == n:
             mean, spread = lambda_1_batch, 0.0
         else:
             mean, spread = math.nan, math.nan
-        predicted = ss.batch_top_eigenvalue(lambda_1_batch, ss.noise_variance(s2, batch, n))
-        lam = training_lambda(batch)
+        within = batch <= n
+        lam = predicted_top(l1, noise, batch, dataset_size)
         rows.append(
             BatchSizeRow(
                 batch_size=batch,
                 measured_lambda_1=mean,
                 measured_spread=spread,
-                predicted_lambda_1=predicted if batch <= n else math.nan,
+                predicted_lambda_1=predicted_top(lambda_1_batch, noise, batch, n)
+                if within
+                else math.nan,
+                predicted_spread=math.sqrt(ss.noise_variance(noise.per_sample_par, batch, n))
+                if within
+                else math.nan,
                 training_lambda_1=lam,
                 sgd_lr_max=ss.gd_limit(lam),
-                sgd_factor=training_lambda(reference) / lam,
+                sgd_factor=predicted_top(l1, noise, reference, dataset_size) / lam,
                 linear_factor=batch / reference,
                 adam_factor=ss.adam_factor(batch, reference),
                 regime="linear" if batch < b_star else "saturated",
@@ -202,7 +241,7 @@ def batch_scaling(
         lambda_1_batch=lambda_1_batch,
         lambda_1=l1,
         separated=separated,
-        variance=variance,
+        noise=noise,
         dataset_size=dataset_size,
         critical_batch=b_star,
         reference_batch=reference,

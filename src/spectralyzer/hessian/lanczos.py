@@ -52,6 +52,28 @@ def lanczos(matvec: MatVec, start: torch.Tensor, steps: int) -> Tridiagonal:
     return Tridiagonal(np.array(alphas), np.array(betas), torch.stack(basis[: len(alphas)]))
 
 
+def top_eigenpairs(
+    matvec: MatVec,
+    dim: int,
+    k: int,
+    steps: int,
+    generator: torch.Generator,
+    dtype=torch.float64,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, torch.Tensor]:
+    """The ``k`` largest Ritz values (descending) of ``steps`` Lanczos steps and their Ritz vectors.
+
+    Vectors are the rows of the returned ``(k, dim)`` tensor (unit norm). The
+    start vector is drawn on the CPU from ``generator`` (reproducible on any device).
+    """
+    start = torch.randn(dim, generator=generator, dtype=dtype).to(device)
+    tri = lanczos(matvec, start, min(steps, dim))
+    values, vectors = tri.ritz()
+    top = vectors[:, ::-1][:, :k].copy()
+    ritz = (tri.basis.T @ torch.from_numpy(top).to(tri.basis)).T
+    return values[::-1][:k].copy(), ritz
+
+
 def top_eigenvalues(
     matvec: MatVec,
     dim: int,
@@ -61,10 +83,5 @@ def top_eigenvalues(
     dtype=torch.float64,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """The ``k`` largest eigenvalues (descending) from the Ritz values of ``steps`` Lanczos steps.
-
-    The start vector is drawn on the CPU from ``generator`` (reproducible on any device).
-    """
-    start = torch.randn(dim, generator=generator, dtype=dtype).to(device)
-    values, _ = lanczos(matvec, start, min(steps, dim)).ritz()
-    return values[::-1][:k].copy()
+    """The ``k`` largest eigenvalues (descending): :func:`top_eigenpairs` without the vectors."""
+    return top_eigenpairs(matvec, dim, k, steps, generator, dtype, device)[0]

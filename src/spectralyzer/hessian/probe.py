@@ -35,7 +35,7 @@ from ..errors import InputError
 from . import step_sizes as ss
 from .batch_scaling import BatchScaling, batch_scaling
 from .ggn import GGNOperator
-from .lanczos import top_eigenvalues
+from .lanczos import top_eigenpairs, top_eigenvalues
 from .operator import HessianOperator, LossFn
 from .slq import SpectralDensity, slq
 from .trace import TraceEstimate, hutch_plus_plus
@@ -59,17 +59,17 @@ class ProbeOptions:
     top_k: int = 5
     steps: int = 40  # Lanczos steps for the top eigenvalues
     trace: bool = False
-    trace_matvecs: int = 90  # Hutch++ budget
+    trace_matvecs: int = 60  # Hutch++ budget
     slq: bool = False
-    slq_steps: int = 60
-    slq_vectors: int = 4
+    slq_steps: int = 50
+    slq_vectors: int = 2
     slq_width: float = 0.01  # Gaussian smoothing, as a fraction of the spectrum's range
     near_zero: float = 1e-3  # |lambda| below this fraction of lambda_1 counts as near zero
     ggn: bool = False
     batch_sizes: tuple[int, ...] = ()
     micro_batch: int | None = None  # default: n // 16 (at least 1)
     variance_vectors: int = 4
-    repeats: int = 3  # random sub-batches measured per batch size
+    repeats: int = 5  # random sub-batches measured per batch size
     reference_batch: int | None = None  # default: the smallest of batch_sizes
     dataset_size: float = math.inf
     momentum: float = 0.9  # beta of the momentum stability limits
@@ -202,11 +202,15 @@ def curvature(
     matrix: str,
     options: ProbeOptions,
     generator: torch.Generator,
-) -> Curvature:
-    """Top-k, gradient curvature, and (optionally) trace and density of one operator."""
-    top = top_eigenvalues(
+) -> tuple[Curvature, torch.Tensor]:
+    """Top-k, gradient curvature, and (optionally) trace and density of one operator.
+
+    Also returns the top Ritz vector (the batch-size probe needs it).
+    """
+    values, vectors = top_eigenpairs(
         op.matvec, op.dim, options.top_k, options.steps, generator, op.dtype, op.device
-    ).tolist()
+    )
+    top = values.tolist()
     g = op.gradient
     gg = float(g @ g)
     gradient_curvature = float(g @ op.matvec(g)) / gg if gg > 0 else math.nan
@@ -226,7 +230,8 @@ def curvature(
             device=op.device,
         )
         density = _density(raw, top[0], options)
-    return Curvature(matrix, top, min(options.steps, op.dim), gradient_curvature, trace, density)
+    steps = min(options.steps, op.dim)
+    return Curvature(matrix, top, steps, gradient_curvature, trace, density), vectors[0]
 
 
 def guidance(hessian: Curvature, batch_size: int, momentum: float) -> Guidance:
@@ -342,18 +347,20 @@ def run_probe(
     loss, gradient_norm, parameters = op.loss, float(op.gradient.norm()), op.dim
     if not math.isfinite(loss):
         raise InputError(data_label, f"the loss on this batch is not finite ({loss})")
-    curvatures = [curvature(op, "hessian", options, generator)]
+    hessian, top_vector = curvature(op, "hessian", options, generator)
+    curvatures = [hessian]
     del op
     timings["hessian"] = time.perf_counter() - clock
     if options.ggn:
-        curvatures.append(curvature(operator(GGNOperator), "ggn", options, generator))
+        curvatures.append(curvature(operator(GGNOperator), "ggn", options, generator)[0])
         timings["ggn"] = time.perf_counter() - clock - sum(timings.values())
     scaling = None
     if options.batch_sizes:
         scaling = batch_scaling(
             lambda idx: operator(HessianOperator, idx.to(inputs.device)),
             n,
-            curvatures[0].lambda_1,
+            hessian.lambda_1,
+            top_vector,
             options.batch_sizes,
             micro_batch=options.micro_batch or max(1, n // 16),
             vectors=options.variance_vectors,

@@ -60,7 +60,7 @@ def scaling_frame(result: ProbeResult) -> pd.DataFrame:
 
 def _scaling_lines(result: ProbeResult) -> list[str]:
     s = result.scaling
-    v = s.variance
+    v = s.noise
     n = s.batch
     population = "infinite" if math.isinf(s.dataset_size) else f"{s.dataset_size:g}"
     deconvolved = (
@@ -71,12 +71,15 @@ def _scaling_lines(result: ProbeResult) -> list[str]:
         "of its own noise: used as is, an upper bound"
     )
     return [
-        "Batch size (Granziol et al. 2022, Theorem 4 and Algorithm 1):",
-        f"  Hessian variance V_H(b) = {_g(v.value)} +- {_g(v.stderr, 2)} at micro-batch b = "
-        f"{v.micro_batch} ({v.micro_batches} micro-batches, {v.vectors} random unit vectors); "
-        f"per sample S^2 = {_g(v.per_sample)}",
+        "Batch size (Granziol et al. 2022, Theorem 4 and Algorithm 1; second-order perturbation "
+        "along the top eigenvector):",
+        f"  noise at micro-batch b = {v.micro_batch} ({v.micro_batches} micro-batches): "
+        f"V_H (random directions, {v.vectors} vectors) = {_g(v.bulk)} +- {_g(v.bulk_stderr, 2)}; "
+        f"along the top eigenvector V_perp = {_g(v.perp)}, V_par = {_g(v.par)}",
+        f"  per sample: S_H^2 = {_g(v.per_sample_bulk)}, S_perp^2 = {_g(v.per_sample_perp)}, "
+        f"S_par^2 = {_g(v.per_sample_par)}",
         f"  {deconvolved}",
-        f"  linear scaling of the SGD learning rate stops paying at B* = S^2/lambda_1^2 = "
+        f"  linear scaling of the SGD learning rate stops paying at B* = S_perp^2/lambda_1^2 = "
         f"{_g(s.critical_batch)}; data set size {population}; factors relative to B = "
         f"{s.reference_batch}",
     ]
@@ -85,11 +88,14 @@ def _scaling_lines(result: ProbeResult) -> list[str]:
 ASSUMPTIONS = [
     "The Hessian is of the mean loss on the given batch, at the given weights; the learning "
     "rates hold near these weights (a quadratic model), not for the whole run.",
-    "Batch noise H_B - H is a random matrix whose variance along any unit vector is V_H(B) "
-    "= S^2 (1/B - 1/N) (independent samples; isotropic noise, Granziol et al. section 4).",
-    "measured_lambda_1: Lanczos on random sub-batches of the probed samples; "
-    "predicted_lambda_1: lambda_1(n) + S^2 (1/B - 1/n)/lambda_1(n), or 2 sqrt(V) when the "
-    "outlier is swallowed by the noise bulk: their agreement checks the noise model on this model.",
+    "Batch noise H_B - H has variance S^2 (1/B - 1/N) along a fixed direction (independent "
+    "samples, drawn without replacement from N). The top eigenvalue moves by V_perp(B)/lambda_1 "
+    "(second-order perturbation, other eigenvalues small against lambda_1; Theorem 4 of "
+    "Granziol et al. for isotropic noise) and spreads by sqrt(V_par(B)); the noise bulk reaches "
+    "2 sqrt(V_H(B)) and swallows the outlier when lambda_1 < sqrt(V_H(B)).",
+    "measured_lambda_1 (mean and spread over random sub-batches of the probed samples, Lanczos) "
+    "against predicted_lambda_1 and predicted_spread (the same with N = n): their agreement "
+    "checks the noise model on this model and batch.",
     "training_lambda_1 and sgd_lr_max = 2/lambda_1(B): a mini-batch of B from a data set of "
     "size N; sgd_factor is the curvature-limited change of the SGD learning rate relative to "
     "the reference batch, linear_factor the linear rule (valid below B*), adam_factor the "

@@ -101,10 +101,17 @@ def adam_factor(batch: float, reference: float) -> float:
     return math.sqrt(batch / reference)
 
 
-def batch_top_eigenvalue(l1: float, variance: float) -> float:
-    """Top eigenvalue of a batch Hessian whose noise has variance ``variance`` per direction."""
+def batch_top_eigenvalue(l1: float, variance: float, shift_variance: float | None = None) -> float:
+    """Top eigenvalue of a batch Hessian whose noise has variance ``variance`` per direction.
+
+    ``l1 + V/l1`` while the outlier is separated (``l1 > sqrt(V)``), else the
+    semicircle edge ``2 sqrt(V)`` (Granziol et al., Theorem 4).  With
+    ``shift_variance`` the outlier moves by that instead (the noise along the
+    top eigenvector, for anisotropic noise; see :mod:`.batch_scaling`).
+    """
     root = math.sqrt(variance)
-    return l1 + variance / l1 if l1 > root else 2.0 * root
+    shift = variance if shift_variance is None else shift_variance
+    return l1 + shift / l1 if l1 > root else 2.0 * root
 
 
 def lr_max(batch: float, l1: float, micro_batch: float, variance_micro: float) -> float:
