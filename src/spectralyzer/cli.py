@@ -231,7 +231,37 @@ def write_output(data: str | bytes, output: str | None, inputs: list[Path]) -> N
         raise
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineUsageError(click.ClickException):
+    """A usage mistake, shown like every other user error: one line, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"spectralyzer: error: {self.format_message()}", err=True)
+
+
+class Commands(click.Group):
+    """The command group; option and usage mistakes print one line instead of click's usage block."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as err:
+            raise OneLineUsageError(_usage_message(err)) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:
+            raise OneLineUsageError(_usage_message(err)) from None
+
+
+def _usage_message(err: click.UsageError) -> str:
+    command = err.ctx.command_path if err.ctx else "spectralyzer"
+    return f"{command}: {err.format_message()} (see --help)"
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="spectralyzer")
 def main() -> None:
     """Judge trained neural networks from their weights alone (heavy-tailed spectral analysis)."""
