@@ -395,8 +395,12 @@ def run_probe(
 
 
 def _first_line(err: BaseException) -> str:
+    """The informative line of an error; TorchScript puts the cause on its last line."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+    if not lines:
+        return type(err).__name__
+    line = lines[-1] if "TorchScript interpreter" in lines[0] else lines[0]
+    return f"{type(err).__name__}: {line[:160]}"
 
 
 def _check(options: ProbeOptions, n: int) -> None:
