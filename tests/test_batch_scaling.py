@@ -128,4 +128,3 @@ def test_deconvolution_inverts_the_outlier_shift():
     l1, v = 3.0, 2.0
     assert ss.deconvolved_top_eigenvalue(ss.batch_top_eigenvalue(l1, v), v) == pytest.approx(l1)
     assert math.isnan(ss.deconvolved_top_eigenvalue(1.0, 4.0))  # below the bulk edge
-
