@@ -1,0 +1,291 @@
+"""Time the Hessian probes of `spectralyzer probe` on the demo.  A benchmark, not a test: it prints figures.
+
+    python bench/bench_probe.py [--device auto|cpu|cuda] [--precision float64 float32]
+                                [--batch N] [--repeats 10] [--probe-repeats 2]
+
+On the probe demo (digits CNN, 9,818 parameters, 512-sample batch; `--batch N`
+keeps the first N samples), per device and precision, it prints best and median
+of `--repeats` runs (after a warm-up) of:
+
+1. one forward+backward pass (``loss.backward()``, model in eval mode as the
+   probe has it): the baseline every other figure is divided by ("x bwd");
+2. building a HessianOperator (forward + gradient graph with create_graph) and
+   a GGNOperator;
+3. one Hessian-vector and one GGN-vector product;
+4. best and median of `--probe-repeats` runs (no warm-up: the runs above warmed
+   up) of each probe end to end (operator built, then the probe): top-5 by Lanczos
+   (40 steps), Hutch++ trace (90 products), SLQ (4 vectors x 60 steps), for
+   the Hessian and the GGN, with the products it used (counted) and the time
+   per product (probe time without the construction / products, Lanczos
+   re-orthogonalisation included); and ``run_probe`` with
+   ``ProbeOptions(batch_sizes=(32, 128, 512))``, its own timings dict, the
+   products and operator constructions of its batch-size part (sub-batches,
+   so per-product figures there are for smaller batches).
+
+``--device auto`` (the default) times the CPU, and CUDA too when torch sees it;
+CUDA is synchronised around every timed call.  Threads: torch's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from unittest import mock
+
+import torch
+
+from spectralyzer.demo import probe_demo
+from spectralyzer.hessian import probe as probe_module
+from spectralyzer.hessian.ggn import GGNOperator
+from spectralyzer.hessian.lanczos import top_eigenvalues
+from spectralyzer.hessian.operator import HessianOperator
+from spectralyzer.hessian.probe import PRECISIONS, ProbeOptions, run_probe
+from spectralyzer.hessian.slq import slq
+from spectralyzer.hessian.trace import hutch_plus_plus
+from spectralyzer.io.runnable import load_batch, load_runnable
+
+LOSS = torch.nn.functional.cross_entropy
+OPERATORS = {"hessian": HessianOperator, "ggn": GGNOperator}
+BATCH_SIZES = (32, 128, 512)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+class Counted:
+    """A matvec that counts its calls; on CUDA it takes and returns CPU vectors if ``cpu_io``."""
+
+    def __init__(self, op, cpu_io: bool = False) -> None:
+        self.op, self.count = op, 0
+        self.cpu_io = cpu_io and op.device.type != "cpu"
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        self.count += 1
+        if self.cpu_io:  # the trace estimators draw their vectors on the CPU
+            return self.op.matvec(v.to(self.op.device)).cpu()
+        return self.op.matvec(v)
+
+
+def probes(op, generator: torch.Generator) -> dict[str, Callable[[], int]]:
+    """Each probe as in run_probe's ``curvature``; each call returns the products it used."""
+
+    def top5() -> int:
+        mv = Counted(op)
+        top_eigenvalues(mv, op.dim, 5, 40, generator, op.dtype, op.device)
+        return mv.count
+
+    def trace() -> int:
+        mv = Counted(op, cpu_io=True)
+        hutch_plus_plus(mv, op.dim, 90, generator, op.dtype)
+        return mv.count
+
+    def density() -> int:
+        mv = Counted(op)
+        slq(mv, op.dim, 60, 4, generator, dtype=op.dtype, device=op.device)
+        return mv.count
+
+    return {"top-5 Lanczos 40": top5, "Hutch++ 90": trace, "SLQ 4x60": density}
+
+
+def probe_end_to_end(build, name: str, repeats: int, device: torch.device):
+    """(products, end-to-end seconds per run, probe-only seconds per run); no warm-up run."""
+    totals, parts, products = [], [], 0
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        op = build()
+        sync(device)
+        built = time.perf_counter()
+        products = probes(op, torch.Generator().manual_seed(0))[name]()
+        sync(device)
+        end = time.perf_counter()
+        del op
+        totals.append(end - start)
+        parts.append(end - built)
+    return products, totals, parts
+
+
+@contextlib.contextmanager
+def counting() -> Iterator[dict[str, int]]:
+    """Count HessianOperator products and constructions, in all and inside batch_scaling."""
+    counts = {"products": 0, "built": 0, "bs_products": -1, "bs_built": -1}  # -1: not seen
+    matvec, init = HessianOperator.matvec, HessianOperator.__init__
+    scaling = getattr(probe_module, "batch_scaling", None)  # the batch-size part, if so named
+
+    def counted_matvec(self, vector):
+        counts["products"] += 1
+        return matvec(self, vector)
+
+    def counted_init(self, *args, **kwargs):
+        counts["built"] += 1
+        init(self, *args, **kwargs)
+
+    def counted_scaling(*args, **kwargs):
+        before = counts["products"], counts["built"]
+        try:
+            return scaling(*args, **kwargs)
+        finally:
+            counts["bs_products"] = counts["products"] - before[0]
+            counts["bs_built"] = counts["built"] - before[1]
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(HessianOperator, "matvec", counted_matvec))
+        stack.enter_context(mock.patch.object(HessianOperator, "__init__", counted_init))
+        if scaling is not None:
+            stack.enter_context(mock.patch.object(probe_module, "batch_scaling", counted_scaling))
+        yield counts
+
+
+def row(what: str, times: list[float], base: float, products: int | None = None, part=None):
+    best, median = min(times), statistics.median(times)
+    if products:  # per product: probe time without the construction
+        per = min(part if part is not None else times) / products
+        extra = f"{products:9d} {per * 1e3:10.3f} {per / base:8.2f}"
+    else:
+        extra = f"{'-':>9} {'-':>10} {best / base:8.2f}"
+    print(f"  {what:<38} {best * 1e3:10.2f} {median * 1e3:10.2f} {extra}")
+
+
+def bench(model0, inputs0, targets0, device, precision, args) -> None:
+    dtype = PRECISIONS[precision]
+    model = copy.deepcopy(model0).to(device=device, dtype=dtype).eval()
+    inputs, targets = inputs0.to(device=device, dtype=dtype), targets0.to(device)
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+
+    def forward_backward() -> None:
+        for p in params:
+            p.grad = None
+        LOSS(model(inputs), targets).backward()
+
+    n_params = sum(p.numel() for p in params)
+    print(f"\n{device.type}, {precision}: {n_params:,} parameters, batch {len(inputs)}")
+    header = f"  {'':<38} {'best ms':>10} {'median ms':>10} {'products':>9} {'ms/product':>10} {'x bwd':>8}"
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    baseline = timed(forward_backward, args.repeats, device)
+    base = min(baseline)
+    for p in params:
+        p.grad = None
+    row("forward+backward (baseline)", baseline, base)
+
+    builders = {
+        name: (lambda kind=kind: kind(model, LOSS, inputs, targets))
+        for name, kind in OPERATORS.items()
+    }
+    for name, build in builders.items():
+        row(f"build {OPERATORS[name].__name__}", timed(build, args.repeats, device), base)
+    for name, build in builders.items():
+        op = build()
+        v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        v = v.to(device=device, dtype=dtype)
+        row(
+            f"one {name} product",
+            timed(lambda op=op, v=v: op.matvec(v), args.repeats, device),
+            base,
+        )
+        del op
+    for name, build in builders.items():
+        for probe_name in probes(None, torch.Generator()):
+            products, totals, parts = probe_end_to_end(
+                build, probe_name, args.probe_repeats, device
+            )
+            row(f"{name} {probe_name} (end to end)", totals, base, products, parts)
+
+    options = ProbeOptions(batch_sizes=BATCH_SIZES, device=device.type, precision=precision)
+    runs = []
+    for _ in range(args.probe_repeats):
+        with counting() as counts:
+            result = run_probe(copy.deepcopy(model0), inputs0, targets0, options)
+        runs.append((result.timings, dict(counts)))
+    timings, counts = min(runs, key=lambda r: r[0]["total"])
+    print(f"  run_probe(batch_sizes={BATCH_SIZES}), best of {len(runs)} by total:")
+    print(
+        "    seconds: "
+        + ", ".join(
+            f"{k} {v:.3f} (median {statistics.median(r[0][k] for r in runs):.3f})"
+            for k, v in timings.items()
+        )
+    )
+    print(
+        f"    {counts['products']} Hessian products, {counts['built']} operators built in all; "
+        f"batch_sizes part: {counts['bs_products']} products on sub-batches, "
+        f"{counts['bs_built']} operators built"
+    )
+    if "batch_sizes" in timings and counts["bs_products"] > 0:
+        per = timings["batch_sizes"] / counts["bs_products"]
+        print(
+            f"    batch_sizes part per product (constructions included): {per * 1e3:.3f} ms, "
+            f"{per / base:.2f} x bwd"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: the CPU, and CUDA too when available",
+    )
+    parser.add_argument(
+        "--precision", nargs="+", default=["float64", "float32"], choices=list(PRECISIONS)
+    )
+    parser.add_argument("--batch", type=int, help="keep the first N samples (default: all 512)")
+    parser.add_argument("--repeats", type=int, default=10, help="runs of the single passes")
+    parser.add_argument("--probe-repeats", type=int, default=2, help="runs of each probe")
+    args = parser.parse_args()
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    devices = ["cpu", "cuda"] if args.device == "auto" else [args.device]
+    devices = [torch.device(d) for d in devices if d == "cpu" or torch.cuda.is_available()]
+
+    factory, weights, batch = probe_demo()
+    model = load_runnable(factory, weights)
+    inputs, targets = load_batch(batch)
+    if args.batch is not None:
+        if not 2 <= args.batch <= len(inputs):
+            parser.error(f"--batch must be between 2 and {len(inputs)}")
+        inputs, targets = inputs[: args.batch], targets[: args.batch]
+
+    print(f"model: {factory} with {weights.name}; batch {batch.name}, {len(inputs)} samples")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
+        f"devices {', '.join(d.type for d in devices)}; repeats {args.repeats} "
+        f"(after one warm-up), probe repeats {args.probe_repeats} (no warm-up)"
+    )
+    print(
+        "x bwd: best time (per product for probes) / best forward+backward; "
+        "probe rows: end to end incl. building the operator, ms/product without it"
+    )
+    clock = time.perf_counter()
+    for device in devices:
+        for precision in args.precision:
+            bench(model, inputs, targets, device, precision, args)
+    print(f"\nbench wall time {time.perf_counter() - clock:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
