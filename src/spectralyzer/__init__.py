@@ -17,11 +17,13 @@ __all__ = [
     "SpectralyzerError",
     "__version__",
     "analyze",
+    "probe",
     "run_analysis",
 ]
 
 if TYPE_CHECKING:
     from .errors import InputError, SpectralyzerError
+    from .hessian.probe import probe
     from .pipeline import Analysis, AnalysisOptions, analyze, run_analysis
 
 
@@ -29,6 +31,8 @@ def __getattr__(name: str) -> Any:
     """Import the public API on first use, so that importing a submodule stays cheap."""
     if name in ("Analysis", "AnalysisOptions", "analyze", "run_analysis"):
         from . import pipeline as module
+    elif name == "probe":
+        from .hessian import probe as module
     elif name in ("InputError", "SpectralyzerError"):
         from . import errors as module
     else:
