@@ -16,7 +16,7 @@ def run_sgd(l1, lr, steps=400, **kwargs):
         opt.zero_grad()
         (0.5 * l1 * x**2).sum().backward()
         opt.step()
-    return abs(float(x))
+    return abs(float(x.detach()))
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5, 0.9])
@@ -49,7 +49,7 @@ def test_heavy_ball_optimum_converges_at_its_rate():
         opt.zero_grad()
         (0.5 * curv * x**2).sum().backward()
         opt.step()
-        norms.append(float(x.norm()))
+        norms.append(float(x.detach().norm()))
     observed = (norms[-1] / norms[99]) ** (1 / 100)
     assert observed == pytest.approx(rate, rel=0.05)
     # and it beats the best plain gradient descent rate (l1 - lp) / (l1 + lp)
