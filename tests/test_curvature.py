@@ -11,21 +11,12 @@ from spectralyzer.hessian.ggn import GGNOperator
 from spectralyzer.hessian.lanczos import top_eigenvalues
 from spectralyzer.hessian.operator import HessianOperator
 from spectralyzer.hessian.trace import hutch_plus_plus, hutchinson
-from test_hessian import exact_hessian, tiny_problem
+from test_hessian import exact_hessian, flat_forward, tiny_problem
 
 
 def exact_ggn(model, fn, x, y, names=None) -> torch.Tensor:
     """``J^T H_L J`` written out: J of the outputs in the flat parameters, H_L of the loss in the outputs."""
-    named = {n: p.detach() for n, p in model.named_parameters()}
-    names = names or list(named)
-    sizes = [named[n].numel() for n in names]
-    shapes = [named[n].shape for n in names]
-
-    def outputs(flat):
-        parts = {n: t.view(s) for n, t, s in zip(names, flat.split(sizes), shapes, strict=True)}
-        return torch.func.functional_call(model, {**named, **parts}, (x,))
-
-    flat = torch.cat([named[n].reshape(-1) for n in names])
+    flat, outputs = flat_forward(model, x, names)
     out = outputs(flat).detach()
     jac = torch.autograd.functional.jacobian(outputs, flat).reshape(out.numel(), flat.numel())
     h_l = torch.autograd.functional.hessian(lambda o: fn(o, y), out)

@@ -24,19 +24,25 @@ def tiny_problem(loss="ce", seed=0):
     return model, fn, x, y
 
 
-def exact_hessian(model, fn, x, y, names=None) -> torch.Tensor:
-    """The explicit Hessian over the named parameters (all by default), by torch.autograd."""
+def flat_forward(model, x, names=None):
+    """``(flat, outputs)``: the named parameters (all by default) as one vector, and the
+    model's outputs on ``x`` as a function of that vector (the other parameters fixed)."""
     named = {n: p.detach() for n, p in model.named_parameters()}
     names = names or list(named)
     sizes = [named[n].numel() for n in names]
     shapes = [named[n].shape for n in names]
 
-    def loss(flat):
+    def outputs(flat):
         parts = {n: t.view(s) for n, t, s in zip(names, flat.split(sizes), shapes, strict=True)}
-        return fn(torch.func.functional_call(model, {**named, **parts}, (x,)), y)
+        return torch.func.functional_call(model, {**named, **parts}, (x,))
 
-    flat = torch.cat([named[n].reshape(-1) for n in names])
-    return torch.autograd.functional.hessian(loss, flat)
+    return torch.cat([named[n].reshape(-1) for n in names]), outputs
+
+
+def exact_hessian(model, fn, x, y, names=None) -> torch.Tensor:
+    """The explicit Hessian over the named parameters (all by default), by torch.autograd."""
+    flat, outputs = flat_forward(model, x, names)
+    return torch.autograd.functional.hessian(lambda w: fn(outputs(w), y), flat)
 
 
 @pytest.mark.parametrize("loss", ["ce", "mse"])
