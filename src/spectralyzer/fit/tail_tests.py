@@ -158,13 +158,22 @@ def fit_exponential(t: np.ndarray, tmax: float = math.inf) -> tuple[tuple[float]
 def lognormal_loglik(t: np.ndarray, mu: float, s: float, tmax: float = math.inf) -> np.ndarray:
     """``ln p(t)`` of the lognormal ``(mu, s)`` conditioned on ``[1, tmax]``."""
     a = -mu / s  # standardised ln 1
-    # log P(a < Z <= b) = log Q(a) + log(1 - Q(b) / Q(a)), Q the normal upper tail
-    log_mass = special.log_ndtr(-a)
-    if not math.isinf(tmax):
-        b = (math.log(tmax) - mu) / s
-        log_mass += math.log1p(-math.exp(special.log_ndtr(-b) - log_mass))
+    log_mass = _log_normal_mass(a, (math.log(tmax) - mu) / s if math.isfinite(tmax) else math.inf)
+    if math.isinf(log_mass):  # no mass on [1, tmax] in double precision
+        return np.full(t.shape, -math.inf)
     z = (np.log(t) - mu) / s
     return -0.5 * z**2 - math.log(s * math.sqrt(2.0 * math.pi)) - np.log(t) - log_mass
+
+
+def _log_normal_mass(a: float, b: float) -> float:
+    """``log P(a < Z <= b)`` for a standard normal Z, from the nearer tail (no cancellation)."""
+    if math.isinf(b):
+        return float(special.log_ndtr(-a))
+    if a > 0.0:  # both in the upper tail: Q(a) - Q(b) = Q(a) (1 - Q(b) / Q(a))
+        big, ratio = special.log_ndtr(-a), special.log_ndtr(-b) - special.log_ndtr(-a)
+    else:  # Phi(b) - Phi(a) = Phi(b) (1 - Phi(a) / Phi(b))
+        big, ratio = special.log_ndtr(b), special.log_ndtr(a) - special.log_ndtr(b)
+    return float(big + math.log1p(-math.exp(ratio))) if ratio < 0.0 else -math.inf
 
 
 def fit_lognormal(t: np.ndarray, tmax: float = math.inf) -> tuple[tuple[float, float], np.ndarray]:
@@ -175,13 +184,17 @@ def fit_lognormal(t: np.ndarray, tmax: float = math.inf) -> tuple[tuple[float, f
     and the best optimum kept; ``mu`` is held above ``-MU_FLOOR`` standard units.
     """
     lt = np.log(t)
-    m, sd = float(lt.mean()), max(float(lt.std()), 1e-3)
+    n, m, sd = t.size, float(lt.mean()), max(float(lt.std()), 1e-3)
+    log_b = math.log(tmax) if math.isfinite(tmax) else math.inf
+    # sum_i (ln t_i - mu)^2 = n (var + (mean - mu)^2): the data enter only through these
+    var, const = float(lt.var()), n * math.log(math.sqrt(2.0 * math.pi)) + float(lt.sum())
 
     def nll(p: np.ndarray) -> float:
         mu, s = float(p[0]), math.exp(float(p[1]))
         if mu < -MU_FLOOR * s:
             return math.inf
-        value = -float(lognormal_loglik(t, mu, s, tmax).sum())
+        log_mass = _log_normal_mass(-mu / s, (log_b - mu) / s)
+        value = 0.5 * n * (var + (m - mu) ** 2) / s**2 + n * (math.log(s) + log_mass) + const
         return value if math.isfinite(value) else math.inf
 
     best = None
