@@ -73,6 +73,22 @@ def test_markdown_output(model):
     assert "- layers analysed: 3" in result.stdout
 
 
+def test_tail_tests_add_their_columns_only_when_asked(model):
+    plain = run("analyze", model, "--format", "json")
+    layers = json.loads(plain.stdout)["layers"]
+    assert all(r["R_exponential"] is None and r["tail_law"] == "" for r in layers)
+    assert json.loads(plain.stdout)["summary"]["tail_laws"] is None
+    assert "tail_law" not in run("analyze", model).stdout
+
+    tested = run("analyze", model, "--format", "json", "--tail-tests")
+    data = json.loads(tested.stdout)
+    laws = {"power_law", "undecided", "exponential", "lognormal", "truncated_power_law"}
+    assert all(r["tail_law"] in laws and r["R_truncated"] <= 1e-9 for r in data["layers"])
+    assert sum(data["summary"]["tail_laws"].values()) == 3
+    table = run("analyze", model, "--tail-tests").stdout
+    assert "tail_law" in table and "tail laws (likelihood ratios, p < 0.1)" in table
+
+
 def _error_line(result):
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()

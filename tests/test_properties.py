@@ -44,11 +44,21 @@ NAMES_2D = (
 
 # columns of a row that are counts, labels or shape facts rather than measured numbers
 STRUCTURE = ("name", "layer_type", "shape", "N", "M", "Q", "num_slices", "num_evals")
-TEXT = ("phase", "warning")
+TEXT = ("phase", "warning", "tail_law")
 FIT_COLUMNS = ("alpha", "alpha_weighted", "xmin", "xmax", "D", "sigma", "log_alpha_norm")
 NORM_COLUMNS = ("log_norm", "log_spectral_norm", "stable_rank")  # NaN when lambda_max == 0
 MP_COLUMNS = ("sigma_mp", "lambda_plus", "mp_softrank")
 TRAP_COLUMNS = ("num_traps", "rand_distance")
+TAIL_COLUMNS = (  # the tail tests: run on every fitted layer when asked, else NaN
+    "R_exponential",
+    "p_exponential",
+    "R_lognormal",
+    "p_lognormal",
+    "R_truncated",
+    "p_truncated",
+    "tpl_alpha",
+    "tpl_lambda",
+)
 # metrics that do not change when every weight is multiplied by the same constant
 SCALE_FREE = ("alpha", "D", "stable_rank", "entropy", "num_spikes", "phase")
 
@@ -187,8 +197,8 @@ def test_rows_are_exactly_the_planned_matrices(sd: StateDict, conv_mode: str, se
 
 
 @SETTINGS
-@given(sd=state_dicts(), seed=st.integers(0, 2**16))
-def test_every_metric_is_finite_or_explained(sd: StateDict, seed: int) -> None:
+@given(sd=state_dicts(), seed=st.integers(0, 2**16), tail_tests=st.booleans())
+def test_every_metric_is_finite_or_explained(sd: StateDict, seed: int, tail_tests: bool) -> None:
     """Which columns may be NaN, and when (finite weights, randomize=True).
 
     * non-finite weights: every metric NaN (integer counts 0), warning ``nonfinite-weights``, phase unknown;
@@ -200,9 +210,11 @@ def test_every_metric_is_finite_or_explained(sd: StateDict, seed: int) -> None:
     * MP_COLUMNS are NaN exactly when fewer than 2 eigenvalues are above the
       numerical-zero tolerance (num_evals - rank_loss < 2): MP needs a bulk;
     * entropy, num_traps and rand_distance are always finite;
-    * any NaN in a numeric column comes with a non-empty warning.
+    * with tail_tests, TAIL_COLUMNS are finite and tail_law set exactly when alpha is;
+      without, they are NaN and tail_law is empty;
+    * any NaN in a numeric column other than TAIL_COLUMNS comes with a non-empty warning.
     """
-    result = _analyze_or_none(sd, randomize=True, seed=seed)
+    result = _analyze_or_none(sd, randomize=True, seed=seed, tail_tests=tail_tests)
     if result is None:
         return
     details, _ = result
@@ -233,7 +245,12 @@ def test_every_metric_is_finite_or_explained(sd: StateDict, seed: int) -> None:
         assert all(_finite(row[c]) == has_bulk for c in MP_COLUMNS), row
         assert 0.0 <= row["entropy"] <= 1.0 + 1e-12
         assert all(_finite(row[c]) for c in TRAP_COLUMNS) and 0.0 <= row["rand_distance"] <= 1.0
-        if any(not _finite(row[c]) for c in numeric):
+        tested = tail_tests and fitted
+        assert all(_finite(row[c]) == tested for c in TAIL_COLUMNS), row
+        assert bool(row["tail_law"]) == tested
+        if tested:
+            assert row["R_truncated"] <= 1e-9 and 0.0 <= row["p_lognormal"] <= 1.0
+        if any(not _finite(row[c]) for c in numeric if c not in TAIL_COLUMNS):
             assert codes, row
 
 

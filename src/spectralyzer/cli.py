@@ -137,6 +137,11 @@ def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
             is_flag=True,
             help="Clip a few outsized top eigenvalues ('fingers') from the power-law fit.",
         ),
+        click.option(
+            "--tail-tests",
+            is_flag=True,
+            help="Test each power-law tail against exponential, lognormal and truncated power law (likelihood ratios).",
+        ),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
         click.option(
             "--trust-pickle",

@@ -20,6 +20,9 @@ num_spikes, mp_softrank
 num_traps              spikes of the randomised ESD (correlation traps)
 rand_distance          Kolmogorov-Smirnov distance between the ESD and the
                        randomised ESD (scale-free, in [0, 1])
+tail_law, R_*, p_*,    likelihood-ratio tests of the power-law tail against the
+tpl_alpha, tpl_lambda  exponential, lognormal and truncated power law
+                       (``tail_tests``; :mod:`spectralyzer.fit.tail_tests`)
 =====================  =====================================================
 
 Numerical zero: ``lambda <= lambda_max * max(10 M eps64, eps_dtype^2)``, i.e. the
@@ -40,6 +43,7 @@ from .engine import ESD, LayerSpectra
 from .fit.mp import MPFit, fit_mp
 from .fit.phases import classify_phase
 from .fit.powerlaw import XMIN_FLOOR, PowerLawFit, fit_power_law, fit_power_law_clipped
+from .fit.tail_tests import TailTests, compare_tail
 
 ALPHA_UNDER_TRAINED = 6.0  # alpha above: under-trained / random-like (THEORY.md section 3)
 ALPHA_OVER_TRAINED = 2.0  # alpha below: over-trained, very heavy-tailed
@@ -91,6 +95,16 @@ class LayerMetrics:
     mp_softrank: float
     num_traps: float  # NaN when the randomised check was not run
     rand_distance: float
+    # likelihood-ratio tests of the tail (NaN and "" when not run): R > 0 favours the power law
+    tail_law: str  # the law the tests support (fit.tail_tests.verdict)
+    R_exponential: float
+    p_exponential: float
+    R_lognormal: float
+    p_lognormal: float
+    R_truncated: float  # against the truncated power law x^-a exp(-lam x)
+    p_truncated: float
+    tpl_alpha: float  # its exponent a
+    tpl_lambda: float  # its cut-off rate lam, in the units of the eigenvalues
     phase: str
     warning: str  # ";"-joined codes from WARNINGS, "" when none
 
@@ -172,13 +186,18 @@ def warnings_for(pl: PowerLawFit, num_evals: int, num_traps: float) -> list[str]
 
 
 def layer_metrics(
-    spectra: LayerSpectra, *, scale: float = 1.0, fix_fingers: bool = False
+    spectra: LayerSpectra,
+    *,
+    scale: float = 1.0,
+    fix_fingers: bool = False,
+    tail_tests: bool = False,
 ) -> LayerMetrics:
     """All metrics of one layer.
 
     ``scale`` multiplies the eigenvalues (1/N to normalise); ``fix_fingers``
     clips outsized top eigenvalues from the power-law fit
-    (:func:`spectralyzer.fit.powerlaw.fit_power_law_clipped`).
+    (:func:`spectralyzer.fit.powerlaw.fit_power_law_clipped`); ``tail_tests``
+    tests that fit against the alternatives (:mod:`spectralyzer.fit.tail_tests`).
     """
     spec = spectra.spec
     base = {
@@ -206,6 +225,9 @@ def layer_metrics(
     norms = norm_metrics(evals, pl.alpha, tol)
     # trap count and KS distance are invariant to a common scale: use the raw ESDs
     num_traps, rand_distance = trap_metrics(spectra.esd, spectra.randomized, spec.N, spec.M)
+    tails = TailTests.undefined()
+    if tail_tests and pl.ok:  # on the fit's own range: truncated at xmax when fingers were clipped
+        tails = compare_tail(evals, pl.xmin, pl.alpha, xmax=pl.xmax if fingers else None)
     return LayerMetrics(
         **base,
         **norms,
@@ -219,9 +241,27 @@ def layer_metrics(
         **_mp_fields(mp),
         num_traps=num_traps,
         rand_distance=rand_distance,
+        **tail_fields(tails),
         phase=classify_phase(evals, mp, pl.alpha, norms["rank_loss"]),
         warning=";".join(warnings_for(pl, spec.num_evals, num_traps)),
     )
+
+
+def tail_fields(tails: TailTests) -> dict[str, float | str]:
+    """The LayerMetrics fields of the tail tests."""
+    c = tails.comparisons
+    tpl = c["truncated_power_law"].params or (math.nan, math.nan)
+    return {
+        "tail_law": tails.verdict,
+        "R_exponential": c["exponential"].R,
+        "p_exponential": c["exponential"].p,
+        "R_lognormal": c["lognormal"].R,
+        "p_lognormal": c["lognormal"].p,
+        "R_truncated": c["truncated_power_law"].R,
+        "p_truncated": c["truncated_power_law"].p,
+        "tpl_alpha": tpl[0],
+        "tpl_lambda": tpl[1],
+    }
 
 
 def _mp_fields(mp: MPFit) -> dict[str, float]:
@@ -239,10 +279,15 @@ def _undefined(base: dict, warning: str) -> LayerMetrics:
     numbers = {
         f: nan
         for f in LayerMetrics.__dataclass_fields__
-        if f not in base and f not in COUNTS + ("phase", "warning")
+        if f not in base and f not in COUNTS + ("phase", "warning", "tail_law")
     }
     return LayerMetrics(
-        **base, **numbers, **dict.fromkeys(COUNTS, 0), phase="unknown", warning=warning
+        **base,
+        **numbers,
+        **dict.fromkeys(COUNTS, 0),
+        tail_law="",
+        phase="unknown",
+        warning=warning,
     )
 
 

@@ -34,6 +34,7 @@ class AnalysisOptions:
     seed: int = 0  # seeds the randomisation
     normalize: bool = False  # divide eigenvalues by N (default: eigenvalues of W^T W)
     fix_fingers: bool = False  # clip outsized top eigenvalues from the power-law fit
+    tail_tests: bool = False  # test the power-law tail against its alternatives
     device: str = "auto"
     trust_pickle: bool = False
 
@@ -99,6 +100,7 @@ def run_analysis(
             spectra[s.name],
             scale=1.0 / s.N if options.normalize else 1.0,
             fix_fingers=options.fix_fingers,
+            tail_tests=options.tail_tests,
         )
         for s in specs
     ]
@@ -113,6 +115,7 @@ def run_analysis(
         conv_mode=options.selection.conv_mode,
         randomized=options.randomize,
         fix_fingers=options.fix_fingers,
+        tail_tests=options.tail_tests,
         seed=options.seed,
         device=device.type,
         spectralyzer_version=__version__,
@@ -134,6 +137,7 @@ def analyze(
     seed: int = 0,
     normalize: bool = False,
     fix_fingers: bool = False,
+    tail_tests: bool = False,
     device: str = "auto",
     trust_pickle: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -155,6 +159,7 @@ def analyze(
         seed=seed,
         normalize=normalize,
         fix_fingers=fix_fingers,
+        tail_tests=tail_tests,
         device=device,
         trust_pickle=trust_pickle,
     )

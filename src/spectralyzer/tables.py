@@ -43,6 +43,7 @@ TABLE_COLUMNS = (
     "stable_rank",
     "num_spikes",
     "num_traps",
+    "tail_law",
     "phase",
     "warning",
 )
@@ -74,6 +75,8 @@ def summarize(details: pd.DataFrame, skipped: Sequence[Skipped], **context: Any)
     summary["phases"] = dict(Counter(details["phase"]))
     traps = details["num_traps"].to_numpy(dtype=float)
     summary["num_traps"] = int(np.nansum(traps)) if np.isfinite(traps).any() else None
+    laws = Counter(law for law in details["tail_law"] if law)
+    summary["tail_laws"] = dict(laws) if laws else None  # None: tail tests not run
     summary["skipped"] = [
         {"name": s.name, "shape": list(s.shape), "reason": s.reason} for s in skipped
     ]
@@ -164,6 +167,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     lines.append("phases: " + ", ".join(f"{k} {v}" for k, v in summary["phases"].items()))
     if summary.get("num_traps") is not None:
         lines.append(f"correlation traps: {summary['num_traps']}")
+    if summary.get("tail_laws"):
+        laws = ", ".join(f"{k} {v}" for k, v in summary["tail_laws"].items())
+        lines.append(f"tail laws (likelihood ratios, p < 0.1): {laws}")
     return lines
 
 
@@ -172,6 +178,8 @@ def display_frame(details: pd.DataFrame) -> pd.DataFrame:
     columns = [c for c in TABLE_COLUMNS if c in details]
     if details["num_traps"].isna().all():
         columns.remove("num_traps")
+    if not details["tail_law"].astype(bool).any():
+        columns.remove("tail_law")
     frame = details[columns].copy()
     frame["shape"] = frame["shape"].map(_shape_text)
     if "num_traps" in frame:  # a count, float only because it is NaN when not randomised
