@@ -49,6 +49,7 @@ FIT_COLUMNS = ("alpha", "alpha_weighted", "xmin", "xmax", "D", "sigma", "log_alp
 NORM_COLUMNS = ("log_norm", "log_spectral_norm", "stable_rank")  # NaN when lambda_max == 0
 MP_COLUMNS = ("sigma_mp", "lambda_plus", "mp_softrank")
 TRAP_COLUMNS = ("num_traps", "rand_distance")
+FLOW_COLUMNS = ("flow_jump", "flow_z")  # NaN outside a stack of blocks (spectralyzer.flow)
 TAIL_COLUMNS = (  # the tail tests: run on every fitted layer when asked, else NaN
     "R_exponential",
     "p_exponential",
@@ -212,7 +213,9 @@ def test_every_metric_is_finite_or_explained(sd: StateDict, seed: int, tail_test
     * entropy, num_traps and rand_distance are always finite;
     * with tail_tests, TAIL_COLUMNS are finite and tail_law set exactly when alpha is;
       without, they are NaN and tail_law is empty;
-    * any NaN in a numeric column other than TAIL_COLUMNS comes with a non-empty warning.
+    * FLOW_COLUMNS are NaN when alpha is;
+    * any NaN in a numeric column other than TAIL_COLUMNS and FLOW_COLUMNS comes
+      with a non-empty warning.
     """
     result = _analyze_or_none(sd, randomize=True, seed=seed, tail_tests=tail_tests)
     if result is None:
@@ -245,12 +248,13 @@ def test_every_metric_is_finite_or_explained(sd: StateDict, seed: int, tail_test
         assert all(_finite(row[c]) == has_bulk for c in MP_COLUMNS), row
         assert 0.0 <= row["entropy"] <= 1.0 + 1e-12
         assert all(_finite(row[c]) for c in TRAP_COLUMNS) and 0.0 <= row["rand_distance"] <= 1.0
+        assert fitted or all(not _finite(row[c]) for c in FLOW_COLUMNS)
         tested = tail_tests and fitted
         assert all(_finite(row[c]) == tested for c in TAIL_COLUMNS), row
         assert bool(row["tail_law"]) == tested
         if tested:
             assert row["R_truncated"] <= 1e-9 and 0.0 <= row["p_lognormal"] <= 1.0
-        if any(not _finite(row[c]) for c in numeric if c not in TAIL_COLUMNS):
+        if any(not _finite(row[c]) for c in numeric if c not in TAIL_COLUMNS + FLOW_COLUMNS):
             assert codes, row
 
 

@@ -59,6 +59,7 @@ WARNINGS = (
     "over-trained",
     "under-trained",
     "correlation-trap",
+    "flow-jump",  # set across layers by spectralyzer.flow (alpha jumps along depth)
 )
 
 

@@ -17,6 +17,7 @@ import torch
 from . import __version__
 from .engine import LayerSpectra, compute_spectra, resolve_device
 from .errors import InputError
+from .flow import with_flow
 from .io import open_checkpoint
 from .io.base import Checkpoint
 from .io.memory import MemoryCheckpoint
@@ -104,7 +105,7 @@ def run_analysis(
         )
         for s in specs
     ]
-    details = details_frame(rows)
+    details = with_flow(details_frame(rows))  # correlation flow needs every layer's alpha
     timings["fits"] = time.perf_counter() - tic
     summary = summarize(
         details,
