@@ -100,3 +100,13 @@ def test_fit_noise_alone_rarely_raises_the_warning():
     z = jump / np.hypot(sigma[1::2], sigma[::2])
     assert np.mean((np.abs(z) > 2.0) & (np.abs(jump) > 1.0)) > 0.1  # the noise is real...
     assert np.mean([flow.is_jump(j, zz) for j, zz in zip(jump, z, strict=True)]) <= 0.02
+
+
+def test_the_flow_figure_draws_each_role_and_is_absent_without_a_stack():
+    pytest.importorskip("matplotlib")
+    from spectralyzer.report.plots import flow_figure
+
+    rows = [(f"b.{i}.{r}", 3.0 + i * (r == "v"), 0.2, "") for i in range(4) for r in "qv"]
+    fig = flow_figure(flow.with_flow(table(rows)))
+    assert len(fig.axes[0].lines) == 2 + 2  # one line per role, plus the 2 and 6 guides
+    assert flow_figure(table([("head.w", 3.0, 0.2, ""), ("tail.w", 4.0, 0.2, "")])) is None

@@ -38,7 +38,14 @@ def test_report_folder_contents(report):
     }
     figures = sorted(p.name for p in (report / "figures").iterdir())
     assert figures == sorted(
-        ["depth.png", "histograms.png", "esd_0.weight.png", "esd_2.weight.png", "esd_4.weight.png"]
+        [
+            "depth.png",
+            "histograms.png",
+            "flow.png",  # 0.weight, 2.weight, 4.weight: blocks 0, 2, 4 of the role *.weight
+            "esd_0.weight.png",
+            "esd_2.weight.png",
+            "esd_4.weight.png",
+        ]
     )
     assert all((report / "figures" / f).read_bytes().startswith(PNG) for f in figures)
     assert len(pd.read_csv(report / "layers.csv")) == 3
@@ -51,7 +58,7 @@ def test_report_folder_contents(report):
 def test_html_is_self_contained(report):
     page = (report / "index.html").read_text()
     sources = re.findall(r'(?:src|href)="([^"]*)"', page)
-    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 6 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "http://" not in page and "https://" not in page
 
 
@@ -93,7 +100,7 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
             [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1200,1600", f"--screenshot={shot}", url],
             capture_output=True, timeout=120,
         )  # fmt: skip
-    assert 'data-figures-rendered="5"' in dom  # every embedded figure decoded with a size
+    assert 'data-figures-rendered="6"' in dom  # every embedded figure decoded with a size
     assert 'data-table-rows="3"' in dom
     assert shot.read_bytes().startswith(PNG) and shot.stat().st_size > 20_000
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..pipeline import Analysis
 from ..tables import SUMMARY_MEANS, clean_json, display_frame, markdown_table, summary_lines
 from .html import cards_html, figure_html, page, png, table_html
-from .plots import depth_figure, esd_figure, histogram_figure
+from .plots import depth_figure, esd_figure, flow_figure, histogram_figure
 
 
 def write_model_report(analysis: Analysis, folder: str | os.PathLike[str]) -> Path:
@@ -32,6 +32,9 @@ def write_model_report(analysis: Analysis, folder: str | os.PathLike[str]) -> Pa
         "depth.png": png(depth_figure(details)),
         "histograms.png": png(histogram_figure(details)),
     }
+    flow = flow_figure(details)
+    if flow is not None:
+        images["flow.png"] = png(flow)
     layer_images = []
     for _, row in details.iterrows():
         spectra = analysis.spectra.get(row["name"])
@@ -48,13 +51,14 @@ def write_model_report(analysis: Analysis, folder: str | os.PathLike[str]) -> Pa
         folder / "layers.csv", index=False, float_format="%.10g"
     )
     (folder / "summary.json").write_text(json.dumps(clean_json(summary), indent=2) + "\n")
-    (folder / "report.md").write_text(_markdown(details, summary, layer_images))
+    (folder / "report.md").write_text(_markdown(details, summary, layer_images, images))
     index = folder / "index.html"
     index.write_text(_html(details, summary, images, layer_images), encoding="utf-8")
     return index
 
 
-def _markdown(details, summary, layer_images) -> str:
+def _markdown(details, summary, layer_images, figures) -> str:
+    """report.md; ``figures`` are the names of the model-level figures written."""
     frame = display_frame(details)
     parts = [
         f"# spectralyzer report: {Path(str(summary.get('model', ''))).name}",
@@ -63,6 +67,7 @@ def _markdown(details, summary, layer_images) -> str:
         "",
         "![alpha and spectral norm along depth](figures/depth.png)",
         "![alpha and alpha-hat histograms](figures/histograms.png)",
+        *(["![correlation flow](figures/flow.png)"] if "flow.png" in figures else []),
         "",
         markdown_table(frame),
         "## Layers",
@@ -85,6 +90,11 @@ def _html(details, summary, images, layer_images) -> str:
             '<section id="model-figures"><h2>Along depth</h2>'
             + figure_html(images["depth.png"], "alpha and log spectral norm against depth")
             + figure_html(images["histograms.png"], "histograms of alpha and alpha-hat")
+            + (
+                figure_html(images["flow.png"], "correlation flow: alpha against block, per role")
+                if "flow.png" in images
+                else ""
+            )
             + "</section>",
             '<section id="layers"><h2>Layers</h2>'
             + table_html(frame, "layer-table", ["warn" if w else "" for w in frame["warning"]])

@@ -127,6 +127,38 @@ def depth_figure(details: pd.DataFrame) -> Figure:
     return _finish_depth(fig, top, bottom)
 
 
+def flow_figure(details: pd.DataFrame) -> Figure | None:
+    """Correlation flow: alpha against block, one line per role of a stack of blocks,
+    with the ``flow-jump`` layers ringed in black; None when no role has a flow."""
+    from ..flow import MIN_BLOCKS, role_and_block
+
+    roles: dict[str, list[tuple[int, float, bool]]] = {}
+    for name, alpha, warning in zip(
+        details["name"], details["alpha"], details["warning"], strict=True
+    ):
+        parsed = role_and_block(str(name))
+        if parsed is not None and np.isfinite(alpha):
+            roles.setdefault(parsed[0], []).append((parsed[1], alpha, "flow-jump" in warning))
+    roles = {r: sorted(m) for r, m in roles.items() if len(m) >= MIN_BLOCKS}
+    if not roles:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.4 + 0.15 * len(roles)), dpi=90)
+    for role, members in roles.items():
+        blocks, alphas, jumps = (np.array(v) for v in zip(*members, strict=True))
+        ax.plot(blocks, alphas, marker="o", ms=3, lw=1, label=role)
+        ax.scatter(
+            blocks[jumps], alphas[jumps], s=110, facecolors="none", edgecolors="black", lw=1.5
+        )
+    for level in (2, 6):
+        ax.axhline(level, color="0.5", ls="--", lw=0.8)
+    ax.set_xlabel("block")
+    ax.set_ylabel("alpha")
+    ax.set_title("correlation flow (ringed: flow-jump)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    fig.tight_layout()
+    return fig
+
+
 def _depth_axes() -> tuple[Figure, object, object]:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), dpi=90, sharex=True)
     return fig, top, bottom
