@@ -29,6 +29,7 @@ from .engine import DEVICES
 from .errors import SpectralyzerError
 from .gate import Policy, evaluate, to_junit, verdict_lines
 from .gate import to_markdown as gate_markdown
+from .hessian.adam_state import load_adam_state
 from .hessian.probe import LOSSES, PRECISIONS, ProbeOptions, run_probe
 from .hessian.render import FORMATS as PROBE_FORMATS
 from .hessian.render import render_probe
@@ -552,7 +553,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option(
     "--demo",
     is_flag=True,
-    help="Probe the built-in demo (a digits CNN, data/digits/) with every probe on.",
+    help="Probe the built-in demo (a digits CNN, data/digits/, with its Adam state) with every probe on.",
 )
 @click.option("--loss", type=click.Choice(list(LOSSES)), default="cross_entropy", show_default=True)
 @click.option("--top-k", default=5, show_default=True, help="Top eigenvalues to report.")
@@ -597,6 +598,12 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option(
     "--per-layer", is_flag=True, help="Each weight matrix's Hessian block beside its alpha."
 )
+@click.option(
+    "--optimizer-state",
+    type=click.Path(path_type=Path),
+    help="Adam/AdamW state (optimizer.state_dict(), or a checkpoint holding it under 'optimizer'): "
+    "preconditioned curvature and Adam's learning-rate limit.",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option(
@@ -618,6 +625,7 @@ def probe(
     trust_pickle: bool,
     fmt: str,
     output: str | None,
+    optimizer_state: Path | None,
     **opts: Any,
 ) -> None:
     """Curvature of a model that runs, on a batch: Hessian/GGN spectra, batch-size and step-size guidance.
@@ -628,17 +636,25 @@ def probe(
     if demo == (model is not None):
         raise click.UsageError("give either MODEL (with --data) or --demo")
     if demo:
-        model, weights, data = probe_demo()
+        model, weights, data, optimizer_state = probe_demo()
         opts.update(trace=True, slq=True, ggn=True, per_layer=True)
         opts["batch_sizes"] = opts["batch_sizes"] or (16, 32, 64, 128, 256, 512)
     elif data is None:
         raise click.UsageError("probe needs --data (a batch of inputs and targets)")
     module = load_runnable(model, weights, trust_pickle=trust_pickle)
     inputs, targets = load_batch(data)
+    adam = load_adam_state(optimizer_state, module) if optimizer_state else None
     result = run_probe(
-        module, inputs, targets, ProbeOptions(**opts), model_label=str(model), data_label=str(data)
+        module,
+        inputs,
+        targets,
+        ProbeOptions(**opts),
+        model_label=str(model),
+        data_label=str(data),
+        adam=adam,
     )
-    inputs_used = [Path(p) for p in (model, weights, data) if p and Path(p).exists()]
+    sources = (model, weights, data, optimizer_state)
+    inputs_used = [Path(p) for p in sources if p and Path(p).exists()]
     write_output(render_probe(fmt, result), output, inputs_used)
 
 

@@ -11,7 +11,10 @@ used and dropped before the next one, since an operator owns the
 2. the same for the Generalised Gauss-Newton matrix (``ggn``);
 3. the batch-size table (:mod:`.batch_scaling`);
 4. per-layer blocks: each weight matrix's own Hessian block, beside its alpha
-   from the weight analysis (joined by parameter name).
+   from the weight analysis (joined by parameter name);
+5. with an Adam optimizer state, the top eigenvalue of the preconditioned
+   Hessian and Adam's learning-rate limit (:mod:`.adam_state`), on the
+   operator of step 1.
 
 Everything random is drawn from one seeded CPU generator, so a run is
 reproducible on any device.
@@ -33,6 +36,7 @@ from torch import nn
 from ..engine import resolve_device
 from ..errors import InputError
 from . import step_sizes as ss
+from .adam_state import AdamStability, AdamState, adam_stability, read_adam_state
 from .batch_scaling import BatchScaling, batch_scaling
 from .ggn import GGNOperator
 from .lanczos import top_eigenpairs, top_eigenvalues
@@ -59,17 +63,17 @@ class ProbeOptions:
     top_k: int = 5
     steps: int = 40  # Lanczos steps for the top eigenvalues
     trace: bool = False
-    trace_matvecs: int = 60  # Hutch++ budget
+    trace_matvecs: int = 90  # Hutch++ budget
     slq: bool = False
-    slq_steps: int = 50
-    slq_vectors: int = 2
+    slq_steps: int = 60
+    slq_vectors: int = 4
     slq_width: float = 0.01  # Gaussian smoothing, as a fraction of the spectrum's range
     near_zero: float = 1e-3  # |lambda| below this fraction of lambda_1 counts as near zero
     ggn: bool = False
     batch_sizes: tuple[int, ...] = ()
     micro_batch: int | None = None  # default: n // 16 (at least 1)
     variance_vectors: int = 4
-    repeats: int = 5  # random sub-batches measured per batch size
+    repeats: int = 3  # random sub-batches measured per batch size
     reference_batch: int | None = None  # default: the smallest of batch_sizes
     dataset_size: float = math.inf
     momentum: float = 0.9  # beta of the momentum stability limits
@@ -151,6 +155,7 @@ class ProbeResult:
     guidance: Guidance
     scaling: BatchScaling | None = None
     layers: pd.DataFrame | None = None
+    adam: AdamStability | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -317,8 +322,9 @@ def run_probe(
     *,
     model_label: str = "<module>",
     data_label: str = "<batch>",
+    adam: AdamState | None = None,
 ) -> ProbeResult:
-    """Probe ``model`` on the batch ``(inputs, targets)``.
+    """Probe ``model`` on the batch ``(inputs, targets)`` (and Adam's state, when given).
 
     The model is modified in place: put in eval mode (dropout off, BatchNorm on
     its running statistics), moved to the device and precision, and its
@@ -349,6 +355,9 @@ def run_probe(
         raise InputError(data_label, f"the loss on this batch is not finite ({loss})")
     hessian, top_vector = curvature(op, "hessian", options, generator)
     curvatures = [hessian]
+    adam_record = None
+    if adam is not None:
+        adam_record = adam_stability(*preconditioned_top(op, adam, options, generator), adam)
     del op
     timings["hessian"] = time.perf_counter() - clock
     if options.ggn:
@@ -390,8 +399,25 @@ def run_probe(
         guidance=guidance(curvatures[0], n, options.momentum),
         scaling=scaling,
         layers=layers,
+        adam=adam_record,
         timings=timings,
     )
+
+
+def preconditioned_top(
+    op: HessianOperator, adam: AdamState, options: ProbeOptions, generator: torch.Generator
+) -> tuple[float, str, float]:
+    """``lambda_1(D H D)``, ``D = diag(sqrt(lr / P))``, by Lanczos on ``v -> D H (D v)``; and
+    the parameter holding the largest share of its eigenvector (name, share of ``|u|^2``)."""
+    if adam.scaling.numel() != op.dim:
+        raise ValueError(f"the Adam state covers {adam.scaling.numel()} of {op.dim} parameters")
+    d = adam.scaling.to(device=op.device, dtype=op.dtype).sqrt()
+    values, vectors = top_eigenpairs(
+        lambda v: d * op.matvec(d * v), op.dim, 1, options.steps, generator, op.dtype, op.device
+    )
+    shares = [float(part.square().sum()) for part in vectors[0].split(op.sizes)]
+    top = int(np.argmax(shares))
+    return float(values[0]), op.names[top], shares[top] / sum(shares)
 
 
 def _first_line(err: BaseException) -> str:
@@ -424,9 +450,21 @@ def _check(options: ProbeOptions, n: int) -> None:
 
 
 def probe(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, **options: Any
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    optimizer: torch.optim.Optimizer | dict | None = None,
+    **options: Any,
 ) -> ProbeResult:
-    """Library entry point: probe a copy of ``model`` (the caller's module is left as it was)."""
+    """Library entry point: probe a copy of ``model`` (the caller's module is left as it was).
+
+    ``optimizer``: an Adam/AdamW optimizer over ``model.parameters()`` (or its
+    ``state_dict()``) adds the preconditioned curvature and Adam's limit.
+    """
     import copy
 
-    return run_probe(copy.deepcopy(model), inputs, targets, ProbeOptions(**options))
+    adam = None
+    if optimizer is not None:
+        state = optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer
+        adam = read_adam_state(state, model, "<optimizer>")
+    return run_probe(copy.deepcopy(model), inputs, targets, ProbeOptions(**options), adam=adam)

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from ..tables import clean_json, markdown_table
+from .adam_state import AdamStability
 from .probe import Curvature, ProbeResult
 
 FORMATS = ("table", "json", "markdown")
@@ -107,6 +108,23 @@ ASSUMPTIONS = [
 ]
 
 
+ADAM_ASSUMPTION = (
+    "Adam: P = sqrt(v_hat) + eps from the saved second moments, frozen; on the quadratic model "
+    "Adam is then heavy-ball momentum on P^-1/2 H P^-1/2, stable while lr lambda_1 < "
+    "(2 + 2 beta1)/(1 - beta1) (Cohen et al. 2022); the bias correction of the first moment "
+    "(1 - beta1^t, near 1 late in training) is left out; parameters are matched to the "
+    "optimizer's entries in model.parameters() order. Where the second moment is near zero "
+    "(P ~ eps: no gradient in training, e.g. a bias just before BatchNorm, or a dead unit) the "
+    "frozen-P model does not hold: Adam's step there stays near lr (1 - beta1)/sqrt(1 - beta2) "
+    "as v adapts; when the eigenvector lies in such a parameter, the limit is not a warning."
+)
+
+
+def assumptions(result: ProbeResult) -> list[str]:
+    """The assumptions behind the numbers of this result."""
+    return ASSUMPTIONS + ([ADAM_ASSUMPTION] if result.adam else [])
+
+
 def _guidance_lines(result: ProbeResult) -> list[str]:
     g = result.guidance
     lines = [
@@ -130,7 +148,27 @@ def _guidance_lines(result: ProbeResult) -> list[str]:
             f"  no momentum rule: the low end ({g.lambda_low_source}) = {_g(g.lambda_low)} "
             "is not positive and below lambda_1"
         )
+    if result.adam:
+        lines += _adam_lines(result.adam)
     return lines
+
+
+def _adam_lines(a: AdamStability) -> list[str]:
+    head = f"  Adam (from its optimizer state at step {a.steps}, beta1 {a.beta1}): "
+    if math.isnan(a.lr):  # parameter groups with different learning rates
+        return [
+            head + f"lambda_1 of D H D with D^2 = lr/P: {_g(a.scaled_sharpness)}, stable below "
+            f"{_g(a.threshold)}: every learning rate can be scaled by up to {_g(a.headroom)}",
+            f"    its eigenvector lies {a.top_share:.0%} in {a.top_parameter}",
+        ]
+    where = f"    its eigenvector lies {a.top_share:.0%} in {a.top_parameter}"
+    return [
+        head + f"lambda_1 of the preconditioned Hessian P^-1/2 H P^-1/2 = "
+        f"{_g(a.lambda_1_preconditioned)}",
+        f"    stable while lr < (2 + 2 beta1) / ((1 - beta1) lambda_1) = {_g(a.lr_limit)}; "
+        f"the optimizer's lr {_g(a.lr)} is {_g(1 / a.headroom, 3)} times that limit",
+        where,
+    ]
 
 
 def _header(result: ProbeResult) -> list[str]:
@@ -162,7 +200,7 @@ def to_text(result: ProbeResult, markdown: bool = False) -> str:
             ["Per layer: Hessian block of each weight matrix beside its weight spectrum", ""]
             + [table(result.layers)]
         )
-    blocks.append(["Assumptions:"] + [f"- {a}" for a in ASSUMPTIONS])
+    blocks.append(["Assumptions:"] + [f"- {a}" for a in assumptions(result)])
     if markdown:
         title, *rest = blocks[0]
         blocks[0] = [f"# {title}", "", *rest]
@@ -189,7 +227,8 @@ def to_dict(result: ProbeResult) -> dict[str, Any]:
         "guidance": asdict(result.guidance),
         "batch_scaling": asdict(result.scaling) if result.scaling else None,
         "layers": result.layers.to_dict(orient="records") if result.layers is not None else None,
-        "assumptions": ASSUMPTIONS,
+        "adam": asdict(result.adam) if result.adam else None,
+        "assumptions": assumptions(result),
         "timings": result.timings,
     }
     return clean_json(out)
