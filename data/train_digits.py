@@ -15,6 +15,9 @@ Writes, for ``spectralyzer probe --demo``:
   running statistics, plus BatchNorm's int64 ``num_batches_tracked``);
 * ``digits/batch.npz``: ``inputs`` float32 (512, 1, 8, 8) and ``targets``
   int64 (512,), 512 *training* images, the batch whose loss surface one probes;
+* ``digits/adam.pt``: the Adam optimizer's ``state_dict()`` at the end of training
+  (``torch.save``; step, first and second moments), for the preconditioned
+  curvature of ``probe --optimizer-state``;
 * ``digits/info.json``: accuracies (train, test, on the batch; eval mode),
   epochs, optimizer, split, seed and versions.
 """
@@ -100,6 +103,7 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     state = {name: t.detach().clone().contiguous() for name, t in model.state_dict().items()}
     save_file(state, OUT / "cnn.safetensors")
+    torch.save(optimizer.state_dict(), OUT / "adam.pt")
     np.savez_compressed(OUT / "batch.npz", inputs=inputs.numpy(), targets=targets.numpy())
     (OUT / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))

@@ -398,9 +398,9 @@ def test_checkpoint_formats_that_are_not_batches(tmp_path):
 
 
 def test_probe_demo_files_and_accuracy():
-    factory, weights, batch_path = probe_demo()
+    factory, weights, batch_path, adam = probe_demo()
     assert factory == FACTORY
-    assert weights.is_file() and batch_path.is_file()
+    assert weights.is_file() and batch_path.is_file() and adam.is_file()
     info = json.loads((weights.parent / "info.json").read_text())
     assert info["test_accuracy"] >= 0.95
     assert info["split"] == {"train": 1297, "test": 500, "batch": 512}
@@ -417,7 +417,7 @@ def test_probe_demo_missing_files(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "PROBE_DEMO_DIR", tmp_path)
     err = input_error(probe_demo)
     assert err.path == "--demo"
-    assert "cnn.safetensors and batch.npz" in err.problem
+    assert "cnn.safetensors, batch.npz and adam.pt" in err.problem
 
 
 def test_digits_cnn_architecture():

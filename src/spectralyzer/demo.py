@@ -30,19 +30,22 @@ PROBE_DEMO_FACTORY = "spectralyzer.demo_nets:digits_cnn"
 PROBE_DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "digits"
 
 
-def probe_demo() -> tuple[str, Path, Path]:
-    """``(factory, weights, batch)`` of the probe demo: the digits CNN and 512 training images.
+def probe_demo() -> tuple[str, Path, Path, Path]:
+    """``(factory, weights, batch, adam)`` of the probe demo: the digits CNN, 512 training
+    images, and the state of the Adam optimizer that trained it.
 
     The files live in ``data/digits/`` of the source checkout, so the demo needs
     an editable install (``pip install -e .``) or a run from the checkout.
     """
-    weights, batch = PROBE_DEMO_DIR / "cnn.safetensors", PROBE_DEMO_DIR / "batch.npz"
-    missing = [path.name for path in (weights, batch) if not path.is_file()]
+    files = [PROBE_DEMO_DIR / name for name in ("cnn.safetensors", "batch.npz", "adam.pt")]
+    missing = [path.name for path in files if not path.is_file()]
     if missing:
+        names = " and ".join(filter(None, (", ".join(missing[:-1]), missing[-1])))
         raise InputError(
             "--demo",
-            f"the probe demo needs {' and '.join(missing)} from data/digits/ of the source "
+            f"the probe demo needs {names} from data/digits/ of the source "
             f"checkout (not found in {PROBE_DEMO_DIR}); install from a checkout with "
             "pip install -e . or run python data/train_digits.py",
         )
-    return PROBE_DEMO_FACTORY, weights, batch
+    weights, batch, adam = files
+    return PROBE_DEMO_FACTORY, weights, batch, adam
