@@ -420,6 +420,14 @@ ERRORS = {
         ["bad_batch.pt", "shapes"],
     ),
     "bad_batch_sizes": (["{torchscript}", "--data", "{pt}", "--batch-sizes", "a,b"], ["a,b"]),
+    "lr_without_dataset_size": (
+        ["{torchscript}", "--data", "{pt}", "--lr", "0.1"],
+        ["--dataset-size"],
+    ),
+    "negative_lr": (
+        ["{torchscript}", "--data", "{pt}", "--lr", "-1", "--dataset-size", "100"],
+        ["--lr must be positive"],
+    ),
     "neither_model_nor_demo": ([], ["--demo"]),
     "both_model_and_demo": (["{torchscript}", "--demo"], ["--demo"]),
 }
@@ -436,6 +444,27 @@ def test_user_mistakes_give_one_line_and_exit_2(files, monkeypatch, case):
     line = error_line(run("probe", *args))
     for word in words:
         assert word in line, line
+
+
+def test_epoch_noise_crossover_per_batch_size(files):
+    """lambda_cross = 3 (1 - beta) S / (lr N) per batch size, and the count of top-k above it."""
+    args = [files["torchscript"], "--data", files["pt"], "--steps", 83, "--batch-sizes", "8,32"]
+    result = run(
+        "probe", *args, "--lr", 0.05, "--dataset-size", 6400, "--momentum", 0.5, "--format", "json"
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    top = data["curvatures"]["hessian"]["top_eigenvalues"]
+    rows = data["epoch_noise"]
+    assert [r["batch_size"] for r in rows] == [8, 32]
+    for r in rows:
+        cross = 3 * 0.5 * r["batch_size"] / (0.05 * 6400)
+        assert r["lambda_cross"] == pytest.approx(cross)
+        assert r["tau_sgd"] == pytest.approx(6400 / r["batch_size"] / 3 * 1.5 / 0.5)
+        assert r["top_k_above"] == sum(lam > cross for lam in top)
+    table = run("probe", *args, "--lr", 0.05, "--dataset-size", 6400).stdout
+    assert "Epoch-based SGD noise (Kuehn & Rosenow 2025" in table and "top_5_above" in table
+    assert json.loads(run("probe", *args[:3], "--format", "json").stdout)["epoch_noise"] is None
 
 
 # ----------------------------------------------------------------------------- real process

@@ -593,7 +593,16 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
     "--dataset-size", type=float, default=math.inf, help="Training-set size N (default: infinite)."
 )
 @click.option(
-    "--momentum", default=0.9, show_default=True, help="beta of the momentum stability limits."
+    "--momentum",
+    default=0.9,
+    show_default=True,
+    help="beta of the momentum stability limits (and of training, with --lr).",
+)
+@click.option(
+    "--lr",
+    type=float,
+    help="Training learning rate: with --dataset-size, where epoch-based SGD's "
+    "anti-correlated noise matters (lambda_cross per batch size).",
 )
 @click.option(
     "--per-layer", is_flag=True, help="Each weight matrix's Hessian block beside its alpha."

@@ -76,7 +76,8 @@ class ProbeOptions:
     repeats: int = 3  # random sub-batches measured per batch size
     reference_batch: int | None = None  # default: the smallest of batch_sizes
     dataset_size: float = math.inf
-    momentum: float = 0.9  # beta of the momentum stability limits
+    momentum: float = 0.9  # beta of the momentum stability limits (and of training)
+    lr: float | None = None  # the training learning rate, for the epoch-noise crossover
     per_layer: bool = False
     layer_steps: int = 20
     layer_trace_matvecs: int = 30
@@ -140,6 +141,38 @@ class Guidance:
     nesterov: tuple[float, float] | None
 
 
+@dataclass(frozen=True)
+class EpochNoise:
+    """Epoch-based SGD at one batch size: where its anti-correlated noise matters
+    (Kuehn & Rosenow 2025; :func:`.step_sizes.crossover_eigenvalue`)."""
+
+    batch_size: int
+    steps_per_epoch: float  # M = N / S
+    lambda_cross: float  # 3 (1 - beta) S / (lr N)
+    tau_sgd: float  # (M / 3) (1 + beta) / (1 - beta): correlation time below lambda_cross
+    top_k_above: int  # how many of the Hessian's top-k eigenvalues lie above lambda_cross
+
+
+def epoch_noise(
+    top_eigenvalues: list[float], options: ProbeOptions, sizes: tuple[int, ...]
+) -> list[EpochNoise]:
+    """One :class:`EpochNoise` per batch size, for ``options.lr`` and ``options.dataset_size``."""
+    lr, beta, n = options.lr, options.momentum, options.dataset_size
+    rows = []
+    for size in sizes:
+        cross = ss.crossover_eigenvalue(lr, beta, size, n)
+        rows.append(
+            EpochNoise(
+                batch_size=size,
+                steps_per_epoch=n / size,
+                lambda_cross=cross,
+                tau_sgd=ss.correlation_time(0.0, lr, beta, size, n),
+                top_k_above=sum(lam > cross for lam in top_eigenvalues),
+            )
+        )
+    return rows
+
+
 @dataclass
 class ProbeResult:
     model: str
@@ -156,6 +189,7 @@ class ProbeResult:
     scaling: BatchScaling | None = None
     layers: pd.DataFrame | None = None
     adam: AdamStability | None = None
+    epoch_noise: list[EpochNoise] | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -400,6 +434,9 @@ def run_probe(
         scaling=scaling,
         layers=layers,
         adam=adam_record,
+        epoch_noise=epoch_noise(hessian.top_eigenvalues, options, options.batch_sizes or (n,))
+        if options.lr
+        else None,
         timings=timings,
     )
 
@@ -441,6 +478,13 @@ def _check(options: ProbeOptions, n: int) -> None:
         raise ValueError(f"--steps ({options.steps}) must be at least --top-k ({options.top_k})")
     if n < 2:
         raise ValueError("the batch needs at least two samples")
+    if options.lr is not None:
+        if not options.lr > 0:
+            raise ValueError("--lr must be positive")
+        if not math.isfinite(options.dataset_size):
+            raise ValueError("--lr needs --dataset-size (the epoch length N)")
+        if not 0 <= options.momentum < 1:
+            raise ValueError("--momentum must be in [0, 1) with --lr")
     if options.batch_sizes:
         if min(options.batch_sizes) < 1:
             raise ValueError("--batch-sizes must be positive")

@@ -86,6 +86,22 @@ def _scaling_lines(result: ProbeResult) -> list[str]:
     ]
 
 
+def _epoch_noise_lines(result: ProbeResult) -> list[str]:
+    o = result.options
+    return [
+        f"Epoch-based SGD noise (Kuehn & Rosenow 2025; lr {o.lr:g}, momentum {o.momentum}, "
+        f"N = {o.dataset_size:g}): each sample once per epoch makes the noise anti-correlated. "
+        "Along Hessian eigenvalues above lambda_cross = 3 (1 - beta) S / (lr N) that does not "
+        "matter (correlation time (1 + beta)/(lr lambda)); below it the correlation time is "
+        "capped at tau_SGD = (N/S)/3 (1 + beta)/(1 - beta).",
+    ]
+
+
+def epoch_noise_frame(result: ProbeResult) -> pd.DataFrame:
+    frame = pd.DataFrame([asdict(r) for r in result.epoch_noise])
+    return frame.rename(columns={"top_k_above": f"top_{result.options.top_k}_above"})
+
+
 ASSUMPTIONS = [
     "The Hessian is of the mean loss on the given batch, at the given weights; the learning "
     "rates hold near these weights (a quadratic model), not for the whole run.",
@@ -195,6 +211,8 @@ def to_text(result: ProbeResult, markdown: bool = False) -> str:
     blocks.append(_guidance_lines(result))
     if result.scaling:
         blocks.append(_scaling_lines(result) + ["", table(scaling_frame(result))])
+    if result.epoch_noise:
+        blocks.append(_epoch_noise_lines(result) + ["", table(epoch_noise_frame(result))])
     if result.layers is not None:
         blocks.append(
             ["Per layer: Hessian block of each weight matrix beside its weight spectrum", ""]
@@ -228,6 +246,7 @@ def to_dict(result: ProbeResult) -> dict[str, Any]:
         "batch_scaling": asdict(result.scaling) if result.scaling else None,
         "layers": result.layers.to_dict(orient="records") if result.layers is not None else None,
         "adam": asdict(result.adam) if result.adam else None,
+        "epoch_noise": [asdict(r) for r in result.epoch_noise] if result.epoch_noise else None,
         "assumptions": assumptions(result),
         "timings": result.timings,
     }

@@ -23,7 +23,14 @@ Pure functions of eigenvalue estimates:
   Granziol et al. after Theorem 4), i.e. variance ``S^2 (1/B - 1/N)`` with
   ``S^2`` the per-sample Hessian variance along ``z``;
 * Adam with small epsilon: learning rate proportional to ``sqrt(B)``
-  (Granziol et al., section 11); SGD: proportional to ``B`` below ``B*``.
+  (Granziol et al., section 11); SGD: proportional to ``B`` below ``B*``;
+* epoch-based SGD (each sample once per epoch, ``M = N / S`` steps) has
+  anti-correlated noise (Kuehn & Rosenow 2025): along a Hessian eigenvector of
+  eigenvalue ``lambda`` the velocity correlation time is
+  ``tau = (1 + beta) / (lr lambda)`` above ``lambda_cross = 3 (1 - beta) S / (lr N)``
+  (the anti-correlations do not matter there) and
+  ``tau_SGD = (M / 3) (1 + beta) / (1 - beta)`` below it (they cap it); the two
+  agree at ``lambda_cross``.
 """
 
 from __future__ import annotations
@@ -122,3 +129,16 @@ def lr_max(batch: float, l1: float, micro_batch: float, variance_micro: float) -
 def critical_batch(l1: float, micro_batch: float, variance_micro: float) -> float:
     """``B* = b V_H(b) / l1^2``: above it, raising the learning rate with the batch stops paying."""
     return micro_batch * variance_micro / l1**2
+
+
+def crossover_eigenvalue(lr: float, beta: float, batch: float, population: float) -> float:
+    """``lambda_cross = 3 (1 - beta) S / (lr N)`` of epoch-based SGD (Kuehn & Rosenow 2025)."""
+    return 3.0 * (1.0 - beta) * batch / (lr * population)
+
+
+def correlation_time(lam: float, lr: float, beta: float, batch: float, population: float) -> float:
+    """Velocity correlation time along an eigenvalue ``lam``: ``(1 + beta) / (lr lam)`` above
+    ``lambda_cross``, ``(N / S) / 3 (1 + beta) / (1 - beta)`` below (Kuehn & Rosenow 2025)."""
+    if lam > crossover_eigenvalue(lr, beta, batch, population):
+        return (1.0 + beta) / (lr * lam)
+    return population / batch / 3.0 * (1.0 + beta) / (1.0 - beta)
