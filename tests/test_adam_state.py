@@ -92,6 +92,7 @@ def test_groups_with_their_own_learning_rates_scale_their_own_blocks():
         exact_scaled_sharpness(model, x, y, state.scaling), rel=1e-6
     )
     assert math.isnan(result.adam.lr) and math.isnan(result.adam.lambda_1_preconditioned)
+    assert math.isnan(result.adam.lr_limit)  # one limit for every group's lr does not exist
     assert result.adam.headroom == pytest.approx(38.0 / result.adam.scaled_sharpness)
 
 

@@ -178,7 +178,7 @@ def adam_stability(
         lambda_1_preconditioned=pre,
         scaled_sharpness=scaled_sharpness,
         threshold=threshold,
-        lr_limit=threshold / pre if pre > 0 else math.inf,
+        lr_limit=threshold / pre if pre > 0 else (math.inf if pre <= 0 else math.nan),
         headroom=threshold / scaled_sharpness if scaled_sharpness > 0 else math.inf,
         top_parameter=top_parameter,
         top_share=top_share,
