@@ -182,8 +182,12 @@ def test_interrupted_run_writes_no_report(model, tmp_path, monkeypatch, signum, 
     import spectralyzer.cli as cli
 
     def interrupted(*args, **kwargs):
-        os.kill(os.getpid(), signum)
-        time.sleep(5)  # the signal arrives first
+        # raise_signal delivers to this (the main) thread; os.kill may hand the signal to one
+        # of torch's threads, and the main thread would only notice it after a long sleep
+        signal.raise_signal(signum)
+        for _ in range(500):  # the handler runs at the next bytecode boundary
+            time.sleep(0.01)
+        raise AssertionError("the signal was not handled")
 
     monkeypatch.setattr(cli, "run_analysis", interrupted)
     out = tmp_path / "report.json"
