@@ -296,3 +296,12 @@ def test_bad_files_give_one_line_and_exit_2(tmp_path):
         assert path.name in line, line
         debug = run("analyze", path, "--debug")
         assert debug.exit_code != 0 and debug.exception is not None  # --debug lets it propagate
+
+
+def test_bare_command_shows_help_and_group_mistakes_give_one_line():
+    bare = run()
+    assert bare.exit_code == 2 and "Usage:" in bare.output and "Commands:" in bare.output
+    assert "error:" not in bare.output
+    bogus = run("--bogus")
+    assert bogus.exit_code == 2
+    assert bogus.stderr.strip() == "spectralyzer: error: No such option '--bogus'. (see --help)"

@@ -252,6 +252,8 @@ class Commands(click.Group):
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:
             return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a bare `spectralyzer` shows the help, as click does
         except click.UsageError as err:
             raise OneLineUsageError(_usage_message(err)) from None
 
@@ -263,8 +265,9 @@ class Commands(click.Group):
 
 
 def _usage_message(err: click.UsageError) -> str:
-    command = err.ctx.command_path if err.ctx else "spectralyzer"
-    return f"{command}: {err.format_message()} (see --help)"
+    """``<subcommand>: <problem> (see --help)``; the prefix already names spectralyzer."""
+    where = " ".join(err.ctx.command_path.split()[1:]) if err.ctx else ""
+    return f"{where + ': ' if where else ''}{err.format_message()} (see --help)"
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
