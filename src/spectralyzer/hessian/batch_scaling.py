@@ -125,15 +125,16 @@ def estimate_noise(
     z = unit_vectors(vectors, phi.numel(), generator, phi.dtype, phi.device)
     probes = torch.cat([z, phi[None]])  # random vectors, then phi
     sum_sq = [0.0] * len(probes)
-    sum_vec = [torch.zeros(phi.numel(), dtype=torch.float64) for _ in probes]
+    sum_vec = [torch.zeros(phi.numel(), dtype=torch.float64, device=phi.device) for _ in probes]
+    phi64 = phi.to(torch.float64)
     rayleigh = []  # phi^T H_i phi
     for i in range(k):
         op = factory(order[i * micro_batch : (i + 1) * micro_batch])
         for j, v in enumerate(probes):
-            hv = op.matvec(v).to(device="cpu", dtype=torch.float64)
+            hv = op.matvec(v).to(torch.float64)  # stays on the device
             sum_sq[j] += float(hv @ hv)
             sum_vec[j] += hv
-        rayleigh.append(float(hv @ phi.to(device="cpu", dtype=torch.float64)))
+        rayleigh.append(float(hv @ phi64))
         del op
     variances = [
         ss.hessian_variance_from_sums(sum_sq[j], sum_vec[j], k) for j in range(len(probes))
@@ -141,7 +142,10 @@ def estimate_noise(
     bulk = torch.tensor(variances[:-1], dtype=torch.float64)
     par = _unbiased(torch.tensor(rayleigh, dtype=torch.float64))
     perp = variances[-1] - par
-    scale = 1.0 / micro_batch - 1.0 / n
+
+    def per_sample(variance: float) -> float:
+        return ss.per_sample_variance(max(variance, 0.0), micro_batch, n)
+
     return NoiseEstimate(
         micro_batch=micro_batch,
         micro_batches=k,
@@ -150,9 +154,9 @@ def estimate_noise(
         bulk_stderr=float(bulk.std()) / math.sqrt(vectors) if vectors > 1 else math.nan,
         perp=perp,
         par=par,
-        per_sample_bulk=max(float(bulk.mean()), 0.0) / scale,
-        per_sample_perp=max(perp, 0.0) / scale,
-        per_sample_par=max(par, 0.0) / scale,
+        per_sample_bulk=per_sample(float(bulk.mean())),
+        per_sample_perp=per_sample(perp),
+        per_sample_par=per_sample(par),
     )
 
 

@@ -52,6 +52,13 @@ def lanczos(matvec: MatVec, start: torch.Tensor, steps: int) -> Tridiagonal:
     return Tridiagonal(np.array(alphas), np.array(betas), torch.stack(basis[: len(alphas)]))
 
 
+def random_start(
+    dim: int, generator: torch.Generator, dtype=torch.float64, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """A Gaussian start vector drawn on the CPU from ``generator`` (the same on any device)."""
+    return torch.randn(dim, generator=generator, dtype=dtype).to(device)
+
+
 def top_eigenpairs(
     matvec: MatVec,
     dim: int,
@@ -66,8 +73,7 @@ def top_eigenpairs(
     Vectors are the rows of the returned ``(k, dim)`` tensor (unit norm). The
     start vector is drawn on the CPU from ``generator`` (reproducible on any device).
     """
-    start = torch.randn(dim, generator=generator, dtype=dtype).to(device)
-    tri = lanczos(matvec, start, min(steps, dim))
+    tri = lanczos(matvec, random_start(dim, generator, dtype, device), min(steps, dim))
     values, vectors = tri.ritz()
     top = vectors[:, ::-1][:, :k].copy()
     ritz = (tri.basis.T @ torch.from_numpy(top).to(tri.basis)).T

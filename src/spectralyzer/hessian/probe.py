@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,13 +228,6 @@ def _density(density: SpectralDensity, lambda_1: float, options: ProbeOptions) -
     )
 
 
-def _on_device(matvec: Callable, device: torch.device) -> Callable:
-    """A matvec taking and returning CPU vectors (the trace estimators draw on the CPU)."""
-    if device.type == "cpu":
-        return matvec
-    return lambda v: matvec(v.to(device)).cpu()
-
-
 def curvature(
     op: HessianOperator | GGNOperator,
     matrix: str,
@@ -256,7 +248,7 @@ def curvature(
     trace = density = None
     if options.trace:
         trace = hutch_plus_plus(
-            _on_device(op.matvec, op.device), op.dim, options.trace_matvecs, generator, op.dtype
+            op.matvec, op.dim, options.trace_matvecs, generator, op.dtype, op.device
         )
     if options.slq:
         raw = slq(
@@ -326,11 +318,7 @@ def layer_table(
             )[0]
         )
         trace = hutch_plus_plus(
-            _on_device(op.matvec, op.device),
-            op.dim,
-            options.layer_trace_matvecs,
-            generator,
-            op.dtype,
+            op.matvec, op.dim, options.layer_trace_matvecs, generator, op.dtype, op.device
         )
         rows.append(
             {

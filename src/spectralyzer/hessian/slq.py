@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .lanczos import MatVec, lanczos
+from .lanczos import MatVec, lanczos, random_start
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def slq(
     """Average of the Gauss quadrature rules of ``vectors`` random starts, ``steps`` each."""
     nodes, weights = [], []
     for _ in range(vectors):
-        start = torch.randn(dim, generator=generator, dtype=dtype).to(device)
+        start = random_start(dim, generator, dtype, device)
         theta, u = lanczos(matvec, start, min(steps, dim)).ritz()
         nodes.append(theta)
         weights.append(u[0] ** 2 / vectors)

@@ -23,12 +23,21 @@ class TraceEstimate:
 
 
 def hutchinson(
-    matvec: MatVec, dim: int, samples: int, generator: torch.Generator, dtype=torch.float64
+    matvec: MatVec,
+    dim: int,
+    samples: int,
+    generator: torch.Generator,
+    dtype=torch.float64,
+    device: torch.device | str = "cpu",
 ) -> TraceEstimate:
-    """Mean of ``v^T H v`` over ``samples`` Rademacher vectors, with its standard error."""
+    """Mean of ``v^T H v`` over ``samples`` Rademacher vectors, with its standard error.
+
+    The vectors are drawn on the CPU from ``generator`` (reproducible on any device)
+    and the products run on ``device``.
+    """
     values = []
     for _ in range(samples):
-        v = torch.randint(0, 2, (dim,), generator=generator).to(dtype) * 2 - 1
+        v = _signs((dim,), generator, dtype).to(device)
         values.append(float(v @ matvec(v)))
     t = torch.tensor(values, dtype=torch.float64)
     stderr = float(t.std(unbiased=True)) / math.sqrt(samples) if samples > 1 else math.nan
@@ -40,7 +49,12 @@ def _signs(shape: tuple[int, ...], generator: torch.Generator, dtype) -> torch.T
 
 
 def hutch_plus_plus(
-    matvec: MatVec, dim: int, matvecs: int, generator: torch.Generator, dtype=torch.float64
+    matvec: MatVec,
+    dim: int,
+    matvecs: int,
+    generator: torch.Generator,
+    dtype=torch.float64,
+    device: torch.device | str = "cpu",
 ) -> TraceEstimate:
     """Hutch++ (Meyer, Musco, Musco & Woodruff 2021): ``tr(Q^T H Q)`` plus Hutchinson on the rest.
 
@@ -59,12 +73,12 @@ def hutch_plus_plus(
         raise ValueError(f"Hutch++ needs at least one matrix-vector product, got {matvecs}")
     k = matvecs // 3
     if k >= dim:
-        eye = torch.eye(dim, dtype=dtype)
+        eye = torch.eye(dim, dtype=dtype, device=device)
         exact = sum(float(matvec(e).to(dtype)[i]) for i, e in enumerate(eye))
         return TraceEstimate(exact, 0.0, dim)
     if k == 0:
-        return hutchinson(matvec, dim, matvecs, generator, dtype)
-    sketch = _signs((dim, k), generator, dtype)
+        return hutchinson(matvec, dim, matvecs, generator, dtype, device)
+    sketch = _signs((dim, k), generator, dtype).to(device)
     q, _ = torch.linalg.qr(torch.stack([matvec(s).to(dtype) for s in sketch.T], dim=1))
     low_rank = sum(float(c @ matvec(c).to(dtype)) for c in q.T)
 
@@ -72,6 +86,11 @@ def hutch_plus_plus(
         return v - q @ (q.T @ v)
 
     rest = hutchinson(
-        lambda v: deflate(matvec(deflate(v)).to(dtype)), dim, matvecs - 2 * k, generator, dtype
+        lambda v: deflate(matvec(deflate(v)).to(dtype)),
+        dim,
+        matvecs - 2 * k,
+        generator,
+        dtype,
+        device,
     )
     return TraceEstimate(low_rank + rest.value, rest.stderr, 2 * k + rest.samples)
