@@ -451,3 +451,12 @@ def test_hessian_of_torchscript_copy_matches_plain_module(tmp_path):
     assert float(hv_plain.norm()) > 1e-3  # not trivially zero
     torch.testing.assert_close(hv_script, hv_plain, atol=1e-10, rtol=0)
     torch.testing.assert_close(h_script.gradient, h_plain.gradient, atol=1e-10, rtol=0)
+
+
+def test_torch_batch_named_safetensors_is_read_by_its_content(tmp_path):
+    """torch.load would hand any path ending in .safetensors to safetensors; the batch
+    loader shares the checkpoint loader's way round that."""
+    path = tmp_path / "batch.safetensors"
+    torch.save({"inputs": torch.randn(4, 3), "targets": torch.arange(4)}, path)
+    inputs, targets = load_batch(path)
+    assert inputs.shape == (4, 3) and targets.tolist() == [0, 1, 2, 3]

@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -34,7 +33,7 @@ from ..errors import InputError
 from ._common import WRAPPER_KEYS, describe, reading
 from .open import open_checkpoint, open_file
 from .sniff import UNKNOWN_FORMAT, detect_format
-from .torch_file import load_pickled
+from .torch_file import load_pickled, torch_load
 
 #: ``package.module:factory`` (the factory may be a dotted attribute path, e.g. ``Net.build``).
 FACTORY_SPEC = re.compile(r"[\w.]+:[\w.]+")
@@ -264,7 +263,7 @@ def _torch_batch(path: Path) -> tuple[object, object]:
     """The two entries of a ``torch.save``'d dict or pair, unpickled without running code."""
     with reading(path, "cannot read PyTorch batch file"):
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch_load(path, weights_only=True, mmap=False)
         except pickle.UnpicklingError as exc:
             raise InputError(
                 path,
@@ -335,11 +334,7 @@ def _checked(path: Path, inputs: object, targets: object) -> tuple[torch.Tensor,
 
 
 def _as_tensor(path: Path, value: object, name: str) -> torch.Tensor:
-    """A CPU tensor from a tensor or a numeric array; anything else is an InputError."""
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "biufc":
-            raise InputError(path, f"{name} is not numeric (dtype {value.dtype})")
-        value = torch.from_numpy(np.ascontiguousarray(value))
+    """A dense CPU tensor; anything else is an InputError (both loaders give tensors)."""
     if not isinstance(value, torch.Tensor):
         raise InputError(path, f"{name} has type {_type_name(value)}, not an array")
     if value.layout != torch.strided or value.is_quantized:

@@ -49,14 +49,14 @@ def load_pickled(path: Path, *, trust_pickle: bool, mmap: bool) -> object:
     """``torch.load`` onto the CPU, refusing code execution unless trusted."""
     with reading(path, "cannot read PyTorch checkpoint"):
         try:
-            return _torch_load(path, weights_only=not trust_pickle, mmap=mmap)
+            return torch_load(path, weights_only=not trust_pickle, mmap=mmap)
         except pickle.UnpicklingError as exc:
             if trust_pickle:
                 raise
             raise InputError(path, _refusal(exc)) from exc
 
 
-def _torch_load(path: Path, *, weights_only: bool, mmap: bool) -> object:
+def torch_load(path: Path, *, weights_only: bool, mmap: bool) -> object:
     """``torch.load`` of a path (to memory-map it) or else of an open file.
 
     ``torch.load`` hands any *path* ending in ".safetensors" to safetensors, so
