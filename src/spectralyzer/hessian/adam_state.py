@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from . import step_sizes as ss
 
 #: Keys under which training scripts commonly save the optimizer state in a checkpoint.
 OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optim", "opt")
@@ -52,10 +53,7 @@ class AdamState:
     scaling: torch.Tensor  # lr_g / (sqrt(v_hat) + eps), one entry per scalar parameter
     lrs: tuple[float, ...]  # learning rate of each parameter group
     beta1: float
-    beta2s: tuple[float, ...]
-    eps: tuple[float, ...]
     steps: int  # largest step count in the state
-    amsgrad: bool
 
 
 @dataclass(frozen=True)
@@ -72,11 +70,6 @@ class AdamStability:
     headroom: float  # threshold / scaled_sharpness: the learning rates' largest stable factor
     top_parameter: str  # the parameter holding the largest share of the top eigenvector
     top_share: float  # that share of |u|^2
-
-
-def adam_threshold(beta1: float) -> float:
-    """``(2 + 2 beta1) / (1 - beta1)``: the stability bound on ``lr lambda_1(P^-1/2 H P^-1/2)``."""
-    return (2.0 + 2.0 * beta1) / (1.0 - beta1)
 
 
 def load_adam_state(path: str | os.PathLike[str], model: nn.Module) -> AdamState:
@@ -145,10 +138,7 @@ def read_adam_state(obj: Any, model: nn.Module, label: str | os.PathLike[str]) -
         scaling=torch.cat(parts),
         lrs=tuple(float(g["lr"]) for g in groups),
         beta1=beta1s.pop(),
-        beta2s=tuple(float(g["betas"][1]) for g in groups),
-        eps=tuple(float(g["eps"]) for g in groups),
         steps=steps,
-        amsgrad=amsgrad,
     )
 
 
@@ -167,7 +157,7 @@ def adam_stability(
 ) -> AdamStability:
     """The record of :class:`AdamStability` from ``lambda_1(D H D)`` and its eigenvector's
     largest parameter share."""
-    threshold = adam_threshold(adam.beta1)
+    threshold = ss.adam_threshold(adam.beta1)
     one_lr = len(set(adam.lrs)) == 1
     lr = adam.lrs[0] if one_lr else math.nan
     pre = scaled_sharpness / lr if one_lr and lr > 0 else math.nan
@@ -178,7 +168,9 @@ def adam_stability(
         lambda_1_preconditioned=pre,
         scaled_sharpness=scaled_sharpness,
         threshold=threshold,
-        lr_limit=threshold / pre if pre > 0 else (math.inf if pre <= 0 else math.nan),
+        lr_limit=ss.adam_limit(pre, adam.beta1)
+        if pre > 0
+        else (math.inf if pre <= 0 else math.nan),
         headroom=threshold / scaled_sharpness if scaled_sharpness > 0 else math.inf,
         top_parameter=top_parameter,
         top_share=top_share,

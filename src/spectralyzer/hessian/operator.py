@@ -63,10 +63,6 @@ class ParameterBlock:
             ]
         )
 
-    def point(self) -> torch.Tensor:
-        """The current parameter values as one vector."""
-        return self.flatten([p.detach() for p in self.params])
-
 
 def differentiate(
     outputs: Sequence[torch.Tensor],

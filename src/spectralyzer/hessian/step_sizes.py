@@ -54,8 +54,14 @@ def nesterov_limit(l1: float, beta: float) -> float:
     return (2.0 + 2.0 * beta) / ((1.0 + 2.0 * beta) * l1)
 
 
+def adam_threshold(beta1: float) -> float:
+    """``(2 + 2 beta1) / (1 - beta1)``: Adam's bound on ``lr lambda_1(P^-1/2 H P^-1/2)``."""
+    return (2.0 + 2.0 * beta1) / (1.0 - beta1)
+
+
 def adam_limit(l1_preconditioned: float, beta1: float = 0.9) -> float:
-    return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * l1_preconditioned)
+    """Adam's stability limit on the learning rate (Cohen et al. 2022; 38 / l1 at beta1 0.9)."""
+    return adam_threshold(beta1) / l1_preconditioned
 
 
 def heavy_ball_optimum(l1: float, lp: float) -> tuple[float, float]:
