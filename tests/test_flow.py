@@ -106,7 +106,12 @@ def test_the_flow_figure_draws_each_role_and_is_absent_without_a_stack():
     pytest.importorskip("matplotlib")
     from spectralyzer.report.plots import flow_figure
 
-    rows = [(f"b.{i}.{r}", 3.0 + i * (r == "v"), 0.2, "") for i in range(4) for r in "qv"]
+    # role v steps from 3 to 5.5 at block 2 (jump 2.5, z 8.8): flagged there, and ringed
+    rows = [
+        (f"b.{i}.{r}", 5.5 if r == "v" and i >= 2 else 3.0, 0.2, "") for i in range(4) for r in "qv"
+    ]
     fig = flow_figure(flow.with_flow(table(rows)))
     assert len(fig.axes[0].lines) == 2 + 2  # one line per role, plus the 2 and 6 guides
+    ringed = [c.get_offsets().tolist() for c in fig.axes[0].collections]
+    assert sorted(map(str, ringed)) == sorted(map(str, [[], [[2.0, 5.5]]]))
     assert flow_figure(table([("head.w", 3.0, 0.2, ""), ("tail.w", 4.0, 0.2, "")])) is None

@@ -46,6 +46,19 @@ def role_and_block(name: str) -> tuple[str, int] | None:
     return None
 
 
+def roles(details: pd.DataFrame) -> dict[str, list[tuple[int, object]]]:
+    """The flows of a per-layer table: role -> ``(block, row index)`` sorted by block, for
+    the roles with at least ``MIN_BLOCKS`` rows of finite alpha and sigma."""
+    found: dict[str, list[tuple[int, object]]] = {}
+    for index, name, alpha, sigma in zip(
+        details.index, details["name"], details["alpha"], details["sigma"], strict=True
+    ):
+        parsed = role_and_block(str(name))
+        if parsed is not None and math.isfinite(alpha) and math.isfinite(sigma):
+            found.setdefault(parsed[0], []).append((parsed[1], index))
+    return {role: sorted(m) for role, m in found.items() if len(m) >= MIN_BLOCKS}
+
+
 def correlation_flow(details: pd.DataFrame) -> pd.DataFrame:
     """``flow_jump`` and ``flow_z`` of every row of a per-layer table (NaN outside a flow).
 
@@ -53,18 +66,8 @@ def correlation_flow(details: pd.DataFrame) -> pd.DataFrame:
     of ``details``.
     """
     out = pd.DataFrame(math.nan, index=details.index, columns=["flow_jump", "flow_z"])
-    roles: dict[str, list[tuple[int, object]]] = {}
-    for index, name, alpha, sigma in zip(
-        details.index, details["name"], details["alpha"], details["sigma"], strict=True
-    ):
-        parsed = role_and_block(str(name))
-        if parsed is not None and math.isfinite(alpha) and math.isfinite(sigma):
-            roles.setdefault(parsed[0], []).append((parsed[1], index))
-    for members in roles.values():
-        if len(members) < MIN_BLOCKS:
-            continue
-        members.sort(key=lambda m: m[0])
-        rows = [m[1] for m in members]
+    for members in roles(details).values():
+        rows = [index for _, index in members]
         alpha = details.loc[rows, "alpha"].to_numpy(dtype=float)
         sigma = details.loc[rows, "sigma"].to_numpy(dtype=float)
         jump = np.diff(alpha)

@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from ..fit.mp import mp_density  # noqa: E402
+from ..flow import roles  # noqa: E402
 
 TYPE_COLOURS = {
     "linear": "tab:blue",
@@ -130,21 +131,15 @@ def depth_figure(details: pd.DataFrame) -> Figure:
 def flow_figure(details: pd.DataFrame) -> Figure | None:
     """Correlation flow: alpha against block, one line per role of a stack of blocks,
     with the ``flow-jump`` layers ringed in black; None when no role has a flow."""
-    from ..flow import MIN_BLOCKS, role_and_block
-
-    roles: dict[str, list[tuple[int, float, bool]]] = {}
-    for name, alpha, warning in zip(
-        details["name"], details["alpha"], details["warning"], strict=True
-    ):
-        parsed = role_and_block(str(name))
-        if parsed is not None and np.isfinite(alpha):
-            roles.setdefault(parsed[0], []).append((parsed[1], alpha, "flow-jump" in warning))
-    roles = {r: sorted(m) for r, m in roles.items() if len(m) >= MIN_BLOCKS}
-    if not roles:
+    flows = roles(details)
+    if not flows:
         return None
-    fig, ax = plt.subplots(figsize=(7, 3.4 + 0.15 * len(roles)), dpi=90)
-    for role, members in roles.items():
-        blocks, alphas, jumps = (np.array(v) for v in zip(*members, strict=True))
+    fig, ax = plt.subplots(figsize=(7, 3.4 + 0.15 * len(flows)), dpi=90)
+    for role, members in flows.items():
+        rows = details.loc[[index for _, index in members]]
+        blocks = np.array([block for block, _ in members])
+        alphas = rows["alpha"].to_numpy(dtype=float)
+        jumps = rows["warning"].str.contains("flow-jump").to_numpy()
         ax.plot(blocks, alphas, marker="o", ms=3, lw=1, label=role)
         ax.scatter(
             blocks[jumps], alphas[jumps], s=110, facecolors="none", edgecolors="black", lw=1.5
