@@ -188,3 +188,19 @@ def test_on_minilm_ours_is_the_better_maximum_likelihood_fit_layer_by_layer(mini
         assert pl - row.R_truncated >= theirs_tpl - 1e-6, row.name
         assert row.R_truncated <= 1e-9
         assert row.tail_law in ("power_law", "undecided", *tt.ALTERNATIVES)
+
+
+def test_truncated_exponential_comparison_equals_the_powerlaw_package():
+    """With xmax (the fit after --fix-fingers) both laws are normalised on [xmin, xmax]."""
+    powerlaw = pytest.importorskip("powerlaw")
+    x = pareto(np.random.default_rng(1), 1500, 2.2)
+    xs = np.sort(x)
+    xmin, xmax = float(xs[300]), float(xs[-4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = powerlaw.Fit(x, xmin=xmin, xmax=xmax, verbose=False)
+        R, p = fit.distribution_compare("power_law", "exponential")
+        alpha = fit.power_law.alpha
+    ours = tt.compare_tail(x, xmin, alpha, xmax=xmax).comparisons["exponential"]
+    assert ours.R == pytest.approx(R, rel=1e-5)
+    assert ours.p == pytest.approx(p, rel=2e-2)

@@ -251,7 +251,7 @@ def layer_metrics(
 def tail_fields(tails: TailTests) -> dict[str, float | str]:
     """The LayerMetrics fields of the tail tests."""
     c = tails.comparisons
-    tpl = c["truncated_power_law"].params or (math.nan, math.nan)
+    tpl = c["truncated_power_law"].params
     return {
         "tail_law": tails.verdict,
         "R_exponential": c["exponential"].R,

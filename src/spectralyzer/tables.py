@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .fit.tail_tests import SIGNIFICANCE as TAIL_SIGNIFICANCE
 from .layers import Skipped
 from .metrics import WARNINGS, LayerMetrics
 
@@ -169,7 +170,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"correlation traps: {summary['num_traps']}")
     if summary.get("tail_laws"):
         laws = ", ".join(f"{k} {v}" for k, v in summary["tail_laws"].items())
-        lines.append(f"tail laws (likelihood ratios, p < 0.1): {laws}")
+        lines.append(f"tail laws (likelihood ratios, p < {TAIL_SIGNIFICANCE:g}): {laws}")
     return lines
 
 

@@ -63,7 +63,8 @@ class TailTests:
     @classmethod
     def undefined(cls) -> TailTests:
         nan = math.nan
-        return cls({a: Comparison(a, nan, nan, ()) for a in ALTERNATIVES}, "")
+        sizes = {"exponential": 1, "lognormal": 2, "truncated_power_law": 2}
+        return cls({a: Comparison(a, nan, nan, (nan,) * sizes[a]) for a in ALTERNATIVES}, "")
 
 
 def compare_tail(
@@ -110,7 +111,7 @@ def verdict(comparisons: dict[str, Comparison], significance: float = SIGNIFICAN
         best = min(better.values(), key=lambda c: c.R)
         if best.alternative == "truncated_power_law" and "exponential" in better:
             gain = better["exponential"].R - best.R  # log-likelihood the extra parameter buys
-            if stats.chi2.sf(2.0 * gain, 1) >= significance:
+            if wilks_p(gain) >= significance:
                 return "exponential"
         return best.alternative
     exp = comparisons["exponential"]
@@ -124,17 +125,32 @@ def likelihood_ratio(
     d = loglik1 - loglik2
     R = float(d.sum())
     if nested:
-        return R, float(stats.chi2.sf(abs(2.0 * R), 1))
+        return R, wilks_p(R)
     s = float(d.std())
     if s == 0.0:
         return R, 1.0 if R == 0.0 else 0.0
     return R, float(special.erfc(abs(R) / (s * math.sqrt(2.0 * d.size))))
 
 
+def wilks_p(R: float) -> float:
+    """``P(chi2_1 > 2|R|)``: significance of a log-likelihood gain of one nested parameter."""
+    return float(stats.chi2.sf(abs(2.0 * R), 1))
+
+
 def power_law_loglik(t: np.ndarray, alpha: float, tmax: float = math.inf) -> np.ndarray:
     """``ln p(t)``, ``p(t) = (alpha - 1) t^-alpha / (1 - tmax^(1 - alpha))`` on ``[1, tmax]``."""
-    log_mass = 0.0 if math.isinf(tmax) else math.log1p(-(tmax ** (1.0 - alpha)))
-    return math.log(alpha - 1.0) - alpha * np.log(t) - log_mass
+    return -alpha * np.log(t) - _log_power_law_mass(alpha, tmax)
+
+
+def _log_power_law_mass(a: float, tmax: float) -> float:
+    """``ln int_1^tmax t^-a dt`` (infinite when it diverges)."""
+    if a <= 1.0 and math.isinf(tmax):
+        return math.inf
+    if a == 1.0:
+        return math.log(math.log(tmax))
+    if a > 1.0:  # (1 - tmax^(1-a)) / (a - 1), accurately for tmax near 1 or infinite
+        return math.log1p(-(tmax ** (1.0 - a))) - math.log(a - 1.0)
+    return math.log((tmax ** (1.0 - a) - 1.0) / (1.0 - a))
 
 
 def exponential_loglik(t: np.ndarray, lam: float, tmax: float = math.inf) -> np.ndarray:
@@ -227,12 +243,8 @@ def truncated_power_law_loglik(
 
 
 def _log_tpl_mass(a: float, lam: float, tmax: float) -> float:
-    if lam == 0.0:
-        if a <= 1.0 and math.isinf(tmax):
-            return math.inf  # not normalisable
-        if a == 1.0:
-            return math.log(math.log(tmax))
-        return math.log((1.0 - tmax ** (1.0 - a)) / (a - 1.0))
+    if lam == 0.0:  # the power law itself
+        return _log_power_law_mass(a, tmax)
     # the integrand exp(f(u)), f(u) = (1 - a) u - lam (e^u - 1), is log-concave: integrate
     # from 0 to where f has fallen TAIL_DROP below its peak (or to ln tmax), scaled by the peak
     peak = max(0.0, math.log((1.0 - a) / lam)) if a < 1.0 else 0.0
