@@ -131,7 +131,8 @@ class Exact:
             return nn.functional.cross_entropy(outputs(flat), y)
 
         self.loss = float(loss(point))
-        self.gradient_norm = float(torch.func.grad(loss)(point).norm())
+        self.gradient = torch.func.grad(loss)(point)
+        self.gradient_norm = float(self.gradient.norm())
         self.hessian = torch.autograd.functional.hessian(loss, point)
         jac = jacrev(outputs)(point)  # (n, classes, P)
         p = torch.softmax(outputs(point), dim=1)
@@ -204,6 +205,17 @@ def test_top_eigenvalues_equal_the_exact_hessian(probe_json, exact, form, data):
         assert close(got, want, 1e-6, scale=l1), (top, exact.hessian_evals[:5])
     assert out["curvatures"]["hessian"]["lambda_1"] == top[0]
     assert out["guidance"]["gd_limit"] == pytest.approx(2 / l1, rel=1e-6)
+    g, h = exact.gradient, exact.hessian
+    g_curvature = float(g @ h @ g / (g @ g))  # g'Hg / |g|^2 and its step |g|^2 / g'Hg
+    assert out["curvatures"]["hessian"]["gradient_curvature"] == pytest.approx(
+        g_curvature, rel=1e-8
+    )
+    assert out["guidance"]["gradient_step"] == pytest.approx(1 / g_curvature, rel=1e-8)
+    low = exact.hessian_evals[4]  # the low end of the momentum rules: lambda_5
+    heavy_ball = 4 / (math.sqrt(l1) + math.sqrt(low)) ** 2
+    momentum = ((math.sqrt(l1) - math.sqrt(low)) / (math.sqrt(l1) + math.sqrt(low))) ** 2
+    assert out["guidance"]["heavy_ball"] == pytest.approx([heavy_ball, momentum], rel=1e-5)
+    assert out["guidance"]["nesterov"][0] == pytest.approx(1 / l1, rel=1e-6)
     assert "eval mode" in out["eval_mode"]
     assert "ggn" not in out["curvatures"] and out["layers"] is None
     assert out["batch_scaling"] is None
@@ -268,6 +280,13 @@ def test_slq_density_has_unit_mass_inside_the_spectrum(probe_json, exact, form):
         assert evals[-1] - slack <= density["min_node"] <= density["max_node"] <= evals[0] + slack
         assert 0 <= density["negative_mass"] <= 1 and 0 <= density["near_zero_mass"] <= 1
         assert density["vectors"] == 4 and density["steps"] == 60  # the CLI's defaults
+        # the mean estimates tr/P: for a uniform unit start u, E[u'Mu] = tr/P and
+        # Var = 2 (tr(M^2)/P - (tr/P)^2) / (P + 2); allow 4 standard errors over the vectors
+        p = len(evals)
+        mean, second = evals.mean(), (evals**2).mean()
+        stderr = math.sqrt(2 * (second - mean**2) / (p + 2) / density["vectors"])
+        assert abs(density["mean"] - mean) <= 4 * stderr, (matrix, density["mean"], mean, stderr)
+        assert density["second_moment"] == pytest.approx(second, rel=0.5)
 
 
 # No option sets the per-layer Lanczos steps: ProbeOptions.layer_steps is 20, fewer than the
