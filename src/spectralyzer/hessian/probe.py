@@ -102,6 +102,11 @@ class Density:
     density: list[float]
 
 
+def effective_rank(trace: float, lambda_1: float) -> float:
+    """``tr(M) / lambda_1``; undefined (NaN) unless lambda_1 > 0."""
+    return trace / lambda_1 if lambda_1 > 0 else math.nan
+
+
 @dataclass(frozen=True)
 class Curvature:
     """One curvature matrix (Hessian or GGN) of the whole batch."""
@@ -120,7 +125,7 @@ class Curvature:
     @property
     def effective_rank(self) -> float:
         """``tr(M) / lambda_1``."""
-        return self.trace.value / self.lambda_1 if self.trace else math.nan
+        return effective_rank(self.trace.value, self.lambda_1) if self.trace else math.nan
 
 
 @dataclass(frozen=True)
@@ -165,7 +170,7 @@ def epoch_noise(
                 batch_size=size,
                 steps_per_epoch=n / size,
                 lambda_cross=cross,
-                tau_sgd=ss.correlation_time(0.0, lr, beta, size, n),
+                tau_sgd=ss.tau_sgd(beta, size, n),
                 top_k_above=sum(lam > cross for lam in top_eigenvalues),
             )
         )
@@ -327,7 +332,7 @@ def layer_table(
                 "hessian_lambda_1": top,
                 "hessian_trace": trace.value,
                 "hessian_trace_stderr": trace.stderr,
-                "hessian_effective_rank": trace.value / top if top > 0 else math.nan,
+                "hessian_effective_rank": effective_rank(trace.value, top),
             }
         )
         del op

@@ -147,4 +147,9 @@ def correlation_time(lam: float, lr: float, beta: float, batch: float, populatio
     ``lambda_cross``, ``(N / S) / 3 (1 + beta) / (1 - beta)`` below (Kuehn & Rosenow 2025)."""
     if lam > crossover_eigenvalue(lr, beta, batch, population):
         return (1.0 + beta) / (lr * lam)
+    return tau_sgd(beta, batch, population)
+
+
+def tau_sgd(beta: float, batch: float, population: float) -> float:
+    """``(M / 3) (1 + beta) / (1 - beta)``, ``M = N / S``: the capped correlation time."""
     return population / batch / 3.0 * (1.0 + beta) / (1.0 - beta)
