@@ -27,6 +27,7 @@ from .demo import demo_model_path, probe_demo
 from .diff import diff as diff_models
 from .engine import DEVICES
 from .errors import SpectralyzerError
+from .escaping import terminal
 from .gate import Policy, evaluate, to_junit, verdict_lines
 from .gate import to_markdown as gate_markdown
 from .hessian.adam_state import load_adam_state
@@ -38,11 +39,12 @@ from .layers import CONV_MODES, LAYER_TYPES
 from .pipeline import AnalysisOptions, make_options, run_analysis
 from .series import RANK_METRICS, default_labels, read_accuracy, render_series
 from .series import compare as compare_models
-from .tables import FORMATS, render, render_frame
+from .tables import FORMATS, csv_text, render, render_frame
 
 
 def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"spectralyzer: error: {message}", err=True)
+    """One line on stderr: control characters of names in ``message`` are shown escaped."""
+    click.echo(f"spectralyzer: error: {terminal(message)}", err=True)
     sys.exit(code)
 
 
@@ -456,7 +458,7 @@ def compare(
     )
     inputs = [*models, *([accuracy_csv] if accuracy_csv else [])]
     if layers_out:
-        write_output(series.layers.to_csv(index=False, float_format="%.10g"), layers_out, inputs)
+        write_output(csv_text(series.layers), layers_out, inputs)
     if report:
         writers = report_writers()
         write_report_folder(

@@ -23,6 +23,7 @@ import pandas as pd
 
 from .diff import Diff, scale_collapse
 from .errors import InputError
+from .escaping import markdown, markdown_code, terminal, xml_text
 
 
 @dataclass(frozen=True)
@@ -132,19 +133,19 @@ def layer_reasons(row: pd.Series, policy: Policy, collapsed: bool = False) -> li
 
 
 def verdict_lines(verdict: Verdict) -> list[str]:
-    """Plain-text report: the verdict, then each failing layer and why."""
+    """Plain-text report: the verdict, then each failing layer and why (names escaped)."""
     head = "PASS" if verdict.passed else "FAIL"
     lines = [
         f"spectralyzer gate: {head} ({len(verdict.failures)} of {len(verdict.checked)} layers failed)"
     ]
     for name, reasons in verdict.failures.items():
-        lines.append(f"  {name}: {'; '.join(reasons)}")
-    lines += [f"note: {note}" for note in verdict.notes]
+        lines.append(f"  {terminal(name)}: {'; '.join(reasons)}")
+    lines += [f"note: {terminal(note)}" for note in verdict.notes]
     return lines
 
 
 def to_markdown(verdict: Verdict) -> str:
-    """A Markdown summary for CI systems (GitHub's step summary and the like)."""
+    """A Markdown summary for CI systems (GitHub's step summary and the like), names escaped."""
     mark = "✅ PASS" if verdict.passed else "❌ FAIL"
     out = [
         f"## spectralyzer gate: {mark}",
@@ -154,14 +155,20 @@ def to_markdown(verdict: Verdict) -> str:
     ]
     if verdict.failures:
         out += ["| layer | why |", "|---|---|"]
-        out += [f"| `{name}` | {'; '.join(r)} |" for name, r in verdict.failures.items()]
+        out += [
+            f"| {markdown_code(name)} | {'; '.join(r)} |" for name, r in verdict.failures.items()
+        ]
         out.append("")
-    out += [f"- {note}" for note in verdict.notes]
+    out += [f"- {markdown(note)}" for note in verdict.notes]
     return "\n".join(out).rstrip() + "\n"
 
 
 def to_junit(verdict: Verdict) -> str:
-    """JUnit XML: one test case per checked layer, a failure for each failing one."""
+    """JUnit XML: one test case per checked layer, a failure for each failing one.
+
+    Names pass through :func:`~spectralyzer.escaping.xml_text`: characters XML 1.0
+    forbids would make the whole file unreadable.
+    """
     suite = ElementTree.Element(
         "testsuite",
         name="spectralyzer gate",
@@ -169,7 +176,9 @@ def to_junit(verdict: Verdict) -> str:
         failures=str(len(verdict.failures)),
     )
     for name in verdict.checked:
-        case = ElementTree.SubElement(suite, "testcase", classname="spectralyzer.gate", name=name)
+        case = ElementTree.SubElement(
+            suite, "testcase", classname="spectralyzer.gate", name=xml_text(name)
+        )
         if name in verdict.failures:
             reasons = verdict.failures[name]
             failure = ElementTree.SubElement(case, "failure", message=reasons[0])

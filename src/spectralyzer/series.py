@@ -20,8 +20,9 @@ import pandas as pd
 from scipy import stats
 
 from .errors import InputError
+from .escaping import terminal
 from .pipeline import AnalysisOptions, Source, run_analysis
-from .tables import FORMATS, clean_json, format_floats, markdown_table
+from .tables import FORMATS, clean_json, csv_text, format_floats, markdown_table, text_cells
 
 RANK_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm")
 LAYER_COLUMNS = ("alpha", "alpha_weighted", "log_spectral_norm", "log_norm", "phase")
@@ -165,9 +166,12 @@ def default_labels(sources: Sequence[Source]) -> list[str]:
 
 
 def render_series(fmt: str, series: Series) -> str:
-    """The comparison as table, csv (the models), json (everything) or markdown."""
+    """The comparison as table, csv (the models), json (everything) or markdown.
+
+    Labels and paths come from file names: escaped for each format (JSON escapes itself).
+    """
     if fmt == "csv":
-        return series.models.to_csv(index=False, float_format="%.10g")
+        return csv_text(series.models)
     if fmt == "json":
         data = {
             "models": series.models.to_dict(orient="records"),
@@ -185,7 +189,8 @@ def render_series(fmt: str, series: Series) -> str:
         parts.append("\n".join(f"- {note}" for note in series.notes) + "\n")
         return "\n".join(parts)
     if fmt == "table":
-        parts = [format_floats(series.models).to_string(index=False) + "\n"]
+        models = text_cells(format_floats(series.models), terminal)
+        parts = [models.to_string(index=False) + "\n"]
         if series.correlations is not None:
             table = format_floats(series.correlations).to_string(index=False)
             parts.append("metric against accuracy:\n" + table + "\n")

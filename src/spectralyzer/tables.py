@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .escaping import csv_cell, markdown, terminal
 from .fit.tail_tests import SIGNIFICANCE as TAIL_SIGNIFICANCE
 from .layers import Skipped
 from .metrics import WARNINGS, LayerMetrics
@@ -91,24 +92,44 @@ def to_json(details: pd.DataFrame, summary: dict[str, Any]) -> str:
 
 
 def to_csv(details: pd.DataFrame) -> str:
-    frame = details.assign(shape=details["shape"].map(_shape_text))
-    return frame.to_csv(index=False, float_format="%.10g")
+    return csv_text(details.assign(shape=details["shape"].map(_shape_text)))
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """CSV of a DataFrame, text cells neutralised (:func:`~spectralyzer.escaping.csv_cell`)."""
+    return text_cells(frame, csv_cell).to_csv(index=False, float_format="%.10g")
+
+
+def text_cells(frame: pd.DataFrame, clean: Callable[[str], str]) -> pd.DataFrame:
+    """A copy with ``clean`` applied to every text cell (names from files); the rest as is."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column]):
+            frame[column] = frame[column].map(lambda v: clean(v) if isinstance(v, str) else v)
+    return frame
 
 
 def to_markdown(details: pd.DataFrame, summary: dict[str, Any]) -> str:
     """A GitHub-flavoured Markdown table of the main columns plus the summary."""
     table = markdown_table(display_frame(details))
-    return table + "\n" + "\n".join(f"- {line}" for line in summary_lines(summary)) + "\n"
+    lines = summary_lines(summary, clean=markdown)
+    return table + "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of a DataFrame (floats to 3 decimals)."""
+    """A GitHub-flavoured Markdown table of a DataFrame (floats to 3 decimals).
+
+    Every cell and header is escaped (:func:`~spectralyzer.escaping.markdown`):
+    names from files must not add HTML or break the table.
+    """
     frame = format_floats(frame)
     lines = [
-        "| " + " | ".join(map(str, frame.columns)) + " |",
+        "| " + " | ".join(markdown(c) for c in frame.columns) + " |",
         "|" + "|".join("---" for _ in frame.columns) + "|",
     ]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    lines += [
+        "| " + " | ".join(markdown(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -123,7 +144,7 @@ def format_floats(frame: pd.DataFrame) -> pd.DataFrame:
 
 def to_table(details: pd.DataFrame, summary: dict[str, Any]) -> str:
     """Plain-text table for a terminal."""
-    frame = display_frame(details)
+    frame = text_cells(display_frame(details), terminal)
     body = frame.to_string(index=False) if len(frame) else "(no layers)"
     return body + "\n\n" + "\n".join(summary_lines(summary)) + "\n"
 
@@ -145,18 +166,18 @@ def render_frame(fmt: str, frame: pd.DataFrame) -> str:
     if fmt == "json":
         return json.dumps(clean_json(frame.to_dict(orient="records")), indent=2) + "\n"
     if fmt == "csv":
-        return frame.to_csv(index=False, float_format="%.10g")
+        return csv_text(frame)
     if fmt == "markdown":
         return markdown_table(frame)
     if fmt == "table":
-        return format_floats(frame).to_string(index=False) + "\n"
+        return text_cells(format_floats(frame), terminal).to_string(index=False) + "\n"
     raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
 
 
-def summary_lines(summary: dict[str, Any]) -> list[str]:
-    """Human-readable lines of the model summary."""
+def summary_lines(summary: dict[str, Any], clean: Callable[[str], str] = terminal) -> list[str]:
+    """Human-readable lines of the model summary; ``clean`` escapes the model's path."""
     lines = [
-        f"model: {summary.get('model', '?')} ({summary.get('format', '?')})",
+        f"model: {clean(str(summary.get('model', '?')))} ({summary.get('format', '?')})",
         f"layers analysed: {summary['num_layers']}, skipped: {summary['num_skipped']}, "
         f"fit failed (left out of means): {summary['num_fit_failed']}",
     ]

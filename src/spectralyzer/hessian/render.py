@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
 
-from ..tables import clean_json, markdown_table
+from ..escaping import markdown as markdown_text
+from ..escaping import terminal
+from ..tables import clean_json, markdown_table, text_cells
 from .adam_state import AdamStability
 from .probe import Curvature, ProbeResult
 
@@ -141,7 +144,7 @@ def assumptions(result: ProbeResult) -> list[str]:
     return ASSUMPTIONS + ([ADAM_ASSUMPTION] if result.adam else [])
 
 
-def _guidance_lines(result: ProbeResult) -> list[str]:
+def _guidance_lines(result: ProbeResult, clean: Callable[[str], str] = terminal) -> list[str]:
     g = result.guidance
     lines = [
         f"Step sizes at the probed batch size ({g.batch_size}; from the Hessian's lambda_1 = "
@@ -165,19 +168,20 @@ def _guidance_lines(result: ProbeResult) -> list[str]:
             "is not positive and below lambda_1"
         )
     if result.adam:
-        lines += _adam_lines(result.adam)
+        lines += _adam_lines(result.adam, clean)
     return lines
 
 
-def _adam_lines(a: AdamStability) -> list[str]:
+def _adam_lines(a: AdamStability, clean: Callable[[str], str] = terminal) -> list[str]:
+    """Adam's limit; ``clean`` escapes the parameter name (it comes from the model)."""
     head = f"  Adam (from its optimizer state at step {a.steps}, beta1 {a.beta1}): "
     if math.isnan(a.lr):  # parameter groups with different learning rates
         return [
             head + f"lambda_1 of D H D with D^2 = lr/P: {_g(a.scaled_sharpness)}, stable below "
             f"{_g(a.threshold)}: every learning rate can be scaled by up to {_g(a.headroom)}",
-            f"    its eigenvector lies {a.top_share:.0%} in {a.top_parameter}",
+            f"    its eigenvector lies {a.top_share:.0%} in {clean(a.top_parameter)}",
         ]
-    where = f"    its eigenvector lies {a.top_share:.0%} in {a.top_parameter}"
+    where = f"    its eigenvector lies {a.top_share:.0%} in {clean(a.top_parameter)}"
     return [
         head + f"lambda_1 of the preconditioned Hessian P^-1/2 H P^-1/2 = "
         f"{_g(a.lambda_1_preconditioned)}",
@@ -187,10 +191,10 @@ def _adam_lines(a: AdamStability) -> list[str]:
     ]
 
 
-def _header(result: ProbeResult) -> list[str]:
+def _header(result: ProbeResult, clean: Callable[[str], str] = terminal) -> list[str]:
     o = result.options
     return [
-        f"spectralyzer probe: {result.model} on {result.data}",
+        f"spectralyzer probe: {clean(result.model)} on {clean(result.data)}",
         f"{result.samples} samples, {result.parameters:,} parameters, {o.loss} loss "
         f"{_g(result.loss, 6)}, gradient norm {_g(result.gradient_norm)}; {o.precision} on "
         f"{result.device}, seed {o.seed}",
@@ -199,16 +203,21 @@ def _header(result: ProbeResult) -> list[str]:
 
 
 def to_text(result: ProbeResult, markdown: bool = False) -> str:
+    """The report for people; parameter names and labels escaped for the terminal or Markdown."""
+    clean = markdown_text if markdown else terminal
+
     def table(frame: pd.DataFrame) -> str:
         frame = frame.copy()
         for column in frame.columns:  # 4 significant digits: curvatures span decades
             if frame[column].dtype.kind == "f":
                 frame[column] = frame[column].map(_g)
-        return markdown_table(frame) if markdown else frame.to_string(index=False)
+        if markdown:
+            return markdown_table(frame)
+        return text_cells(frame, terminal).to_string(index=False)
 
-    blocks = [_header(result)]
+    blocks = [_header(result, clean)]
     blocks += [_curvature_lines(c) for c in result.curvatures]
-    blocks.append(_guidance_lines(result))
+    blocks.append(_guidance_lines(result, clean))
     if result.scaling:
         blocks.append(_scaling_lines(result) + ["", table(scaling_frame(result))])
     if result.epoch_noise:

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..diff import Diff
 from ..gate import Verdict, to_markdown
 from ..series import Series
-from ..tables import markdown_table
+from ..tables import csv_text, markdown_table
 from .html import cards_html, figure_html, page, png, table_html
 from .plots import delta_figure, metric_accuracy_figure, series_depth_figure
 
@@ -23,11 +23,11 @@ def write_series_report(series: Series, folder: Path) -> Path:
             images[f"accuracy_{row['metric']}.png"] = png(
                 metric_accuracy_figure(series.models, row["metric"], row["kendall_tau"])
             )
-        series.correlations.to_csv(folder / "correlations.csv", index=False, float_format="%.10g")
+        (folder / "correlations.csv").write_text(csv_text(series.correlations), encoding="utf-8")
     for name, data in images.items():
         (figures / name).write_bytes(data)
-    series.models.to_csv(folder / "models.csv", index=False, float_format="%.10g")
-    series.layers.to_csv(folder / "layers.csv", index=False, float_format="%.10g")
+    (folder / "models.csv").write_text(csv_text(series.models), encoding="utf-8")
+    (folder / "layers.csv").write_text(csv_text(series.layers), encoding="utf-8")
     notes = "".join(f"<li>{html.escape(note)}</li>" for note in series.notes)
     sections = [
         f'<section id="models"><h2>Models</h2><ul>{notes}</ul>'
@@ -49,7 +49,7 @@ def write_series_report(series: Series, folder: Path) -> Path:
         )
         markdown += ["## Metrics against accuracy", "", markdown_table(series.correlations)]
         markdown += [f"![{n}](figures/{n})" for n in scatter]
-    (folder / "report.md").write_text("\n".join(markdown) + "\n")
+    (folder / "report.md").write_text("\n".join(markdown) + "\n", encoding="utf-8")
     index = folder / "index.html"
     index.write_text(page("spectralyzer comparison", sections), encoding="utf-8")
     return index
@@ -62,7 +62,7 @@ def write_gate_report(result: Diff, verdict: Verdict, folder: Path) -> Path:
     matched = result.matched.reset_index(drop=True)
     image = png(delta_figure(matched, set(verdict.failures)))
     (figures / "deltas.png").write_bytes(image)
-    result.layers.to_csv(folder / "diff.csv", index=False, float_format="%.10g")
+    (folder / "diff.csv").write_text(csv_text(result.layers), encoding="utf-8")
     reasons = result.layers["name"].map(lambda n: "; ".join(verdict.failures.get(n, [])))
     table = result.layers.assign(why=reasons)
     word, cls = ("PASS", "pass") if verdict.passed else ("FAIL", "fail")
@@ -77,7 +77,7 @@ def write_gate_report(result: Diff, verdict: Verdict, folder: Path) -> Path:
         + "</section>",
     ]
     markdown = to_markdown(verdict) + "\n![changes per layer](figures/deltas.png)\n\n"
-    (folder / "report.md").write_text(markdown + markdown_table(table))
+    (folder / "report.md").write_text(markdown + markdown_table(table), encoding="utf-8")
     index = folder / "index.html"
     index.write_text(page(f"spectralyzer gate: {word}", sections), encoding="utf-8")
     return index

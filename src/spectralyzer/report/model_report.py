@@ -10,13 +10,20 @@ from __future__ import annotations
 import html
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 
+from ..escaping import file_names, markdown
 from ..pipeline import Analysis
-from ..tables import SUMMARY_MEANS, clean_json, display_frame, markdown_table, summary_lines
+from ..tables import (
+    SUMMARY_MEANS,
+    clean_json,
+    csv_text,
+    display_frame,
+    markdown_table,
+    summary_lines,
+)
 from .html import cards_html, figure_html, page, png, table_html
 from .plots import depth_figure, esd_figure, flow_figure, histogram_figure
 
@@ -36,34 +43,41 @@ def write_model_report(analysis: Analysis, folder: str | os.PathLike[str]) -> Pa
     if flow is not None:
         images["flow.png"] = png(flow)
     layer_images = []
+    image_names = file_names(details["name"], prefix="esd_", suffix=".png")
     for _, row in details.iterrows():
         spectra = analysis.spectra.get(row["name"])
         if spectra is None or not spectra.esd.finite:
             continue
         scale = 1.0 / row["N"] if scale_by_n else 1.0
         rand = spectra.randomized.evals * scale if spectra.randomized is not None else None
-        name = "esd_" + re.sub(r"[^A-Za-z0-9_.-]", "_", row["name"]) + ".png"
+        name = image_names[row["name"]]
         images[name] = png(esd_figure(row, spectra.esd.evals * scale, rand))
         layer_images.append((row["name"], name))
     for name, data in images.items():
         (figures / name).write_bytes(data)
-    details.assign(shape=details["shape"].map(lambda s: "x".join(map(str, s)))).to_csv(
-        folder / "layers.csv", index=False, float_format="%.10g"
+    layers_csv = csv_text(
+        details.assign(shape=details["shape"].map(lambda s: "x".join(map(str, s))))
     )
+    (folder / "layers.csv").write_text(layers_csv, encoding="utf-8")
     (folder / "summary.json").write_text(json.dumps(clean_json(summary), indent=2) + "\n")
-    (folder / "report.md").write_text(_markdown(details, summary, layer_images, images))
+    (folder / "report.md").write_text(
+        _markdown(details, summary, layer_images, images), encoding="utf-8"
+    )
     index = folder / "index.html"
     index.write_text(_html(details, summary, images, layer_images), encoding="utf-8")
     return index
 
 
 def _markdown(details, summary, layer_images, figures) -> str:
-    """report.md; ``figures`` are the names of the model-level figures written."""
+    """report.md; ``figures`` are the names of the model-level figures written.
+
+    Names from the checkpoint are Markdown-escaped (:func:`~spectralyzer.escaping.markdown`).
+    """
     frame = display_frame(details)
     parts = [
-        f"# spectralyzer report: {Path(str(summary.get('model', ''))).name}",
+        f"# spectralyzer report: {markdown(Path(str(summary.get('model', ''))).name)}",
         "",
-        *[f"- {line}" for line in summary_lines(summary)],
+        *[f"- {line}" for line in summary_lines(summary, clean=markdown)],
         "",
         "![alpha and spectral norm along depth](figures/depth.png)",
         "![alpha and alpha-hat histograms](figures/histograms.png)",
@@ -72,7 +86,7 @@ def _markdown(details, summary, layer_images, figures) -> str:
         markdown_table(frame),
         "## Layers",
         "",
-        *[f"![{name}](figures/{image})" for name, image in layer_images],
+        *[f"![{markdown(name)}](figures/{image})" for name, image in layer_images],
     ]
     return "\n".join(parts) + "\n"
 

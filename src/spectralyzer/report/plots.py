@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from ..escaping import figure_text  # noqa: E402
 from ..fit.mp import mp_density  # noqa: E402
 from ..flow import roles  # noqa: E402
 
@@ -84,7 +85,8 @@ def draw_esd(ax, row: pd.Series, evals: np.ndarray, randomized: np.ndarray | Non
     ax.set_xlabel("eigenvalue of $W^TW$")
     ax.set_ylabel("density")
     warning = f" [{row['warning']}]" if row["warning"] else ""
-    ax.set_title(f"{row['name']}\n{row['phase']}, alpha {row['alpha']:.2f}{warning}", fontsize=8)
+    title = figure_text(row["name"])  # no mathtext from names, long ones shortened
+    ax.set_title(f"{title}\n{row['phase']}, alpha {row['alpha']:.2f}{warning}", fontsize=8)
     ax.legend(fontsize=6, loc="lower left")
 
 
@@ -140,7 +142,7 @@ def flow_figure(details: pd.DataFrame) -> Figure | None:
         blocks = np.array([block for block, _ in members])
         alphas = rows["alpha"].to_numpy(dtype=float)
         jumps = rows["warning"].str.contains("flow-jump").to_numpy()
-        ax.plot(blocks, alphas, marker="o", ms=3, lw=1, label=role)
+        ax.plot(blocks, alphas, marker="o", ms=3, lw=1, label=figure_text(role))
         ax.scatter(
             blocks[jumps], alphas[jumps], s=110, facecolors="none", edgecolors="black", lw=1.5
         )
@@ -191,7 +193,7 @@ def series_depth_figure(layers: pd.DataFrame) -> Figure:
     """alpha and log_spectral_norm against depth, one line per model."""
     fig, top, bottom = _depth_axes()
     for model, rows in layers.groupby("model", sort=False):
-        top.plot(rows["depth"], rows["alpha"], marker="o", ms=3, lw=1, label=str(model))
+        top.plot(rows["depth"], rows["alpha"], marker="o", ms=3, lw=1, label=figure_text(model))
         bottom.plot(rows["depth"], rows["log_spectral_norm"], marker="o", ms=3, lw=1)
     return _finish_depth(fig, top, bottom)
 
@@ -203,7 +205,9 @@ def metric_accuracy_figure(models: pd.DataFrame, metric: str, tau: float) -> Fig
     y = models["accuracy"].to_numpy(dtype=float)
     ax.scatter(x, y, color="tab:blue")
     for label, xi, yi in zip(models["model"], x, y, strict=True):
-        ax.annotate(str(label), (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            figure_text(label), (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points"
+        )
     keep = np.isfinite(x) & np.isfinite(y)
     if keep.sum() >= 2 and np.ptp(x[keep]) > 0:
         slope, intercept = np.polyfit(x[keep], y[keep], 1)
