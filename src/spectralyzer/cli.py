@@ -11,10 +11,7 @@ import io
 import math
 import os
 import re
-import shutil
-import signal
 import sys
-import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +19,7 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, interrupts
 from .demo import demo_model_path, probe_demo
 from .diff import diff as diff_models
 from .engine import DEVICES
@@ -36,6 +33,7 @@ from .hessian.render import FORMATS as PROBE_FORMATS
 from .hessian.render import render_probe
 from .io.runnable import load_batch, load_runnable
 from .layers import CONV_MODES, LAYER_TYPES
+from .outputs import resolve_inputs, write_file, write_report_folder
 from .pipeline import AnalysisOptions, make_options, run_analysis
 from .series import RANK_METRICS, default_labels, read_accuracy, render_series
 from .series import compare as compare_models
@@ -48,37 +46,26 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-class Terminated(Exception):
-    """SIGTERM arrived: stop like Ctrl-C does."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn expected errors into one line on stderr with exit code 2.
 
-    Ctrl-C and SIGTERM end the command with one line and exit codes 130 and
-    143; reports are written only once complete (atomically), so none is left
-    half-written.
+    Ctrl-C and SIGTERM only set a flag (see :mod:`.interrupts`); the command
+    stops at its next check with one line and exit codes 130 and 143, and
+    writes no output (every output is renamed into place only after a check).
     """
 
     @functools.wraps(command)
     def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            return command(*args, **kwargs)
+            with interrupts.flag_signals():
+                return interrupts.reraise_as_interrupted(command, *args, **kwargs)
         except (SpectralyzerError, ValueError, OSError) as err:
             if debug:
                 raise
             _fail(str(err) or type(err).__name__)
-        except KeyboardInterrupt:
-            _fail("interrupted; no report was written", 130)
-        except Terminated:
-            _fail("terminated; no report was written", 143)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        except interrupts.Interrupted as stop:
+            click.echo(f"spectralyzer: error: {stop.reason}; no report was written", err=True)
+            interrupts.leave(stop.exit_code)
 
     return click.option("--debug", is_flag=True, help="Show tracebacks.")(wrapper)
 
@@ -204,11 +191,8 @@ def progress_bar(quiet: bool):
 
 
 def write_output(data: str | bytes, output: str | None, inputs: list[Path]) -> None:
-    """Write to stdout, or atomically to a file (temporary file, then rename).
-
-    A target that exists and is not a regular file (``/dev/null``, a FIFO) is
-    written in place: renaming over it would replace the device or pipe.
-    """
+    """Write to stdout, or to a file with :func:`.outputs.write_file` (atomic, never over an input)."""
+    interrupts.check()  # a run stopped by a signal writes nothing, not even to stdout
     if output is None or output == "-":
         if isinstance(data, bytes):
             sys.stdout.buffer.write(data)
@@ -216,27 +200,7 @@ def write_output(data: str | bytes, output: str | None, inputs: list[Path]) -> N
             click.echo(data, nl=False)
         return
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    target = Path(output)
-    resolved = target.resolve()
-    for source in inputs:
-        source = source.resolve()
-        if resolved == source or (source.is_dir() and resolved.is_relative_to(source)):
-            raise SpectralyzerError(f"{output}: refusing to write over or into an input")
-    if target.is_dir():
-        raise SpectralyzerError(f"{output}: is a directory")
-    if target.exists() and not target.is_file():
-        target.write_bytes(payload)
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual mode
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file(payload, output, resolve_inputs(inputs))
 
 
 class OneLineUsageError(click.ClickException):
@@ -313,42 +277,6 @@ def analyze(
             lambda d: writers.model_report.write_model_report(result, d), report, [Path(path)]
         )
     write_output(render(fmt, result.details, result.summary), output, [Path(path)])
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_report_folder(writer: Callable[[Path], Any], folder: str, inputs: list[Path]) -> None:
-    """Let ``writer`` fill a temporary sibling folder, then move it into place.
-
-    An existing ``folder`` is replaced only when it is empty or an earlier
-    report (it holds ``index.html``).
-    """
-    target = Path(folder)
-    for source in inputs:
-        if target.resolve() == source.resolve() or target.resolve().is_relative_to(
-            source.resolve()
-        ):
-            raise SpectralyzerError(f"{folder}: refusing to write over or into an input")
-    earlier = target.is_dir() and (not any(target.iterdir()) or (target / "index.html").exists())
-    if target.exists() and not earlier:
-        raise SpectralyzerError(
-            f"{folder}: exists and is not an earlier report; choose another --report folder"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        writer(staging)
-        os.chmod(staging, 0o777 & ~_umask())
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def report_writers() -> Any:

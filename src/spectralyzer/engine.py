@@ -34,6 +34,7 @@ from math import prod
 import numpy as np
 import torch
 
+from . import interrupts
 from .io.base import Checkpoint
 from .layers import LayerSpec, to_matrices
 
@@ -213,6 +214,7 @@ def _spectra_of_batches(
 ) -> dict[str, LayerSpectra]:
     result: dict[str, LayerSpectra] = {}
     for index, batch in enumerate(batches):
+        interrupts.check()
         stacks, finite = [], []
         for spec in batch:
             tensor = checkpoint.load(spec.name)
@@ -223,12 +225,14 @@ def _spectra_of_batches(
             finite.append(ok)
         clock.lap("load")
         block = _concat(stacks, torch.float64, device)
-        esds = _split(gram_eigenvalues(block), batch, finite)
+        # on a worker the main thread can leave on SIGTERM/Ctrl-C (minutes for 8192 x 8192)
+        esds = _split(interrupts.abandonable(gram_eigenvalues, block), batch, finite)
         clock.lap("eigenvalues")
         rands: list[ESD | None] = [None] * len(batch)
         if randomize:
             block = _concat([shuffle(s) for s in stacks], torch.float32, device)
-            rands = list(_split(gram_eigenvalues(block, torch.float32), batch, finite))
+            rands = interrupts.abandonable(gram_eigenvalues, block, torch.float32)
+            rands = list(_split(rands, batch, finite))
             clock.lap("randomize")
         del stacks, block
         for spec, esd, rand in zip(batch, esds, rands, strict=True):

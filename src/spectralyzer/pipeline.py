@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from . import __version__
+from . import __version__, interrupts
 from .engine import LayerSpectra, compute_spectra, resolve_device
 from .errors import InputError
 from .flow import with_flow
@@ -103,7 +103,7 @@ def run_analysis(
             fix_fingers=options.fix_fingers,
             tail_tests=options.tail_tests,
         )
-        for s in specs
+        for s in interrupts.checked(specs)
     ]
     details = with_flow(details_frame(rows))  # correlation flow needs every layer's alpha
     timings["fits"] = time.perf_counter() - tic

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from .. import interrupts
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -76,7 +78,9 @@ def differentiate(
     Outputs that do not require grad (a constant gradient, e.g. of a bias
     under a quadratic loss) contribute zero instead of raising, and unused
     inputs give ``None`` instead of raising (a pitfall of PyHessian).
+    Every probe product passes here: a SIGTERM/Ctrl-C stops the probe at the next one.
     """
+    interrupts.check()
     pairs = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if o.requires_grad]
     if not pairs:
         return [None] * len(inputs)

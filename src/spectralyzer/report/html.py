@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from .. import interrupts
 from ..tables import format_floats
 
 STYLE = """
@@ -46,6 +47,7 @@ window.addEventListener('load', () => {
 
 def png(fig) -> bytes:
     """A matplotlib figure as PNG bytes (the figure is closed)."""
+    interrupts.check()  # a report of many layers takes a while: stop between figures
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
