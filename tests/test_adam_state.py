@@ -33,6 +33,21 @@ def trained(optimizer_factory, steps=7):
     return model.eval(), x, y, opt
 
 
+def torch_adam_scaling(opt) -> torch.Tensor:
+    """``lr / (sqrt(v / (1 - beta2^t)) + eps)`` per scalar parameter, read from torch's own
+    optimizer state (the running maximum of v with AMSGrad), as torch's Adam divides by it;
+    written out here so the tests do not take the preconditioner from the code under test."""
+    parts = []
+    for group in opt.param_groups:
+        lr, (_, beta2), eps = group["lr"], group["betas"], group["eps"]
+        for p in group["params"]:
+            state = opt.state[p]
+            v = state["max_exp_avg_sq" if group["amsgrad"] else "exp_avg_sq"]
+            v_hat = v / (1 - beta2 ** float(state["step"]))
+            parts.append((lr / (v_hat.sqrt() + eps)).reshape(-1))
+    return torch.cat(parts).double()
+
+
 def exact_scaled_sharpness(model, x, y, scaling, shares=False):
     """lambda_1(D H D), D = sqrt(scaling); with ``shares``, also each parameter's share of
     its eigenvector."""
@@ -66,17 +81,20 @@ def test_the_preconditioner_is_torchs_adam_denominator():
 def test_preconditioned_top_eigenvalue_equals_the_exact_one(factory):
     model, x, y, opt = trained(factory)
     result = probe(model, x, y, optimizer=opt, steps=57)  # 57 parameters: Lanczos is exact
-    state = ad.read_adam_state(opt.state_dict(), model, "opt")
-    exact, shares = exact_scaled_sharpness(model, x, y, state.scaling, shares=True)
+    exact, shares = exact_scaled_sharpness(model, x, y, torch_adam_scaling(opt), shares=True)
     a = result.adam
     assert a.scaled_sharpness == pytest.approx(exact, rel=1e-6)
     names = [name for name, _ in model.named_parameters()]
     assert a.top_parameter == names[int(np.argmax(shares))]
     assert a.top_share == pytest.approx(max(shares), rel=1e-5)
-    lr, beta1 = state.lrs[0], state.beta1
+    group = opt.param_groups[0]
+    lr, beta1 = group["lr"], group["betas"][0]
     assert a.lambda_1_preconditioned == pytest.approx(exact / lr, rel=1e-6)
-    assert a.lr_limit == pytest.approx(ss.adam_limit(exact / lr, beta1), rel=1e-6)
-    assert a.headroom == pytest.approx(a.lr_limit / lr, rel=1e-12)
+    # Cohen et al. 2022: lr lambda_1(P^-1/2 H P^-1/2) < (2 + 2 beta1) / (1 - beta1): 38 at
+    # beta1 = 0.9, 18 at 0.8 (the frozen-preconditioner simulation below checks the bound)
+    threshold = {0.9: 38.0, 0.8: 18.0}[beta1]
+    assert a.lr_limit == pytest.approx(threshold / (exact / lr), rel=1e-6)
+    assert a.headroom == pytest.approx(threshold / exact, rel=1e-6)
 
 
 def test_groups_with_their_own_learning_rates_scale_their_own_blocks():
@@ -86,10 +104,10 @@ def test_groups_with_their_own_learning_rates_scale_their_own_blocks():
 
     model, x, y, opt = trained(factory)
     result = probe(model, x, y, optimizer=opt.state_dict(), steps=57)
-    state = ad.read_adam_state(opt.state_dict(), model, "opt")
-    assert state.scaling[:30].max() > 10 * state.scaling[30:].max()  # the first group's lr shows
+    scaling = torch_adam_scaling(opt)
+    assert scaling[:30].max() > 10 * scaling[30:].max()  # the first group's lr shows
     assert result.adam.scaled_sharpness == pytest.approx(
-        exact_scaled_sharpness(model, x, y, state.scaling), rel=1e-6
+        exact_scaled_sharpness(model, x, y, scaling), rel=1e-6
     )
     assert math.isnan(result.adam.lr) and math.isnan(result.adam.lambda_1_preconditioned)
     assert math.isnan(result.adam.lr_limit)  # one limit for every group's lr does not exist
@@ -137,9 +155,7 @@ def files(tmp_path):
     torch.save(torch.optim.SGD(model.parameters(), lr=0.1).state_dict(), paths["sgd"])
     other = nn.Linear(5, 3).double()
     torch.save(torch.optim.Adam(other.parameters()).state_dict(), paths["other"])
-    paths["exact"] = exact_scaled_sharpness(
-        model, x, y, ad.read_adam_state(opt.state_dict(), model, "opt").scaling
-    )
+    paths["exact"] = exact_scaled_sharpness(model, x, y, torch_adam_scaling(opt))
     return paths
 
 

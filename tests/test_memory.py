@@ -16,7 +16,10 @@ writable memory other than the file mapping.  The test therefore
   private memory + ``BOUND``, a hard limit: a loader or engine that kept every
   tensor, or a growing share of them, in its own memory would fail to allocate;
 * asserts that the big run's peak ``RssAnon`` (polled from /proc) exceeds the
-  baseline's by less than ``BOUND`` (which is far below the file size).
+  baseline's by less than ``BOUND`` (which is far below the file size);
+* shows that the limit bites (the negative control): the same child, made to
+  hold a private copy of every tensor before the engine runs, as an engine
+  holding the model would, fails to allocate under the same limit.
 
 The engine's batch is scaled down from its default 2^25 entries (128 MiB of
 float32) to 2^20, through a wrapper in the child, so that a file many times
@@ -30,6 +33,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -50,24 +54,66 @@ pipeline.compute_spectra = functools.partial(compute_spectra, batch_elements=int
 cli.main(["analyze", sys.argv[2], "--format", "json", "-o", sys.argv[3], "-q"])
 """
 
+#: The negative control: the CLI of CHILD, but every tensor is first copied into private
+#: memory and kept (an engine holding the model). Exits HELD_EXIT, naming how many tensors
+#: it held, when an allocation fails.
+HELD_EXIT = 99
+HOLDING_CHILD = """
+import os, sys
+import spectralyzer.pipeline as pipeline
+from spectralyzer import cli
+from spectralyzer.engine import compute_spectra
+
+def holding(checkpoint, specs, **kwargs):
+    held = []
+    try:
+        for spec in specs:
+            held.append(checkpoint.load(spec.name).clone())
+    except (MemoryError, RuntimeError) as error:
+        if isinstance(error, MemoryError) or "allocate" in str(error):
+            sys.stderr.write(f"held {len(held)} of {len(specs)} tensors\\n")
+            sys.stderr.flush()
+            os._exit(HELD_EXIT)
+        raise
+    return compute_spectra(checkpoint, specs, batch_elements=int(sys.argv[1]), **kwargs)
+
+pipeline.compute_spectra = holding
+cli.main(["analyze", sys.argv[2], "--format", "json", "-o", sys.argv[3], "-q"])
+""".replace("HELD_EXIT", str(HELD_EXIT))
+
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/status").exists() or not hasattr(os, "wait4"),
     reason="needs Linux /proc and os.wait4",
 )
 
 
-def test_peak_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
-    """A 600 MiB file is analysed with less than BOUND (128 MiB) more memory than one layer."""
-    small, big, report = tmp_path / "one.safetensors", tmp_path / "big.safetensors", tmp_path / "r"
+class Setup(NamedTuple):
+    big: Path
+    size: int
+    base: dict[str, float]  # the one-layer run's peaks
+    limit: int  # RLIMIT_DATA of the big runs
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> Setup:
+    """The 600 MiB file, the one-layer baseline and the limit derived from it."""
+    folder = tmp_path_factory.mktemp("memory")
+    small, big = folder / "one.safetensors", folder / "big.safetensors"
     write_safetensors(small, 1, ROWS, COLS)
     write_safetensors(big, LAYERS, ROWS, COLS)
     size = big.stat().st_size
     assert size >= 4 * BOUND
-    child = [sys.executable, "-c", CHILD, str(BATCH_ELEMENTS)]
-
-    code, err, base = run_measured([*child, str(small), str(report)])
+    code, err, base = run_measured(
+        [sys.executable, "-c", CHILD, str(BATCH_ELEMENTS), str(small), str(folder / "r.json")]
+    )
     assert code == 0, err
-    limit = base["VmData"] + size + BOUND
+    return Setup(big, size, base, int(base["VmData"] + size + BOUND))
+
+
+def test_peak_memory_does_not_grow_with_the_file(setup: Setup, tmp_path: Path) -> None:
+    """A 600 MiB file is analysed with less than BOUND (128 MiB) more memory than one layer."""
+    big, size, base, limit, report = *setup, tmp_path / "r"
+    child = [sys.executable, "-c", CHILD, str(BATCH_ELEMENTS)]
     code, err, peak = run_measured([*child, str(big), str(report)], data_limit=limit)
     assert code == 0, f"failed under RLIMIT_DATA = {limit / MIB:.0f} MiB:\n{err}"
 
@@ -79,3 +125,14 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
         f"(one layer: {base['RssAnon'] / MIB:.0f} MiB, {LAYERS} layers: "
         f"{peak['RssAnon'] / MIB:.0f} MiB)"
     )
+
+
+def test_the_limit_stops_a_child_that_holds_the_model(setup: Setup, tmp_path: Path) -> None:
+    """Negative control: under the same RLIMIT_DATA, holding every tensor fails to allocate
+    part way (so the limit above is one an engine holding the model would exceed)."""
+    child = [sys.executable, "-c", HOLDING_CHILD, str(BATCH_ELEMENTS)]
+    code, err, _ = run_measured([*child, str(setup.big), str(tmp_path / "r")], setup.limit)
+    assert code == HELD_EXIT, f"exit {code} under RLIMIT_DATA = {setup.limit / MIB:.0f} MiB:\n{err}"
+    held = int(err.split("held ")[1].split(" of ")[0])
+    assert 0 < held < LAYERS, err  # it got going, then the limit stopped it
+    assert not (tmp_path / "r").exists()

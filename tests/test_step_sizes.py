@@ -79,13 +79,15 @@ def test_hessian_variance_of_known_micro_batches():
 def test_lr_max_is_linear_then_flat_with_the_threshold_at_b_star():
     l1, b, v = 4.0, 32, 50.0
     b_star = ss.critical_batch(l1, b, v)
-    assert b_star == pytest.approx(32 * 50 / 16)
-    assert ss.lr_max(b_star, l1, b, v) == pytest.approx(0.5 * ss.gd_limit(l1))
+    assert b_star == pytest.approx(32 * 50 / 16)  # b V / l1^2 = 100
+    # lr_max(B) = 2 B l1 / (B l1^2 + b V): at B* = 100, 800 / (1600 + 1600) = 0.25, half of
+    # the noiseless 2 / l1 = 0.5
+    assert ss.lr_max(b_star, l1, b, v) == pytest.approx(0.25)
     small = [ss.lr_max(B, l1, b, v) for B in (1, 2, 4)]
     assert small[1] / small[0] == pytest.approx(2, rel=0.02) and small[2] / small[
         1
     ] == pytest.approx(2, rel=0.05)
-    assert ss.lr_max(1e9, l1, b, v) == pytest.approx(ss.gd_limit(l1), rel=1e-6)
+    assert ss.lr_max(1e9, l1, b, v) == pytest.approx(0.5, rel=1e-6)
 
 
 def test_batch_top_eigenvalue_branches():
@@ -120,8 +122,10 @@ def test_anticorrelated_noise_caps_the_correlation_time_below_the_crossover(beta
     """Kuehn & Rosenow: tau = (1+beta)/(lr lam) above lambda_cross = 3(1-beta)S/(lr N),
     tau_SGD = (N/S)/3 (1+beta)/(1-beta) below; simulated epoch-based SGD agrees within 10%."""
     n, batch, lr = 1000, 10, 0.1
-    lam = factor * ss.crossover_eigenvalue(lr, beta, batch, n)
-    expected = ss.correlation_time(lam, lr, beta, batch, n)
+    cross = 3 * (1 - beta) * batch / (lr * n)
+    assert ss.crossover_eigenvalue(lr, beta, batch, n) == pytest.approx(cross)
+    lam = factor * cross
+    expected = ss.correlation_time(lam, lr, beta, batch, n)  # checked against the simulation
     measured = np.mean(
         [epoch_sgd_correlation_time(lam, lr, beta, n, batch, seed=s) for s in range(4)]
     )
