@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError
-from ._common import TensorDictCheckpoint, reading, state_dict_of
+from ._common import TensorDictCheckpoint, check_zip_expansion, reading, state_dict_of
 
 NEEDS_CODE_EXECUTION = (
     "needs arbitrary code execution to unpickle (a full pickled model or unknown globals); "
@@ -41,6 +42,10 @@ class TorchCheckpoint(TensorDictCheckpoint):
     ) -> None:
         super().__init__(Path(path))
         self.format = "torch-zip" if mmap else "torch-legacy"
+        if mmap:
+            with reading(self.path, "cannot read PyTorch checkpoint"):
+                with zipfile.ZipFile(self.path) as archive:
+                    check_zip_expansion(self.path, archive)
         obj = load_pickled(self.path, trust_pickle=trust_pickle, mmap=mmap)
         self._tensors = state_dict_of(self.path, obj)
 
