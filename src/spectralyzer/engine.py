@@ -113,8 +113,12 @@ def symmetric_eigenvalues(gram: torch.Tensor) -> torch.Tensor:
     return torch.cat(_one_thread_each(torch.linalg.eigvalsh, chunks)).clamp_min_(0)
 
 
-def row_chunks(stack: torch.Tensor, elements: int = CHUNK_ELEMENTS) -> Iterator[torch.Tensor]:
-    """Views of ``stack[:, rows, :]`` holding about ``elements`` entries (at least one row)."""
+def row_chunks(stack: torch.Tensor, elements: int | None = None) -> Iterator[torch.Tensor]:
+    """Views of ``stack[:, rows, :]`` of about ``elements`` (:data:`CHUNK_ELEMENTS`) entries.
+
+    At least one row each; a stack of at most that many entries is one chunk.
+    """
+    elements = CHUNK_ELEMENTS if elements is None else elements
     rows = max(1, elements // max(1, stack.shape[0] * stack.shape[2]))
     for start in range(0, stack.shape[1], rows):
         yield stack[:, start : start + rows]
@@ -128,7 +132,8 @@ def accumulate_gram(gram: torch.Tensor, stack: torch.Tensor, exponents: torch.Te
     """
     factors = torch.pow(2.0, -exponents.double()).to(gram.device).view(-1, 1, 1)
     for chunk in row_chunks(stack):
-        x = chunk.to(device=gram.device, dtype=torch.float64) * factors
+        x = chunk.to(device=gram.device, dtype=torch.float64)
+        x = x * factors if x is chunk else x.mul_(factors)  # one temporary, input untouched
         x = x.to(gram.dtype)
         gram.baddbmm_(x.mT, x)
 
@@ -145,8 +150,10 @@ class _Scale:
         """Reads the stack once, chunk by chunk (the largest |w| propagates NaN)."""
         peaks = torch.zeros(stack.shape[0], dtype=torch.float64)
         for chunk in row_chunks(stack):
-            wide = chunk if chunk.dtype in (torch.float32, torch.float64) else chunk.float()
-            peaks = torch.maximum(peaks, wide.abs().amax(dim=(1, 2)).double().cpu())
+            if chunk.dtype not in _SHUFFLED_DTYPES:  # float8: no max kernels
+                chunk = chunk.float()
+            top, bottom = chunk.amax(dim=(1, 2)), chunk.amin(dim=(1, 2))  # both propagate NaN
+            peaks = torch.maximum(peaks, torch.maximum(top, -bottom).double().cpu())
         finite = torch.isfinite(peaks)
         exponents = torch.frexp(torch.where(finite, peaks, 0.0)).exponent.long()
         # 2^-e stays representable (possibly subnormal, still exact) over this range
