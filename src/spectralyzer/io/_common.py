@@ -86,6 +86,8 @@ def layout_problem(tensor: torch.Tensor) -> str | None:
     """
     if tensor.layout != torch.strided:
         return f"{str(tensor.layout).removeprefix('torch.')} tensor, not a dense array"
+    if tensor.is_meta:
+        return "meta tensor: it has a shape but no data"
     size = tensor.element_size()
     storage = tensor.untyped_storage().nbytes() - tensor.storage_offset() * size
     if tensor.numel() * size > storage:
@@ -172,11 +174,11 @@ def flatten(mapping: Mapping, prefix: str = "") -> dict:
         name = f"{stack[-1][1]}{key}"
         if isinstance(value, torch.Tensor):
             out[name] = value
-        elif (inner := _as_mapping(value)) is not None and id(inner) not in seen:
+        elif id(value) not in seen and (inner := _as_mapping(value)) is not None:
             if len(stack) >= MAX_DEPTH:
                 raise TooDeep(f"containers nested deeper than {MAX_DEPTH} levels")
-            seen.add(id(inner))
-            walked.append(inner)
+            seen.add(id(value))  # a module counts once too (its state_dict() is new each time)
+            walked.append(value)
             stack.append((iter(inner.items()), f"{name}."))
     return out
 

@@ -33,6 +33,10 @@ class TorchCheckpoint(TensorDictCheckpoint):
     pickle; legacy files (``torch-legacy``) cannot be mapped and are read whole.
     Unless ``trust_pickle``, only plain data and tensors are unpickled
     (``weights_only=True``); anything else is refused with an InputError.
+    Sizes are checked before anything is expanded: compressed zip members
+    (``check_zip_expansion``), nesting depth and aliases (``flatten``), and
+    views whose strides overlap (``layout_problem``: listed with a problem,
+    never read).
     """
 
     format = "torch-zip"
