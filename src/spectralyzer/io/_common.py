@@ -95,8 +95,8 @@ def layout_problem(tensor: torch.Tensor) -> str | None:
     return None
 
 
-#: A compressed member may expand at most this many times (real weights compress
-#: about 1.1x, 99%-pruned ones under 100x; zeros compress 1000x) ...
+#: A compressed member may expand at most this many times (measured with
+#: np.savez_compressed: float32 weights 1.1x, 90% zeros 7x, 99% zeros 57x, all zeros 1000x) ...
 MAX_EXPANSION_RATIO = 100
 #: ... unless it expands to no more than this (small archives of zeros are harmless).
 SMALL_MEMBER = 64 * 2**20
