@@ -16,17 +16,32 @@ computed in float32 (relative error about ``M * 1e-7`` of ``lambda_max``).
 Threads: on the CPU, the eigensolver runs one share of a batch per thread
 with torch's intra-op threads set to 1 for that call (restored afterwards).
 
-Memory: tensors are loaded one at a time; a batch holds at most
+Scaling.  Each matrix is divided by the power of two nearest above its largest
+``|w|`` before its Gram matrix is formed, and the eigenvalues are multiplied
+back by its square.  Dividing by a power of two is exact, so the numbers are
+those of the unscaled product, but finite weights can no longer overflow (or
+underflow) the Gram matrix: weights near 1e200 gave a ``LinAlgError``.  When
+the eigenvalues themselves lie beyond the float64 range (``|w|`` above about
+1e154) the layer's ESD is marked ``overflow`` (no eigenvalues), not fatal.
+
+Memory: tensors are loaded one at a time, in their stored dtype, and
+converted to float64 in chunks of rows (``budget.CHUNK_ELEMENTS`` entries)
+that are accumulated into the Gram matrix (``G += X_c^T X_c``), so a layer
+costs its stored size plus two float64 Gram matrices (``G`` and the
+eigensolver's copy) plus one chunk, instead of float32 and float64 copies of
+the whole tensor (a 262 MB bf16 embedding took 2.4 GB; ``budget.matrix_need``
+is the estimate ``layers.plan`` checks).  A batch holds at most
 ``batch_elements`` matrix entries (one tensor more when a single tensor is
 larger), so peak memory is bounded by the largest layer, not the model.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from math import prod
@@ -35,6 +50,7 @@ import numpy as np
 import torch
 
 from . import interrupts
+from .budget import CHUNK_ELEMENTS
 from .io.base import Checkpoint
 from .layers import LayerSpec, to_matrices
 
@@ -47,6 +63,7 @@ class ESD:
 
     evals: np.ndarray  # float64, shape (num_slices * M,), >= 0
     finite: bool = True  # False when the weights held NaN or Inf (evals are then empty)
+    overflow: bool = False  # eigenvalues beyond the float64 range (finite False, evals empty)
 
 
 @dataclass(frozen=True)
@@ -70,13 +87,24 @@ def resolve_device(device: str) -> torch.device:
 
 
 def gram_eigenvalues(stack: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Eigenvalues of ``W^T W`` for a ``(B, N, M)`` stack, ascending, clipped at 0.
+    """Eigenvalues of ``W^T W`` for a finite ``(B, N, M)`` stack, ascending, clipped at 0.
+
+    The Gram matrices are accumulated in ``dtype`` over chunks of rows, each
+    matrix scaled by a power of two (module docstring); eigenvalues beyond the
+    float64 range come back as ``inf``.
+    """
+    scale = _Scale.of(stack)
+    gram = torch.zeros((stack.shape[0], stack.shape[2], stack.shape[2]), dtype=dtype)
+    accumulate_gram(gram, stack, scale.exponents)
+    return torch.from_numpy(scale.unscale(symmetric_eigenvalues(gram)))
+
+
+def symmetric_eigenvalues(gram: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of a ``(B, M, M)`` batch of Gram matrices, ascending, clipped at 0.
 
     Rounding can make eigenvalues of a positive semi-definite Gram matrix
     slightly negative; they are set to 0.
     """
-    x = stack.to(dtype)
-    gram = x.mT @ x
     if gram.device.type != "cpu" or gram.shape[0] == 1:
         return torch.linalg.eigvalsh(gram).clamp_min_(0)
     # LAPACK's eigensolver gains little from threads on one matrix of a few
@@ -84,6 +112,68 @@ def gram_eigenvalues(stack: torch.Tensor, dtype: torch.dtype = torch.float64) ->
     # (1.8x faster on 2 cores for a batch of 384 x 384 matrices)
     chunks = gram.chunk(torch.get_num_threads())
     return torch.cat(_one_thread_each(torch.linalg.eigvalsh, chunks)).clamp_min_(0)
+
+
+def row_chunks(stack: torch.Tensor, elements: int | None = None) -> Iterator[torch.Tensor]:
+    """Views of ``stack[:, rows, :]`` of about ``elements`` (:data:`CHUNK_ELEMENTS`) entries.
+
+    At least one row each; a stack of at most that many entries is one chunk.
+    """
+    elements = CHUNK_ELEMENTS if elements is None else elements
+    rows = max(1, elements // max(1, stack.shape[0] * stack.shape[2]))
+    for start in range(0, stack.shape[1], rows):
+        yield stack[:, start : start + rows]
+
+
+def accumulate_gram(gram: torch.Tensor, stack: torch.Tensor, exponents: torch.Tensor) -> None:
+    """``gram += (X / 2^e)^T (X / 2^e)`` for each matrix ``X`` of ``stack`` and its exponent ``e``.
+
+    Converts one chunk of rows at a time (to float64, scaled exactly, then to
+    ``gram``'s dtype and device), never the whole stack; ``stack`` is not modified.
+    """
+    factors = torch.pow(2.0, -exponents.double()).to(gram.device).view(-1, 1, 1)
+    for chunk in row_chunks(stack):
+        interrupts.check()  # a 32000 x 4096 embedding is minutes of chunks on two cores
+        x = chunk.to(device=gram.device, dtype=torch.float64)
+        x = x * factors if x is chunk else x.mul_(factors)  # one temporary, input untouched
+        x = x.to(gram.dtype)
+        gram.baddbmm_(x.mT, x)
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """Per-matrix powers of two that bring the largest ``|w|`` of each matrix into [0.5, 1)."""
+
+    exponents: torch.Tensor  # int64, shape (B,): matrix b is divided by 2^exponents[b]
+    peak: float  # largest |w| of the whole stack; NaN or inf when it is not finite
+
+    @classmethod
+    def of(cls, stack: torch.Tensor) -> _Scale:
+        """Reads the stack once, chunk by chunk (the largest |w| propagates NaN)."""
+        peaks = torch.zeros(stack.shape[0], dtype=torch.float64)
+        for chunk in row_chunks(stack):
+            if chunk.dtype not in _SHUFFLED_DTYPES:  # float8: no max kernels
+                chunk = chunk.float()
+            top, bottom = chunk.amax(dim=(1, 2)), chunk.amin(dim=(1, 2))  # both propagate NaN
+            peaks = torch.maximum(peaks, torch.maximum(top, -bottom).double().cpu())
+        finite = torch.isfinite(peaks)
+        exponents = torch.frexp(torch.where(finite, peaks, 0.0)).exponent.long()
+        # 2^-e stays representable (possibly subnormal, still exact) over this range
+        return cls(exponents.clamp_(-1023, 1024), float(peaks.max()))
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.peak)
+
+    def common(self) -> torch.Tensor:
+        """One exponent for every matrix: for entries mixed across matrices (a shuffled copy)."""
+        return self.exponents.max().expand(self.exponents.shape[0])
+
+    def unscale(self, evals: torch.Tensor, common: bool = False) -> np.ndarray:
+        """``(B, M)`` eigenvalues of scaled matrices -> float64 eigenvalues of the originals."""
+        exponents = self.common() if common else self.exponents
+        with np.errstate(over="ignore"):
+            return np.ldexp(evals.double().cpu().numpy(), 2 * exponents.numpy()[:, None])
 
 
 def _one_thread_each(fn: Callable[[torch.Tensor], torch.Tensor], items: list) -> list:
@@ -135,7 +225,12 @@ class Shuffler:
     def __call__(self, stack: torch.Tensor) -> torch.Tensor:
         """The stack with its entries permuted (one permutation across its slices)."""
         order = self.order(tuple(stack.shape)).to(stack.device)
+        if stack.dtype not in _SHUFFLED_DTYPES:  # e.g. float8: index_select lacks kernels
+            stack = stack.float()
         return stack.reshape(-1).index_select(0, order).reshape(stack.shape)
+
+
+_SHUFFLED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
 def _batches(specs: list[LayerSpec], batch_elements: int) -> Iterable[list[LayerSpec]]:
@@ -157,17 +252,22 @@ def _batches(specs: list[LayerSpec], batch_elements: int) -> Iterable[list[Layer
             yield batch
 
 
-def _split(evals: torch.Tensor, specs: list[LayerSpec], finite: list[bool]) -> list[ESD]:
-    """Cut a ``(B, M)`` block of eigenvalues back into one sorted ESD per layer."""
+def _split(
+    evals: torch.Tensor, specs: list[LayerSpec], scales: list[_Scale], common: bool = False
+) -> list[ESD]:
+    """Cut a ``(B, M)`` block of scaled eigenvalues back into one sorted ESD per layer."""
     out, start = [], 0
-    for spec, ok in zip(specs, finite, strict=True):
+    for spec, scale in zip(specs, scales, strict=True):
         block = evals[start : start + spec.num_slices]
         start += spec.num_slices
-        if ok:
-            values = np.sort(block.reshape(-1).double().cpu().numpy())
-            out.append(ESD(values))
-        else:
+        if not scale.finite:
             out.append(ESD(np.empty(0), finite=False))
+            continue
+        values = scale.unscale(block, common).reshape(-1)
+        if np.isfinite(values).all():
+            out.append(ESD(np.sort(values)))
+        else:
+            out.append(ESD(np.empty(0), finite=False, overflow=True))
     return out
 
 
@@ -215,26 +315,25 @@ def _spectra_of_batches(
     result: dict[str, LayerSpectra] = {}
     for index, batch in enumerate(batches):
         interrupts.check()
-        stacks, finite = [], []
+        matrices, size = sum(spec.num_slices for spec in batch), batch[0].M
+        grams = torch.zeros((matrices, size, size), dtype=torch.float64, device=device)
+        shuffled = torch.zeros_like(grams, dtype=torch.float32) if randomize else None
+        scales, start = [], 0
         for spec in batch:
-            tensor = checkpoint.load(spec.name)
-            tensor = tensor if tensor.dtype == torch.float64 else tensor.float()
-            stack = to_matrices(tensor, spec, conv_mode)
-            ok = bool(torch.isfinite(stack).all())
-            stacks.append(stack if ok else torch.zeros_like(stack))
-            finite.append(ok)
-        clock.lap("load")
-        block = _concat(stacks, torch.float64, device)
+            rows = slice(start, start + spec.num_slices)
+            start += spec.num_slices
+            randomized = (shuffled[rows], shuffle) if shuffled is not None else None
+            scales.append(_add_layer(checkpoint, spec, conv_mode, grams[rows], randomized, clock))
         # on a worker the main thread can leave on SIGTERM/Ctrl-C (minutes for 8192 x 8192)
-        esds = _split(interrupts.abandonable(gram_eigenvalues, block), batch, finite)
+        esds = _split(interrupts.abandonable(symmetric_eigenvalues, grams), batch, scales)
+        del grams
         clock.lap("eigenvalues")
         rands: list[ESD | None] = [None] * len(batch)
-        if randomize:
-            block = _concat([shuffle(s) for s in stacks], torch.float32, device)
-            rands = interrupts.abandonable(gram_eigenvalues, block, torch.float32)
-            rands = list(_split(rands, batch, finite))
+        if shuffled is not None:
+            evals = interrupts.abandonable(symmetric_eigenvalues, shuffled)
+            rands = list(_split(evals, batch, scales, common=True))
+            del shuffled
             clock.lap("randomize")
-        del stacks, block
         for spec, esd, rand in zip(batch, esds, rands, strict=True):
             result[spec.name] = LayerSpectra(spec, esd, rand)
             if last_use[_stack_shape(spec)] == index:
@@ -244,17 +343,30 @@ def _spectra_of_batches(
     return result
 
 
-def _concat(stacks: list[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The stacks as one batch of ``dtype`` on ``device``, converted while copied (one copy)."""
-    if len(stacks) == 1:
-        return stacks[0].to(device=device, dtype=dtype)
-    total = sum(s.shape[0] for s in stacks)
-    block = torch.empty((total, *stacks[0].shape[1:]), dtype=dtype, device=device)
-    start = 0
-    for stack in stacks:
-        block[start : start + stack.shape[0]].copy_(stack)
-        start += stack.shape[0]
-    return block
+def _add_layer(
+    checkpoint: Checkpoint,
+    spec: LayerSpec,
+    conv_mode: str,
+    grams: torch.Tensor,
+    randomized: tuple[torch.Tensor, Shuffler] | None,
+    clock: _Clock,
+) -> _Scale:
+    """Load one layer and add its (scaled) Gram matrices into ``grams`` and, when asked,
+    those of its shuffled copy into ``randomized[0]``; the tensor is released on return.
+
+    A layer with non-finite weights adds nothing (its Gram matrices stay 0).
+    """
+    stack = to_matrices(checkpoint.load(spec.name), spec, conv_mode)
+    clock.lap("load")
+    scale = _Scale.of(stack)
+    if scale.finite:
+        accumulate_gram(grams, stack, scale.exponents)
+        clock.lap("eigenvalues")
+        if randomized is not None:
+            target, shuffle = randomized
+            accumulate_gram(target, shuffle(stack), scale.common())
+            clock.lap("randomize")
+    return scale
 
 
 class _Clock:

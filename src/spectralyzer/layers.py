@@ -32,6 +32,7 @@ from math import prod
 
 import torch
 
+from . import budget
 from .io.base import TensorInfo
 
 LAYER_TYPES = (
@@ -133,17 +134,26 @@ def _matrix_shape(shape: tuple[int, ...], conv_mode: str) -> tuple[int, int, int
 
 
 def plan(
-    infos: Iterable[TensorInfo], selection: Selection
+    infos: Iterable[TensorInfo],
+    selection: Selection,
+    *,
+    randomize: bool = False,
+    available: int | None = None,
 ) -> tuple[list[LayerSpec], list[Skipped]]:
     """Choose the tensors to analyse; every other weight-like tensor gets a reason.
 
     Tensors with fewer than two dimensions (biases, norm scales, scalars) are
-    dropped silently: they are never layer weights.
+    dropped silently: they are never layer weights.  Also skipped, from shapes
+    alone: tensors the loader flagged (``TensorInfo.problem``, e.g. an
+    overlapping view), tensors with a dimension of size 0, and matrices whose
+    estimated memory need (:func:`spectralyzer.budget.matrix_need`, with
+    ``randomize``) exceeds ``available`` bytes (measured now when None).
     """
     if selection.conv_mode not in CONV_MODES:
         raise ValueError(f"conv_mode must be one of {CONV_MODES}, not {selection.conv_mode!r}")
     include = re.compile(selection.include) if selection.include else None
     exclude = re.compile(selection.exclude) if selection.exclude else None
+    available = budget.available_memory() if available is None else available
     specs: list[LayerSpec] = []
     skipped: list[Skipped] = []
     for info in infos:
@@ -159,22 +169,39 @@ def plan(
             continue
         if selection.types and kind not in selection.types:
             continue
-        if info.dtype not in _FLOAT_DTYPES:
-            skipped.append(
-                Skipped(info.name, info.shape, f"{info.dtype} tensor, not floating point")
-            )
+        reason = _unanalysable(info, selection, randomize, available)
+        if reason is not None:
+            skipped.append(Skipped(info.name, info.shape, reason))
             continue
         N, M, slices = _matrix_shape(info.shape, selection.conv_mode)
-        if M < selection.min_evals:
-            reason = f"{M} eigenvalues per matrix, fewer than --min-evals {selection.min_evals}"
-            skipped.append(Skipped(info.name, info.shape, reason))
-            continue
-        if selection.max_evals is not None and M > selection.max_evals:
-            reason = f"{M} eigenvalues per matrix, more than --max-evals {selection.max_evals}"
-            skipped.append(Skipped(info.name, info.shape, reason))
-            continue
         specs.append(LayerSpec(info.name, kind, tuple(info.shape), info.dtype, N, M, slices))
     return specs, skipped
+
+
+def _unanalysable(
+    info: TensorInfo, selection: Selection, randomize: bool, available: int | None
+) -> str | None:
+    """Why a weight tensor of a selected type cannot be analysed, or None."""
+    if info.problem is not None:
+        return info.problem
+    if info.dtype not in _FLOAT_DTYPES:
+        return f"{info.dtype} tensor, not floating point"
+    if 0 in info.shape:
+        return f"empty: shape {'x'.join(map(str, info.shape))} has a dimension of size 0"
+    N, M, slices = _matrix_shape(info.shape, selection.conv_mode)
+    if M < selection.min_evals:
+        return f"{M} eigenvalues per matrix, fewer than --min-evals {selection.min_evals}"
+    if selection.max_evals is not None and M > selection.max_evals:
+        return f"{M} eigenvalues per matrix, more than --max-evals {selection.max_evals}"
+    itemsize = getattr(torch, info.dtype).itemsize
+    need = budget.matrix_need(N, M, slices, itemsize, randomize)
+    if available is not None and need > available:
+        grams = f"{M}x{M} Gram matrix" if slices == 1 else f"{slices} {M}x{M} Gram matrices"
+        return (
+            f"needs about {budget.format_bytes(need)} of memory (data and float64 {grams}), "
+            f"more than the {budget.format_bytes(available)} available"
+        )
+    return None
 
 
 def to_matrices(tensor: torch.Tensor, spec: LayerSpec, conv_mode: str) -> torch.Tensor:

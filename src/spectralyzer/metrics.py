@@ -54,6 +54,7 @@ _EPS32 = float(np.finfo(np.float32).eps)
 COUNTS = ("n_tail", "num_fingers", "rank_loss", "num_spikes")  # integer columns, 0 when undefined
 WARNINGS = (
     "nonfinite-weights",
+    "eigenvalue-overflow",  # finite weights whose eigenvalues exceed the float64 range
     "fit-failed",
     "few-evals",
     "over-trained",
@@ -212,7 +213,9 @@ def layer_metrics(
         "num_evals": spec.num_evals,
     }
     if not spectra.esd.finite:
-        return _undefined(base, "nonfinite-weights")
+        return _undefined(
+            base, "eigenvalue-overflow" if spectra.esd.overflow else "nonfinite-weights"
+        )
     evals = spectra.esd.evals * scale
     tol = zero_tolerance(float(evals[-1]), spec.M, spec.dtype)
     # numerical zeros are not part of the tail: the fit's floor is the zero

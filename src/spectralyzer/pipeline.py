@@ -78,7 +78,7 @@ def run_analysis(
     device = resolve_device(options.device)
     with open_source(source, options.trust_pickle) as checkpoint:
         path = checkpoint.path
-        specs, skipped = plan(checkpoint.tensors(), options.selection)
+        specs, skipped = plan(checkpoint.tensors(), options.selection, randomize=options.randomize)
         timings["open"] = time.perf_counter() - start
         if not specs:
             raise InputError(path, _nothing_to_analyse(skipped))

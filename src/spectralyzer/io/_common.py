@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import re
 import warnings
+import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
 
+from .. import budget
 from ..errors import InputError
 from .base import Checkpoint, TensorInfo
 
@@ -69,8 +71,67 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def info_of(name: str, tensor: torch.Tensor) -> TensorInfo:
-    """The TensorInfo of an in-memory (or memory-mapped) tensor."""
-    return TensorInfo(name, tuple(tensor.shape), dtype_name(tensor.dtype))
+    """The TensorInfo of an in-memory (or memory-mapped) tensor, with its problem if any."""
+    return TensorInfo(name, tuple(tensor.shape), dtype_name(tensor.dtype), layout_problem(tensor))
+
+
+def layout_problem(tensor: torch.Tensor) -> str | None:
+    """Why a tensor's strides make it unsafe to read whole, or None.
+
+    A pickle can hold a view whose strides overlap (``torch.zeros(1).expand(n, m)``
+    has stride 0): 1.6 KB on disk, but any copy or conversion of it allocates
+    its full logical size (64 GB for ``expand(2**24, 1024)`` of float32).  Such
+    a view is refused from its shape, strides and storage size, before any
+    tensor data is touched.
+    """
+    if tensor.layout != torch.strided:
+        return f"{str(tensor.layout).removeprefix('torch.')} tensor, not a dense array"
+    if tensor.is_meta:
+        return "meta tensor: it has a shape but no data"
+    size = tensor.element_size()
+    storage = tensor.untyped_storage().nbytes() - tensor.storage_offset() * size
+    if tensor.numel() * size > storage:
+        return f"overlapping view: {tensor.numel()} elements over a storage of {storage} bytes"
+    return None
+
+
+#: A compressed member may expand at most this many times (measured with
+#: np.savez_compressed: float32 weights 1.1x, 90% zeros 7x, 99% zeros 57x, all zeros 1000x) ...
+MAX_EXPANSION_RATIO = 100
+#: ... unless it expands to no more than this (small archives of zeros are harmless).
+SMALL_MEMBER = 64 * 2**20
+
+
+def check_zip_expansion(path: str | os.PathLike[str], archive: zipfile.ZipFile) -> None:
+    """Refuse an archive whose compressed members would expand too far.
+
+    A member may expand to neither more than the available memory
+    (:func:`spectralyzer.budget.available_memory`) nor, above
+    :data:`SMALL_MEMBER`, more than :data:`MAX_EXPANSION_RATIO` times its
+    compressed size (a 1.9 MB ``np.savez_compressed`` of zeros can hold 6 GB).
+    The expanded size is the member's ``file_size`` from the zip directory,
+    which neither Python's ``zipfile`` nor torch's reader exceeds; it is checked
+    before anything is decompressed.
+    """
+    available = budget.available_memory()
+    for member in archive.infolist():
+        if member.compress_type == zipfile.ZIP_STORED:
+            continue
+        expanded, packed = member.file_size, max(member.compress_size, 1)
+        sizes = f"from {budget.format_bytes(packed)} to {budget.format_bytes(expanded)}"
+        if available is not None and expanded > available:
+            raise InputError(
+                path,
+                f"member {member.filename!r} expands {sizes}, more than the "
+                f"{budget.format_bytes(available)} of memory available",
+            )
+        if expanded > SMALL_MEMBER and expanded > MAX_EXPANSION_RATIO * packed:
+            raise InputError(
+                path,
+                f"member {member.filename!r} expands {expanded // packed}x, {sizes} "
+                f"(more than {MAX_EXPANSION_RATIO}x: a compression bomb?); if it is genuine, "
+                "save it uncompressed",
+            )
 
 
 def _as_mapping(value: object) -> Mapping | None:
@@ -82,22 +143,43 @@ def _as_mapping(value: object) -> Mapping | None:
     return None
 
 
-def flatten(mapping: Mapping, prefix: str = "", _path: frozenset[int] = frozenset()) -> dict:
+#: Deepest nesting of containers followed in a checkpoint; real ones nest a few levels.
+MAX_DEPTH = 100
+
+
+class TooDeep(ValueError):
+    """Containers in a checkpoint nest deeper than :data:`MAX_DEPTH`."""
+
+
+def flatten(mapping: Mapping, prefix: str = "") -> dict:
     """Every tensor in nested mappings, keyed by dotted names; other values are ignored.
 
     ``{"encoder": {"weight": t}, "epoch": 3}`` -> ``{"encoder.weight": t}``.
-    A mapping that contains itself (possible in a crafted pickle) is not followed.
+    Walked iteratively, depth first in key order, each mapping once: a mapping
+    reached again (an alias, or a cycle in a crafted pickle) is not re-walked,
+    so its tensors appear under the first path only and a DAG of 40 levels of
+    shared children costs 40 steps, not 2^40.  Raises :class:`TooDeep` below
+    :data:`MAX_DEPTH` levels instead of exhausting the Python stack.
     """
-    if id(mapping) in _path:
-        return {}
-    inside = _path | {id(mapping)}
     out: dict[str, torch.Tensor] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
+    walked = [mapping]  # keeps every mapping alive, so no id() below is reused
+    seen = {id(mapping)}
+    stack = [(iter(mapping.items()), prefix)]
+    while stack:
+        entry = next(stack[-1][0], None)
+        if entry is None:
+            stack.pop()
+            continue
+        key, value = entry
+        name = f"{stack[-1][1]}{key}"
         if isinstance(value, torch.Tensor):
             out[name] = value
-        elif (inner := _as_mapping(value)) is not None:
-            out.update(flatten(inner, f"{name}.", inside))
+        elif id(value) not in seen and (inner := _as_mapping(value)) is not None:
+            if len(stack) >= MAX_DEPTH:
+                raise TooDeep(f"containers nested deeper than {MAX_DEPTH} levels")
+            seen.add(id(value))  # a module counts once too (its state_dict() is new each time)
+            walked.append(value)
+            stack.append((iter(inner.items()), f"{name}."))
     return out
 
 
@@ -139,8 +221,13 @@ def state_dict_of(path: str | os.PathLike[str], obj: object) -> dict[str, torch.
     """
     if isinstance(obj, torch.Tensor):
         return {"tensor": obj}
-    mapping = _as_mapping(obj)
-    tensors = strip_data_parallel(flatten(unwrap(mapping))) if mapping is not None else {}
+    try:
+        mapping = _as_mapping(obj)
+        tensors = strip_data_parallel(flatten(unwrap(mapping))) if mapping is not None else {}
+    except TooDeep as exc:
+        raise InputError(path, str(exc)) from None
+    except RecursionError:  # a trusted pickle's module nesting, walked by torch's state_dict()
+        raise InputError(path, "modules nested too deeply to list their parameters") from None
     return require_tensors(path, tensors)
 
 

@@ -16,6 +16,9 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]
     dtype: str  # torch dtype name without the "torch." prefix, e.g. "float32", "bfloat16", "int64"
+    problem: str | None = (
+        None  # why it must not be read, known from headers (e.g. overlapping view)
+    )
 
 
 class Checkpoint(abc.ABC):

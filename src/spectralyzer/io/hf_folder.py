@@ -9,6 +9,7 @@ from pathlib import Path, PurePath
 
 import torch
 
+from ..budget import format_bytes
 from ..errors import InputError
 from ._common import reading, require_tensors
 from .base import Checkpoint, TensorInfo
@@ -20,6 +21,10 @@ from .sniff import (
 )
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+#: Largest index file read. Real indexes are a few MB even for 400B-parameter
+#: models; reading a 1 GB one took 4.6 GB of memory.
+MAX_INDEX_BYTES = 64 * 2**20
 
 #: Opens one shard file as a checkpoint (``open.open_file`` with the caller's trust setting).
 ShardOpener = Callable[[Path], Checkpoint]
@@ -108,6 +113,13 @@ def find_shards(folder: Path) -> Layout:
 def read_index(index: Path) -> Layout:
     """Shards named by an index file (sorted) and its weight map, shards checked to exist."""
     with reading(index, "invalid index file"):
+        size = index.stat().st_size
+        if size > MAX_INDEX_BYTES:
+            raise InputError(
+                index,
+                f"index file is {format_bytes(size)}, larger than the "
+                f"{format_bytes(MAX_INDEX_BYTES)} any real index needs; refusing to read it",
+            )
         data = json.loads(index.read_text(encoding="utf-8"))
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError
-from ._common import TensorDictCheckpoint, reading, state_dict_of
+from ._common import TensorDictCheckpoint, check_zip_expansion, reading, state_dict_of
 
 NEEDS_CODE_EXECUTION = (
     "needs arbitrary code execution to unpickle (a full pickled model or unknown globals); "
@@ -32,6 +33,10 @@ class TorchCheckpoint(TensorDictCheckpoint):
     pickle; legacy files (``torch-legacy``) cannot be mapped and are read whole.
     Unless ``trust_pickle``, only plain data and tensors are unpickled
     (``weights_only=True``); anything else is refused with an InputError.
+    Sizes are checked before anything is expanded: compressed zip members
+    (``check_zip_expansion``), nesting depth and aliases (``flatten``), and
+    views whose strides overlap (``layout_problem``: listed with a problem,
+    never read).
     """
 
     format = "torch-zip"
@@ -41,6 +46,10 @@ class TorchCheckpoint(TensorDictCheckpoint):
     ) -> None:
         super().__init__(Path(path))
         self.format = "torch-zip" if mmap else "torch-legacy"
+        if mmap:
+            with reading(self.path, "cannot read PyTorch checkpoint"):
+                with zipfile.ZipFile(self.path) as archive:
+                    check_zip_expansion(self.path, archive)
         obj = load_pickled(self.path, trust_pickle=trust_pickle, mmap=mmap)
         self._tensors = state_dict_of(self.path, obj)
 
