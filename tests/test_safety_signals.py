@@ -22,18 +22,18 @@ from spectralyzer.cli import main
 
 MODEL = Path(__file__).resolve().parents[1] / "data" / "mlp" / "epoch_30.safetensors"
 
-# The tool, with a note (a file) written as the Gram product / eigendecomposition
+# The tool, with a note (a file) written as the eigendecomposition
 # starts; Ctrl-C is given Python's handler because a run started in the background
 # inherits SIGINT ignored (and then rightly stays deaf to it).
 CHILD = """
 import pathlib, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
 import spectralyzer.engine as engine
-inner, note = engine.gram_eigenvalues, pathlib.Path(sys.argv[1])
+inner, note = engine.symmetric_eigenvalues, pathlib.Path(sys.argv[1])
 def announced(*args, **kwargs):
     note.touch()
     return inner(*args, **kwargs)
-engine.gram_eigenvalues = announced
+engine.symmetric_eigenvalues = announced
 from spectralyzer.cli import main
 sys.argv = ["spectralyzer", *sys.argv[2:]]
 main()
