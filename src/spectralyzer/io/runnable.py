@@ -70,9 +70,10 @@ def load_runnable(
 
     ``model`` is an existing file (TorchScript archive or pickled module, both
     only if ``trust_pickle``: they run code), else an import path
-    ``package.module:factory``; the current directory is searched for the factory's package too. ``weights`` is
-    any checkpoint spectralyzer reads (safetensors, torch, TorchScript, .npz, a
-    Hugging Face folder), loaded strictly: every name and shape must match.
+    ``package.module:factory``; the current directory is searched for the
+    factory's package too. ``weights`` is any checkpoint spectralyzer reads
+    (safetensors, torch, TorchScript, .npz, a Hugging Face folder), loaded
+    strictly: every name and shape must match.
     """
     spec = os.fspath(model)
     path = Path(spec)
