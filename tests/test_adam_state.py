@@ -160,7 +160,7 @@ def files(tmp_path):
 
 
 def run(*args):
-    return CliRunner().invoke(main, ["probe", *map(str, args)])
+    return CliRunner().invoke(main, ["probe", "--trust-code", *map(str, args)])
 
 
 @pytest.mark.parametrize("source", ["opt", "checkpoint"])

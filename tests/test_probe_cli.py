@@ -83,7 +83,7 @@ def write_files(folder: Path) -> dict[str, Path]:
 
 def model_args(files: dict[str, Path], form: str) -> list:
     return {
-        "torchscript": [files["torchscript"]],
+        "torchscript": [files["torchscript"], "--trust-code"],
         "pickle": [files["pickle"], "--trust-pickle"],
         "factory": [FACTORY, "--weights", files["weights"]],
     }[form]
@@ -332,7 +332,7 @@ def test_batch_sizes_add_one_row_per_size(probe_json, form):
 @pytest.mark.parametrize("fmt", ["table", "markdown"])
 def test_text_formats_have_every_section(files, fmt):
     result = run(
-        "probe", files["torchscript"], "--data", files["npz"], "--format", fmt, "--steps", 83,
+        "probe", files["torchscript"], "--trust-code", "--data", files["npz"], "--format", fmt, "--steps", 83,
         *ALL_PROBES,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -360,8 +360,9 @@ def test_text_formats_have_every_section(files, fmt):
 def test_output_file(files, tmp_path):
     out = tmp_path / "probe.json"
     result = run(
-        "probe", files["torchscript"], "--data", files["pt"], "--format", "json", "-o", out
-    )
+        "probe", files["torchscript"], "--trust-code", "--data", files["pt"], "--format", "json",
+        "-o", out,
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     assert json.loads(out.read_text())["samples"] == N_SAMPLES
@@ -373,7 +374,7 @@ def test_output_file(files, tmp_path):
 def test_same_seed_same_json(files):
     def probe(seed: int) -> dict:
         result = run(
-            "probe", files["torchscript"], "--data", files["pt"], "--format", "json",
+            "probe", files["torchscript"], "--trust-code", "--data", files["pt"], "--format", "json",
             "--seed", seed, "--trace", "--slq", "--ggn", "--per-layer", "--batch-sizes", "8,16",
         )  # fmt: skip
         assert result.exit_code == 0, result.output
@@ -434,21 +435,31 @@ ERRORS = {
     "plain_state_dict": (["{state_dict}", "--data", "{pt}"], ["package.module:factory"]),
     "safetensors_as_model": (["{weights}", "--data", "{pt}"], ["package.module:factory"]),
     "pickle_without_trust": (["{pickle}", "--data", "{pt}"], ["--trust-pickle"]),
+    "torchscript_without_trust": (["{torchscript}", "--data", "{pt}"], ["--trust-code"]),
     "missing_data_option": (["{torchscript}"], ["--data"]),
-    "missing_data_file": (["{torchscript}", "--data", "{missing_batch}"], ["missing_batch.npz"]),
-    "wrong_features_torchscript": (["{torchscript}", "--data", "{bad}"], ["bad_batch.pt"]),
+    "missing_data_file": (
+        ["{torchscript}", "--trust-code", "--data", "{missing_batch}"],
+        ["missing_batch.npz"],
+    ),
+    "wrong_features_torchscript": (
+        ["{torchscript}", "--trust-code", "--data", "{bad}"],
+        ["bad_batch.pt"],
+    ),
     "wrong_features_pickle": (["{pickle}", "--trust-pickle", "--data", "{bad}"], ["bad_batch.pt"]),
     "wrong_features_factory": (
         [FACTORY, "--weights", "{weights}", "--data", "{bad}"],
         ["bad_batch.pt", "shapes"],
     ),
-    "bad_batch_sizes": (["{torchscript}", "--data", "{pt}", "--batch-sizes", "a,b"], ["a,b"]),
+    "bad_batch_sizes": (
+        ["{torchscript}", "--trust-code", "--data", "{pt}", "--batch-sizes", "a,b"],
+        ["a,b"],
+    ),
     "lr_without_dataset_size": (
-        ["{torchscript}", "--data", "{pt}", "--lr", "0.1"],
+        ["{torchscript}", "--trust-code", "--data", "{pt}", "--lr", "0.1"],
         ["--dataset-size"],
     ),
     "negative_lr": (
-        ["{torchscript}", "--data", "{pt}", "--lr", "-1", "--dataset-size", "100"],
+        ["{torchscript}", "--trust-code", "--data", "{pt}", "--lr", "-1", "--dataset-size", "100"],
         ["--lr must be positive"],
     ),
     "neither_model_nor_demo": ([], ["--demo"]),
@@ -471,7 +482,16 @@ def test_user_mistakes_give_one_line_and_exit_2(files, monkeypatch, case):
 
 def test_epoch_noise_crossover_per_batch_size(files, exact):
     """lambda_cross = 3 (1 - beta) S / (lr N) per batch size, and the count of top-k above it."""
-    args = [files["torchscript"], "--data", files["pt"], "--steps", 83, "--batch-sizes", "8,32"]
+    args = [
+        files["torchscript"],
+        "--data",
+        files["pt"],
+        "--trust-code",
+        "--steps",
+        83,
+        "--batch-sizes",
+        "8,32",
+    ]
     result = run(
         "probe", *args, "--lr", 0.05, "--dataset-size", 6400, "--momentum", 0.5, "--format", "json"
     )
@@ -487,7 +507,7 @@ def test_epoch_noise_crossover_per_batch_size(files, exact):
         assert r["top_k_above"] == sum(lam > cross for lam in top)
     table = run("probe", *args, "--lr", 0.05, "--dataset-size", 6400).stdout
     assert "Epoch-based SGD noise (Kuehn & Rosenow 2025" in table and "top_5_above" in table
-    assert json.loads(run("probe", *args[:3], "--format", "json").stdout)["epoch_noise"] is None
+    assert json.loads(run("probe", *args[:4], "--format", "json").stdout)["epoch_noise"] is None
 
 
 # ----------------------------------------------------------------------------- real process
@@ -497,7 +517,7 @@ def test_console_run_in_a_subprocess(files, exact, tmp_path):
     out = tmp_path / "probe.json"
     command = [sys.executable, "-m", "spectralyzer.cli", "probe"]
     result = subprocess.run(
-        [*command, str(files["torchscript"]), "--data", str(files["npz"]), "--format", "json",
+        [*command, str(files["torchscript"]), "--trust-code", "--data", str(files["npz"]), "--format", "json",
          "--steps", "83", "--trace", "-o", str(out)],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip

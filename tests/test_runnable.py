@@ -143,11 +143,11 @@ def test_missing_weights_file(tmp_path):
 # ----------------------------------------------------------------------------- TorchScript
 
 
-def test_torchscript_archive_loads_without_trust(tmp_path):
+def test_torchscript_archive_loads_with_trust(tmp_path):
     original = trained_like_cnn()
     path = tmp_path / "cnn.pt"
     torch.jit.save(torch.jit.script(copy.deepcopy(original)), str(path))
-    loaded = load_runnable(path)
+    loaded = load_runnable(path, trust_pickle=True)
     assert isinstance(loaded, torch.jit.ScriptModule)
     assert not loaded.training
     assert torch.equal(outputs(loaded, images()), outputs(original, images()))
@@ -159,12 +159,13 @@ def test_torchscript_archive_with_weights(tmp_path):
     other = trained_like_cnn(seed=2)
     weights = tmp_path / "w.safetensors"
     save_file(state(other), weights)
-    loaded = load_runnable(archive, weights)
+    loaded = load_runnable(archive, weights, trust_pickle=True)
     assert torch.equal(outputs(loaded, images()), outputs(other, images()))
     bad = state(other)
     bad["conv1.weight"] = torch.zeros(8, 1, 5, 5)
     save_file(bad, weights)
-    assert "shape mismatch" in input_error(load_runnable, archive, weights).problem
+    problem = input_error(load_runnable, archive, weights, trust_pickle=True).problem
+    assert "shape mismatch" in problem
 
 
 # ----------------------------------------------------------------------------- pickled modules
@@ -437,7 +438,7 @@ def test_hessian_of_torchscript_copy_matches_plain_module(tmp_path):
     original = trained_like_cnn()
     path = tmp_path / "cnn.pt"
     torch.jit.save(torch.jit.script(copy.deepcopy(original)), str(path))
-    scripted = load_runnable(path).double()
+    scripted = load_runnable(path, trust_pickle=True).double()
     plain = original.double()
     inputs = images(32).double()
     targets = torch.arange(32) % 10

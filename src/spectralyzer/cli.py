@@ -134,9 +134,11 @@ def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
         click.option(
+            "--trust-code",
             "--trust-pickle",
+            "trust_pickle",
             is_flag=True,
-            help="Allow pickles that run code when loaded (full pickled models). Only for files you trust.",
+            help="Allow loading that runs code from the file (full pickled modules, TorchScript programs). Only for files you trust.",
         ),
     ]
     for option in reversed(options):
@@ -304,7 +306,13 @@ def report_writers() -> Any:
     help="Overlay the randomised ESD.",
 )
 @click.option("--seed", default=0, show_default=True)
-@click.option("--trust-pickle", is_flag=True, help="Allow pickles that run code when loaded.")
+@click.option(
+    "--trust-code",
+    "--trust-pickle",
+    "trust_pickle",
+    is_flag=True,
+    help="Allow loading that runs code from the file (full pickled modules, TorchScript programs). Only for files you trust.",
+)
 @handle_errors
 def plot(
     model: Path, layer: str, output: str, randomize: bool, seed: int, trust_pickle: bool
@@ -552,7 +560,11 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
     "--precision", type=click.Choice(list(PRECISIONS)), default="float64", show_default=True
 )
 @click.option(
-    "--trust-pickle", is_flag=True, help="Allow a full pickled model (runs code when loaded)."
+    "--trust-code",
+    "--trust-pickle",
+    "trust_pickle",
+    is_flag=True,
+    help="Allow loading that runs code from the file (full pickled modules, TorchScript programs). Only for files you trust.",
 )
 @click.option(
     "--format", "fmt", type=click.Choice(PROBE_FORMATS), default="table", show_default=True
@@ -572,8 +584,9 @@ def probe(
 ) -> None:
     """Curvature of a model that runs, on a batch: Hessian/GGN spectra, batch-size and step-size guidance.
 
-    MODEL is a TorchScript file, a full pickled module (with --trust-pickle), or
-    package.module:factory with --weights. Unlike analyze, this needs data.
+    MODEL is a TorchScript file or a full pickled module (both run their own
+    code: only with --trust-code), or package.module:factory with --weights.
+    Unlike analyze, this needs data.
     """
     if demo == (model is not None):
         raise click.UsageError("give either MODEL (with --data) or --demo")

@@ -41,7 +41,7 @@ def open_file(
     if fmt in ("torch-zip", "torch-legacy"):
         return TorchCheckpoint(path, trust_pickle=trust_pickle, mmap=fmt == "torch-zip")
     if fmt == "torchscript":
-        return TorchScriptCheckpoint(path)
+        return TorchScriptCheckpoint(path, trust_code=trust_pickle)
     if fmt == "npz":
         return NpzCheckpoint(path)
     raise InputError(path, f"expected a checkpoint file, found format {fmt!r}")

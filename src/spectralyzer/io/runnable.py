@@ -2,7 +2,8 @@
 
 A model is given as one of
 
-* a TorchScript archive (``torch.jit.save``): safe to load, needs no trust flag;
+* a TorchScript archive (``torch.jit.save``): it runs its own code (when loaded
+  and when run), so it is loaded only with ``trust_pickle`` (``--trust-code``);
 * a full pickled module (``torch.save(model)``): runs arbitrary code when
   unpickled, so it is loaded only with ``trust_pickle``;
 * an import path ``package.module:factory``: a callable returning a freshly
@@ -42,6 +43,11 @@ WEIGHTS_ONLY = (
     "holds weights only: give the architecture as package.module:factory and this file as --weights"
 )
 
+TORCHSCRIPT_RUNS_CODE = (
+    "is a TorchScript model: probing it runs its own code; "
+    "re-run with --trust-code only if you trust this file"
+)
+
 #: Names under which a batch file may hold its two arrays, in order of preference.
 BATCH_KEYS = (("inputs", "targets"), ("x", "y"))
 
@@ -62,11 +68,12 @@ def load_runnable(
 ) -> nn.Module:
     """The module that ``model`` names, on the CPU, in eval mode, with ``weights`` if given.
 
-    ``model`` is an existing file (TorchScript archive, or a pickled module if
-    ``trust_pickle``), else an import path ``package.module:factory``; the
-    current directory is searched for the factory's package too. ``weights`` is
-    any checkpoint spectralyzer reads (safetensors, torch, TorchScript, .npz, a
-    Hugging Face folder), loaded strictly: every name and shape must match.
+    ``model`` is an existing file (TorchScript archive or pickled module, both
+    only if ``trust_pickle``: they run code), else an import path
+    ``package.module:factory``; the current directory is searched for the
+    factory's package too. ``weights`` is any checkpoint spectralyzer reads
+    (safetensors, torch, TorchScript, .npz, a Hugging Face folder), loaded
+    strictly: every name and shape must match.
     """
     spec = os.fspath(model)
     path = Path(spec)
@@ -108,9 +115,11 @@ def load_weights(
 
 
 def _module_from_file(path: Path, *, trust_pickle: bool) -> nn.Module:
-    """A TorchScript archive, or a pickled module (trusted only); weights-only files refused."""
+    """A TorchScript archive or a pickled module (trusted only); weights-only files refused."""
     fmt = detect_format(path)
     if fmt == "torchscript":
+        if not trust_pickle:
+            raise InputError(path, TORCHSCRIPT_RUNS_CODE)
         with reading(path, "cannot load TorchScript archive"):
             return torch.jit.load(str(path), map_location="cpu")
     if fmt not in ("torch-zip", "torch-legacy"):
