@@ -125,7 +125,7 @@ def test_checkpoint_without_matrices(tmp_path):
 def test_pickled_module_needs_trust(tmp_path):
     path = tmp_path / "full.pt"
     torch.save(torch.nn.Linear(32, 16), path)
-    assert "--trust-pickle" in _error_line(run("analyze", path))
+    assert "--trust-code" in _error_line(run("analyze", path))
     result = run("analyze", path, "--trust-pickle", "--format", "json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["layers"][0]["name"] == "weight"

@@ -254,7 +254,7 @@ def test_pickled_module_needs_trust(tmp_path, legacy):
     path = torch_save(model, tmp_path / "model.pt", legacy)
     problem = input_error(path).problem
     assert problem.startswith("needs arbitrary code execution to unpickle")
-    assert "--trust-pickle" in problem
+    assert "--trust-code" in problem
     assert_same(read_all(path, trust_pickle=True), model.state_dict())
 
 

@@ -434,7 +434,7 @@ ERRORS = {
     "missing_model": (["{missing}", "--data", "{pt}"], ["missing_model.pt"]),
     "plain_state_dict": (["{state_dict}", "--data", "{pt}"], ["package.module:factory"]),
     "safetensors_as_model": (["{weights}", "--data", "{pt}"], ["package.module:factory"]),
-    "pickle_without_trust": (["{pickle}", "--data", "{pt}"], ["--trust-pickle"]),
+    "pickle_without_trust": (["{pickle}", "--data", "{pt}"], ["--trust-code"]),
     "torchscript_without_trust": (["{torchscript}", "--data", "{pt}"], ["--trust-code"]),
     "missing_data_option": (["{torchscript}"], ["--data"]),
     "missing_data_file": (

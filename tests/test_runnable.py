@@ -178,7 +178,7 @@ def test_pickled_module_needs_trust(tmp_path, legacy):
     torch.save(original, path, _use_new_zipfile_serialization=not legacy)
     problem = input_error(load_runnable, path).problem
     assert problem.startswith("needs arbitrary code execution")
-    assert "--trust-pickle" in problem
+    assert "--trust-code" in problem
     loaded = load_runnable(path, trust_pickle=True)
     assert not loaded.training
     assert torch.equal(outputs(loaded, images()), outputs(original, images()))

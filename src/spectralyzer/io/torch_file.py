@@ -14,12 +14,12 @@ from ._common import TensorDictCheckpoint, check_zip_expansion, reading, state_d
 
 NEEDS_CODE_EXECUTION = (
     "needs arbitrary code execution to unpickle (a full pickled model or unknown globals); "
-    "re-run with --trust-pickle only if you trust this file"
+    "re-run with --trust-code only if you trust this file"
 )
 
 UNSUPPORTED_OPCODES = (
     "uses pickle opcodes the safe loader does not support (a corrupt file, or a newer pickle "
-    "protocol); re-run with --trust-pickle only if you trust this file"
+    "protocol); re-run with --trust-code only if you trust this file"
 )
 
 #: What torch's weights-only unpickler says about an opcode it does not handle.

@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import types
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 import torch.serialization as serialization
 
 from ..errors import InputError
+from ._common import check_zip_expansion
 
 #: The prefix TorchScript gives every scripted class (``__torch__.<module path>.<Class>``).
 SCRIPT_PREFIX = "__torch__"
@@ -121,6 +123,8 @@ def load_graph(path: Path) -> tuple[object, dict[str, ClassDecl]]:
     Tensors are memory-mapped from the file (copy-on-write: the file is never
     written). Raises :class:`NeedsCode` for a global outside :data:`ALLOWED`.
     """
+    with zipfile.ZipFile(path) as members:  # data.pkl and code/ are read whole: bound them first
+        check_zip_expansion(path, members)
     size = os.path.getsize(path)
     storage = torch.UntypedStorage.from_file(os.fspath(path), False, size) if size else None
     with serialization._open_zipfile_reader(os.fspath(path)) as archive:
