@@ -26,7 +26,7 @@ from . import __version__
 from .demo import demo_model_path, probe_demo
 from .diff import diff as diff_models
 from .engine import DEVICES
-from .errors import SpectralyzerError
+from .errors import InputError, OptionError, SpectralyzerError
 from .gate import Policy, evaluate, to_junit, verdict_lines
 from .gate import to_markdown as gate_markdown
 from .hessian.adam_state import load_adam_state
@@ -54,8 +54,23 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def internal_error_line(err: BaseException) -> str:
+    """The one line shown for an unexpected exception (exit code 3)."""
+    message = " ".join(str(err).split())
+    message = message if len(message) <= 200 else message[:197] + "..."
+    message = "".join(ch if ch.isprintable() else "?" for ch in message)
+    return (
+        f"spectralyzer: internal error: {type(err).__name__}: {message}; please report this "
+        "(rerun with --debug for the traceback)"
+    )
+
+
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn expected errors into one line on stderr with exit code 2.
+    """Turn expected errors into one line on stderr with exit code 2, and bugs into exit 3.
+
+    Exit codes: 0 success, 1 only for a failed gate, 2 bad input or option
+    (SpectralyzerError, OSError, click usage errors), 3 any other exception
+    (a bug: one line asking to report it; ``--debug`` re-raises it).
 
     Ctrl-C and SIGTERM end the command with one line and exit codes 130 and
     143; reports are written only once complete (atomically), so none is left
@@ -67,14 +82,21 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return command(*args, **kwargs)
-        except (SpectralyzerError, ValueError, OSError) as err:
+        except (SpectralyzerError, OSError) as err:  # the user's input or option
             if debug:
                 raise
             _fail(str(err) or type(err).__name__)
+        except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise  # usage errors: click (and Commands) print them, exit 2
         except KeyboardInterrupt:
             _fail("interrupted; no report was written", 130)
         except Terminated:
             _fail("terminated; no report was written", 143)
+        except Exception as err:  # anything else is a bug of spectralyzer: exit 3, not 1
+            if debug:
+                raise
+            click.echo(internal_error_line(err), err=True)
+            sys.exit(3)
         finally:
             signal.signal(signal.SIGTERM, previous)
 
@@ -507,7 +529,12 @@ def gate(
     """
     policy = Policy.from_toml(policy_path) if policy_path else Policy()
     result = diff_models(base, candidate, build_options(**opts))
-    verdict = evaluate(result, policy)
+    if result.matched.empty:
+        raise InputError(candidate, f"shares no layer name with {base}; nothing to gate")
+    try:
+        verdict = evaluate(result, policy)
+    except OptionError as err:  # include/exclude, which only a policy file sets
+        raise InputError(policy_path or "policy", str(err)) from None
     inputs = [base, candidate, *([policy_path] if policy_path else [])]
     if report:
         writers = report_writers()
@@ -653,6 +680,7 @@ def probe(
         opts["batch_sizes"] = opts["batch_sizes"] or (16, 32, 64, 128, 256, 512)
     elif data is None:
         raise click.UsageError("probe needs --data (a batch of inputs and targets)")
+    options = ProbeOptions(**opts)  # validated before any file is read or code run
     module = load_runnable(model, weights, trust_pickle=trust_pickle)
     inputs, targets = load_batch(data)
     adam = load_adam_state(optimizer_state, module) if optimizer_state else None
@@ -660,7 +688,7 @@ def probe(
         module,
         inputs,
         targets,
-        ProbeOptions(**opts),
+        options,
         model_label=str(model),
         data_label=str(data),
         adam=adam,
