@@ -54,6 +54,11 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _one_line(message: str) -> str:
+    """A message on one line: third-party text (pandas, torch) may span several."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", message).strip()
+
+
 def internal_error_line(err: BaseException) -> str:
     """The one line shown for an unexpected exception (exit code 3)."""
     message = " ".join(str(err).split())
@@ -85,7 +90,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except (SpectralyzerError, OSError) as err:  # the user's input or option
             if debug:
                 raise
-            _fail(str(err) or type(err).__name__)
+            _fail(_one_line(str(err)) or type(err).__name__)
         except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
             raise  # usage errors: click (and Commands) print them, exit 2
         except KeyboardInterrupt:
