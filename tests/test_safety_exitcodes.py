@@ -78,13 +78,18 @@ def test_unexpected_exception_exits_3_with_one_line_and_no_traceback(pair, monke
     )
 
 
-def test_debug_shows_the_traceback_of_an_unexpected_exception(pair, monkeypatch):
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(pair, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("d_log_spectral_norm")
 
     monkeypatch.setattr(cli, "diff_models", broken)
     result = run("gate", pair[0], pair[0], "--debug")
-    assert isinstance(result.exception, KeyError)  # re-raised: click's runner shows it
+    assert result.exit_code == 3, result.output
+    assert "Traceback" in result.stderr and "KeyError: 'd_log_spectral_norm'" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("spectralyzer: internal error:")
+    monkeypatch.undo()
+    user_error = run("gate", pair[0], pair[1], "--debug")  # disjoint layers: exit 2
+    assert user_error.exit_code == 2 and "Traceback" in user_error.stderr
 
 
 def test_a_bare_value_error_from_numerical_code_is_internal_not_a_user_error(pair, monkeypatch):

@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,7 +76,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     Exit codes: 0 success, 1 only for a failed gate, 2 bad input or option
     (SpectralyzerError, OSError, click usage errors), 3 any other exception
-    (a bug: one line asking to report it; ``--debug`` re-raises it).
+    (a bug: one line asking to report it). ``--debug`` prints the traceback
+    first; the exit code stays the same.
 
     Ctrl-C and SIGTERM end the command with one line and exit codes 130 and
     143; reports are written only once complete (atomically), so none is left
@@ -89,7 +91,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except (SpectralyzerError, OSError) as err:  # the user's input or option
             if debug:
-                raise
+                traceback.print_exc()
             _fail(_one_line(str(err)) or type(err).__name__)
         except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
             raise  # usage errors: click (and Commands) print them, exit 2
@@ -99,13 +101,13 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             _fail("terminated; no report was written", 143)
         except Exception as err:  # anything else is a bug of spectralyzer: exit 3, not 1
             if debug:
-                raise
+                traceback.print_exc()
             click.echo(internal_error_line(err), err=True)
             sys.exit(3)
         finally:
             signal.signal(signal.SIGTERM, previous)
 
-    return click.option("--debug", is_flag=True, help="Show tracebacks.")(wrapper)
+    return click.option("--debug", is_flag=True, help="Show tracebacks (same exit codes).")(wrapper)
 
 
 report_option = click.option(
