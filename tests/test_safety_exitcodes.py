@@ -163,7 +163,7 @@ def test_factory_raising_system_exit_0_exits_2_not_0(probe_inputs):
         (["--slq", "--slq-width", "nan"], "--slq-width"),
         (["--batch-sizes", "4", "--repeats", "0"], "--repeats"),
         (["--momentum", "1.5"], "--momentum"),
-        (["--seed", "-1"], "--seed"),
+        (["--seed", str(2**64)], "--seed"),
         (["--dataset-size", "8"], "--dataset-size"),  # fewer than the batch's 16 samples
     ],
 )
@@ -189,13 +189,10 @@ def test_valid_probe_still_exits_0(probe_inputs):
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize(
-    ("options", "key"),
-    [(["--seed", "-1", "--randomize"], "--seed"), (["--max-evals", "-3"], "--max-evals")],
-)
-def test_analysis_options_out_of_range_exit_2_naming_the_option(pair, options, key):
-    line = error_line(run("analyze", pair[0], *options))
-    assert key in line
+def test_negative_max_evals_exits_2_naming_the_option(pair):
+    assert "error: --max-evals: must be >= 0" in error_line(
+        run("analyze", pair[0], "--max-evals", "-3")
+    )
 
 
 def test_gate_fail_is_still_exit_1(tmp_path):

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner, Result
@@ -63,6 +64,10 @@ def inputs(tmp_path_factory) -> dict[str, Path | str]:
     cand = write_checkpoint(
         folder / "cand.safetensors", {**layers, "a.weight": layers["a.weight"] * 1.5}
     )
+    nan = layers["b.weight"].copy()
+    nan[2] = np.nan
+    broken = write_checkpoint(folder / "nan.safetensors", {**layers, "b.weight": nan})
+    other = write_checkpoint(folder / "other.safetensors", gaussian_layers(1, names=("c.w",)))
     (folder / "policy.toml").write_text("max_d_log_norm = 0.2\n")
     (folder / "accuracy.csv").write_text("model,accuracy\nbase.safetensors,0.9\n")
     name = write_factory(folder)
@@ -82,9 +87,14 @@ def inputs(tmp_path_factory) -> dict[str, Path | str]:
         "folder": folder,
         "base": base,
         "cand": cand,
+        "nan": broken,
+        "other": other,
         "policy": folder / "policy.toml",
         "accuracy": folder / "accuracy.csv",
         "factory": f"{name}:good",
+        "factories": [
+            f"{name}:{f}" for f in ("asserting", "keying", "exits_zero", "exiting_forward")
+        ],
         "weights": folder / "net.safetensors",
         "batch": write_batch(folder / "batch.pt"),
         "adam": folder / "adam.pt",
@@ -200,6 +210,7 @@ GARBAGE = st.one_of(
     st.sampled_from(["", "-1", "0", "nan", "inf", "-inf", "1e309", "2,4", "a,b", ",", " "]),
 )
 INTS = st.one_of(
+    st.sampled_from(["0", "-1", "1", "2"]),
     st.integers(min_value=-3, max_value=40).map(str),
     st.sampled_from([str(2**63), str(-(2**70)), "1e3"]),
 )
@@ -277,11 +288,14 @@ def command_lines(draw, inputs: dict, command: str) -> list[str]:
         "gate": models,
         "probe": [str(inputs["factory"]), "--data", str(inputs["batch"])],
     }[command]
-    if draw(st.integers(0, 9)) == 0:  # one in ten: a positional argument is wrong
-        spot = draw(st.integers(0, len(positional) - 1))
+    if draw(st.integers(0, 3)) == 0:  # one in four: a positional argument is odd or wrong
+        spot = 0 if command == "probe" else draw(st.integers(0, len(positional) - 1))
+        odd = ["missing", "dir", "batch", "nan", "other"]
         positional = list(positional)
         positional[spot] = draw(
-            st.sampled_from([str(inputs["missing"]), str(inputs["dir"]), str(inputs["batch"])])
+            st.sampled_from(
+                inputs["factories"] if command == "probe" else [str(inputs[k]) for k in odd]
+            )
         )
     args = list(positional)
     if command == "plot":

@@ -198,7 +198,6 @@ def build_options(
         raise click.BadParameter("--min-evals must be at least 1")
     if max_evals < 0:
         raise OptionError("--max-evals", f"must be >= 0 (0: no cap), not {max_evals}")
-    check_seed(opts["seed"])
     for flag, pattern in (("--layers", include), ("--exclude", opts["exclude"])):
         try:
             re.compile(pattern or "")
@@ -207,12 +206,6 @@ def build_options(
                 f"{flag} {pattern!r} is not a valid regular expression: {err}"
             ) from None
     return make_options(layers=include, types=type_list, max_evals=max_evals or None, **opts)
-
-
-def check_seed(seed: int) -> None:
-    """Seeds feed numpy and torch generators: non-negative, below 2**63."""
-    if not 0 <= seed < 2**63:
-        raise OptionError("--seed", f"must be an integer in [0, 2**63), not {seed}")
 
 
 @contextmanager
@@ -428,7 +421,6 @@ def plot(
         re.compile(layer)
     except re.error as err:
         raise click.BadParameter(f"{layer!r} is not a valid regular expression: {err}") from None
-    check_seed(seed)
     options = make_options(layers=layer, randomize=randomize, seed=seed, trust_pickle=trust_pickle)
     result = run_analysis(model, options)
     panels = []

@@ -101,10 +101,9 @@ _COUNTS = {
     "repeats": 1,
     "layer_steps": 1,
     "layer_trace_matvecs": 1,
-    "seed": 0,
 }
 _OPTIONAL_COUNTS = ("micro_batch", "reference_batch")
-_MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+SEEDS = range(-(2**63), 2**64)  # what torch.Generator.manual_seed accepts
 
 
 def _flag(name: str) -> str:
@@ -137,8 +136,8 @@ def validate_options(options: ProbeOptions) -> None:
         value = getattr(options, name)
         if not _is_int(value) or value < least:
             raise OptionError(_flag(name), f"must be an integer >= {least}, not {value!r}")
-    if options.seed > _MAX_SEED:
-        raise OptionError("--seed", f"must be below 2**63, not {options.seed}")
+    if not _is_int(options.seed) or options.seed not in SEEDS:
+        raise OptionError("--seed", f"must be an integer in [-2**63, 2**64), not {options.seed!r}")
     for name in _OPTIONAL_COUNTS:
         value = getattr(options, name)
         if value is not None and (not _is_int(value) or value < 1):
