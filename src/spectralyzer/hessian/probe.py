@@ -104,6 +104,13 @@ _COUNTS = {
 }
 _OPTIONAL_COUNTS = ("micro_batch", "reference_batch")
 SEEDS = range(-(2**63), 2**64)  # what torch.Generator.manual_seed accepts
+#: Real-valued options: (name, test, what the test wants).
+_REALS = (
+    ("slq_width", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    ("near_zero", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    ("dataset_size", lambda v: v >= 1, "a number >= 1 (or inf)"),  # NaN fails too
+    ("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+)
 
 
 def _flag(name: str) -> str:
@@ -148,27 +155,10 @@ def validate_options(options: ProbeOptions) -> None:
         )
     if not all(_is_int(b) and b >= 1 for b in options.batch_sizes):
         raise OptionError("--batch-sizes", "must be positive integers")
-    reals = {
-        "slq_width": _is_real(options.slq_width)
-        and math.isfinite(options.slq_width)
-        and options.slq_width > 0,
-        "near_zero": _is_real(options.near_zero)
-        and math.isfinite(options.near_zero)
-        and options.near_zero >= 0,
-        "dataset_size": _is_real(options.dataset_size) and options.dataset_size >= 1,
-        "momentum": _is_real(options.momentum) and 0 <= options.momentum < 1,
-    }
-    wanted = {
-        "slq_width": "a finite number > 0",
-        "near_zero": "a finite number >= 0",
-        "dataset_size": "a number >= 1 (or inf)",
-        "momentum": "a number in [0, 1)",
-    }
-    for name, ok in reals.items():
-        if not ok:
-            raise OptionError(
-                _flag(name), f"must be {wanted[name]}, not {getattr(options, name)!r}"
-            )
+    for name, valid, wanted in _REALS:
+        value = getattr(options, name)
+        if not (_is_real(value) and valid(value)):
+            raise OptionError(_flag(name), f"must be {wanted}, not {value!r}")
     if options.lr is not None:
         if not (_is_real(options.lr) and math.isfinite(options.lr) and options.lr > 0):
             raise OptionError("--lr", f"must be a finite number > 0, not {options.lr!r}")
