@@ -66,6 +66,13 @@ def test_deeply_nested_toml_exits_2_naming_the_policy_file(pair, tmp_path):
     assert str(policy) in line
 
 
+def test_integer_python_refuses_to_parse_exits_2_naming_the_policy_file(pair, tmp_path):
+    policy = tmp_path / "big.toml"
+    policy.write_text("max_d_alpha = " + "9" * 5000 + "\n")  # over Python's 4300 digits
+    line = error_line(run("gate", pair[0], pair[0], "--policy", policy))
+    assert str(policy) in line
+
+
 def test_unexpected_exception_exits_3_with_one_line_and_no_traceback(pair, monkeypatch):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("float division by zero")

@@ -179,7 +179,7 @@ def policy_documents(draw) -> str:
     keys = st.one_of(known, known, known, st.text(min_size=1, max_size=10))  # mostly known
     entries = draw(st.dictionaries(keys, values, max_size=5))
     lines = [f"{json.dumps(k, ensure_ascii=False)} = {toml_value(v)}" for k, v in entries.items()]
-    extra = draw(st.sampled_from(["none"] * 5 + ["junk", "deep", "table", "duplicate"]))
+    extra = draw(st.sampled_from(["none"] * 5 + ["junk", "deep", "table", "duplicate", "big"]))
     if extra == "junk":
         lines.append(draw(st.text(max_size=20)))
     elif extra == "deep":
@@ -187,6 +187,9 @@ def policy_documents(draw) -> str:
         lines.append(f"{draw(st.sampled_from(POLICY_KEYS))} = " + "[" * depth + "]" * depth)
     elif extra == "table":
         lines.append(f"[{draw(st.sampled_from(POLICY_KEYS))}]\nx = 1")
+    elif extra == "big":  # Python refuses integers of more than 4300 digits
+        digits = draw(st.sampled_from([30, 400, 4300, 5000]))
+        lines.append(f"{draw(st.sampled_from(POLICY_KEYS))} = {'9' * digits}")
     elif extra == "duplicate" and lines:
         lines.append(lines[0])
     return "\n".join(lines) + "\n"

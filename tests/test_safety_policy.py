@@ -91,6 +91,7 @@ INVALID = {
     'max_d_log_stable_rank = "0.1"': "max_d_log_stable_rank",
     "max_d_alpha = -1": "max_d_alpha",
     "max_d_alpha = [1.0]": "max_d_alpha",
+    f"max_d_alpha = {'9' * 400}": "max_d_alpha",  # too large for a float
     'fail_on_new_traps = "false"': "fail_on_new_traps",
     'fail_on_unmatched = "no"': "fail_on_unmatched",
     "fail_on_unmatched = 1": "fail_on_unmatched",

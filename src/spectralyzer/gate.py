@@ -78,7 +78,7 @@ class Policy:
                 data = tomllib.load(handle)
         except OSError as err:
             raise InputError(path, f"cannot read policy ({err.strerror or err})") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        except ValueError as err:  # TOMLDecodeError, UnicodeDecodeError, a 5000-digit integer
             raise InputError(path, f"invalid TOML ({err})") from None
         except RecursionError:  # tomllib recurses once per nesting level
             raise InputError(path, "invalid TOML (nested too deeply)") from None
@@ -102,23 +102,30 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _float(value: int | float) -> float:
+    """``float(value)``; an integer too large for a float is infinite (TOML has big ints)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def _limit(key: str, value: object) -> float:
     if not _number(value):
         raise OptionError(key, f"must be a number, not {_shown(value)}")
-    number = float(value)  # type: ignore[arg-type]
+    number = _float(value)  # type: ignore[arg-type]
     if not (math.isfinite(number) and number >= 0):
-        raise OptionError(key, f"must be a finite number >= 0, not {value!r}")
+        raise OptionError(key, f"must be a finite number >= 0, not {_REPR.repr(value)}")
     return number
 
 
 def _band(value: object) -> tuple[float, float]:
-    if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+    pair = isinstance(value, list | tuple) and len(value) == 2
+    if not (pair and all(_number(v) for v in value)):  # type: ignore[union-attr]
         raise OptionError("alpha_band", f"must be two numbers [low, high], not {_shown(value)}")
-    if len(value) != 2 or not all(_number(v) for v in value):
-        raise OptionError("alpha_band", f"must be two numbers [low, high], not {_shown(value)}")
-    low, high = (float(v) for v in value)
+    low, high = (_float(v) for v in value)  # type: ignore[union-attr]
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise OptionError("alpha_band", f"must be finite with low < high, not {list(value)!r}")
+        raise OptionError("alpha_band", f"must be finite with low < high, not {_REPR.repr(value)}")
     return low, high
 
 
