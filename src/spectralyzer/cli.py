@@ -93,7 +93,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 traceback.print_exc()
             _fail(_one_line(str(err)) or type(err).__name__)
-        except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+        except (click.ClickException, click.exceptions.Exit):
             raise  # usage errors: click (and Commands) print them, exit 2
         except KeyboardInterrupt:
             _fail("interrupted; no report was written", 130)
