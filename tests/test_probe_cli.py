@@ -460,7 +460,7 @@ ERRORS = {
     ),
     "negative_lr": (
         ["{torchscript}", "--trust-code", "--data", "{pt}", "--lr", "-1", "--dataset-size", "100"],
-        ["--lr must be positive"],
+        ["--lr", "must be a finite number > 0"],
     ),
     "neither_model_nor_demo": ([], ["--demo"]),
     "both_model_and_demo": (["{torchscript}", "--demo"], ["--demo"]),

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from . import __version__, interrupts
 from .demo import demo_model_path, probe_demo
 from .diff import diff as diff_models
 from .engine import DEVICES
-from .errors import SpectralyzerError
+from .errors import InputError, OptionError, SpectralyzerError
 from .escaping import terminal
 from .gate import Policy, evaluate, to_junit, verdict_lines
 from .gate import to_markdown as gate_markdown
@@ -46,8 +47,29 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _one_line(message: str) -> str:
+    """A message on one line: third-party text (pandas, torch) may span several."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", message).strip()
+
+
+def internal_error_line(err: BaseException) -> str:
+    """The one line shown for an unexpected exception (exit code 3)."""
+    message = " ".join(str(err).split())
+    message = message if len(message) <= 200 else message[:197] + "..."
+    message = "".join(ch if ch.isprintable() else "?" for ch in message)
+    return (
+        f"spectralyzer: internal error: {type(err).__name__}: {message}; please report this "
+        "(rerun with --debug for the traceback)"
+    )
+
+
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn expected errors into one line on stderr with exit code 2.
+    """Turn expected errors into one line on stderr with exit code 2, and bugs into exit 3.
+
+    Exit codes: 0 success, 1 only for a failed gate, 2 bad input or option
+    (SpectralyzerError, OSError, click usage errors), 3 any other exception
+    (a bug: one line asking to report it). ``--debug`` prints the traceback
+    first; the exit code stays the same.
 
     Ctrl-C and SIGTERM only set a flag (see :mod:`.interrupts`); the command
     stops at its next check with one line and exit codes 130 and 143, and
@@ -59,15 +81,22 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             with interrupts.flag_signals():
                 return interrupts.reraise_as_interrupted(command, *args, **kwargs)
-        except (SpectralyzerError, ValueError, OSError) as err:
-            if debug:
-                raise
-            _fail(str(err) or type(err).__name__)
         except interrupts.Interrupted as stop:
             click.echo(f"spectralyzer: error: {stop.reason}; no report was written", err=True)
             interrupts.leave(stop.exit_code)
+        except (SpectralyzerError, OSError) as err:  # the user's input or option
+            if debug:
+                traceback.print_exc()
+            _fail(_one_line(str(err)) or type(err).__name__)
+        except (click.ClickException, click.exceptions.Exit):
+            raise  # usage errors: click (and Commands) print them, exit 2
+        except Exception as err:  # anything else is a bug of spectralyzer: exit 3, not 1
+            if debug:
+                traceback.print_exc()
+            click.echo(internal_error_line(err), err=True)
+            sys.exit(3)
 
-    return click.option("--debug", is_flag=True, help="Show tracebacks.")(wrapper)
+    return click.option("--debug", is_flag=True, help="Show tracebacks (same exit codes).")(wrapper)
 
 
 report_option = click.option(
@@ -158,6 +187,8 @@ def build_options(
         )
     if opts["min_evals"] < 1:
         raise click.BadParameter("--min-evals must be at least 1")
+    if max_evals < 0:
+        raise OptionError("--max-evals", f"must be >= 0 (0: no cap), not {max_evals}")
     for flag, pattern in (("--layers", include), ("--exclude", opts["exclude"])):
         try:
             re.compile(pattern or "")
@@ -445,7 +476,12 @@ def gate(
     """
     policy = Policy.from_toml(policy_path) if policy_path else Policy()
     result = diff_models(base, candidate, build_options(**opts))
-    verdict = evaluate(result, policy)
+    if result.matched.empty:
+        raise InputError(candidate, f"shares no layer name with {base}; nothing to gate")
+    try:
+        verdict = evaluate(result, policy)
+    except OptionError as err:  # include/exclude, which only a policy file sets
+        raise InputError(policy_path or "policy", str(err)) from None
     inputs = [base, candidate, *([policy_path] if policy_path else [])]
     if report:
         writers = report_writers()
@@ -596,6 +632,7 @@ def probe(
         opts["batch_sizes"] = opts["batch_sizes"] or (16, 32, 64, 128, 256, 512)
     elif data is None:
         raise click.UsageError("probe needs --data (a batch of inputs and targets)")
+    options = ProbeOptions(**opts)  # validated before any file is read or code run
     module = load_runnable(model, weights, trust_pickle=trust_pickle)
     inputs, targets = load_batch(data)
     adam = load_adam_state(optimizer_state, module) if optimizer_state else None
@@ -603,7 +640,7 @@ def probe(
         module,
         inputs,
         targets,
-        ProbeOptions(**opts),
+        options,
         model_label=str(model),
         data_label=str(data),
         adam=adam,

@@ -18,6 +18,27 @@ import pandas as pd
 from .pipeline import AnalysisOptions, Source, run_analysis
 
 DELTA_COLUMNS = ("alpha", "alpha_weighted", "log_spectral_norm", "log_norm")
+#: Metrics that are finite for any finite, non-zero matrix: undefined in the candidate
+#: only (NaN weights, a zeroed layer) means the layer broke, whatever its deltas.
+ALWAYS_FINITE = ("log_spectral_norm", "log_norm", "stable_rank")
+NONFINITE_WEIGHTS = "nonfinite-weights"  # the metrics' warning code for NaN/Inf weights
+COLUMNS = (
+    "name",
+    "status",
+    "in_base",
+    "in_candidate",
+    "shape_base",
+    "shape_candidate",
+    "alpha_base",
+    "phase_base",
+    "alpha_candidate",
+    "phase_candidate",
+    *(f"d_{metric}" for metric in DELTA_COLUMNS),
+    "d_log_stable_rank",
+    "new_traps",
+    "phase_changed",
+    "became_nonfinite",
+)
 SCALE_COLLAPSE_QUIET = 0.02  # median |d log_spectral_norm| below which most layers "barely move"
 
 
@@ -47,7 +68,10 @@ def diff_frames(base: pd.DataFrame, cand: pd.DataFrame) -> pd.DataFrame:
     ``in_base, in_candidate``, ``shape_base, shape_candidate``, base and
     candidate alpha and phase, ``d_<metric>`` for DELTA_COLUMNS,
     ``d_log_stable_rank = log10(stable_rank_c / stable_rank_b)``, ``new_traps``
-    (NaN unless both were randomised), ``phase_changed``.
+    (NaN unless both were randomised), ``phase_changed``, ``became_nonfinite``
+    (``"weights"``, or the ALWAYS_FINITE metrics finite in the base but not in
+    the candidate, comma-separated; ``""`` when none). Every column is present
+    even when no layer matched.
     """
     left = base.set_index("name")
     right = cand.set_index("name")
@@ -75,10 +99,33 @@ def diff_frames(base: pd.DataFrame, cand: pd.DataFrame) -> pd.DataFrame:
         row["d_log_stable_rank"] = _log_ratio(rb["stable_rank"], ra["stable_rank"])
         row["new_traps"] = rb["num_traps"] - ra["num_traps"]
         row["phase_changed"] = ra["phase"] != rb["phase"]
+        row["became_nonfinite"] = became_nonfinite(ra, rb)
         rows.append(row)
-    frame = pd.DataFrame(rows)
-    first = ["name", "status"]
-    return frame[first + [c for c in frame.columns if c not in first]]
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def became_nonfinite(base: pd.Series, candidate: pd.Series) -> str:
+    """What was finite in the base layer and is not in the candidate: ``"weights"``, the
+    ALWAYS_FINITE metrics that turned NaN/Inf (comma-separated), or ``""``."""
+    if _has_warning(candidate, NONFINITE_WEIGHTS) and not _has_warning(base, NONFINITE_WEIGHTS):
+        return "weights"
+    lost = [
+        metric
+        for metric in ALWAYS_FINITE
+        if metric in base and _finite(base[metric]) and not _finite(candidate.get(metric, math.nan))
+    ]
+    return ", ".join(lost)
+
+
+def _has_warning(row: pd.Series, code: str) -> bool:
+    return code in str(row.get("warning", "") or "").split(";")
+
+
+def _finite(value: object) -> bool:
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 def scale_collapse(layers: pd.DataFrame, threshold: float) -> list[str]:
@@ -87,7 +134,8 @@ def scale_collapse(layers: pd.DataFrame, threshold: float) -> list[str]:
     "Most barely moved": the median ``|d log_spectral_norm|`` over matched layers is
     below SCALE_COLLAPSE_QUIET (Mahoney slides: distillation breaking ResNet20).
     """
-    moved = layers["d_log_spectral_norm"].abs().dropna()
+    moved = pd.to_numeric(layers["d_log_spectral_norm"], errors="coerce").abs()
+    moved = moved[np.isfinite(moved)]
     if moved.empty or float(np.median(moved)) >= SCALE_COLLAPSE_QUIET:
         return []
     return list(layers.loc[moved.index[moved > threshold], "name"])

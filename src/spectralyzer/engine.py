@@ -51,6 +51,7 @@ import torch
 
 from . import interrupts
 from .budget import CHUNK_ELEMENTS
+from .errors import OptionError
 from .io.base import Checkpoint
 from .layers import LayerSpec, to_matrices
 
@@ -78,11 +79,11 @@ class LayerSpectra:
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> ``cuda`` when available, else ``cpu``."""
     if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+        raise OptionError("--device", f"must be one of {DEVICES}, not {device!r}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+        raise OptionError("--device", "cuda was asked for but torch sees no CUDA device")
     return torch.device(device)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import reprlib
 import tomllib
 from dataclasses import dataclass, field, fields
 from xml.etree import ElementTree
@@ -22,13 +23,26 @@ from xml.etree import ElementTree
 import pandas as pd
 
 from .diff import Diff, scale_collapse
-from .errors import InputError
+from .errors import InputError, OptionError, SpectralyzerError
 from .escaping import markdown, markdown_code, terminal, xml_text
+from .fit.phases import PHASES
+
+#: Phase names a policy may list: the classifier's phases and its "unknown".
+KNOWN_PHASES = (*PHASES, "unknown")
+LIMITS = ("max_d_log_spectral_norm", "max_d_log_norm", "max_d_log_stable_rank", "max_d_alpha")
+FLAGS = ("fail_on_new_traps", "fail_on_unmatched")
+PATTERNS = ("include", "exclude")
+_REPR = reprlib.Repr()  # short and bounded: a 900-deep list must not recurse in repr
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 40, 40
 
 
 @dataclass(frozen=True)
 class Policy:
-    """What the gate fails on; every threshold applies per layer (log10 units)."""
+    """What the gate fails on; every threshold applies per layer (log10 units).
+
+    Every value is validated on construction (an :class:`OptionError` naming
+    the field), so a typo in a policy can never silently loosen the gate.
+    """
 
     max_d_log_spectral_norm: float = 0.1  # lambda_max may change by at most 26%
     max_d_log_norm: float = 0.05  # ||W||_F^2 by at most 12%
@@ -41,32 +55,103 @@ class Policy:
     include: str | None = None  # regex: gate only these layers
     exclude: str | None = None  # regex: never gate these layers
 
+    def __post_init__(self) -> None:
+        for key in LIMITS:
+            value = getattr(self, key)
+            if value is not None or key != "max_d_alpha":
+                object.__setattr__(self, key, _limit(key, value))
+        object.__setattr__(self, "alpha_band", _band(self.alpha_band))
+        object.__setattr__(self, "fail_on_phases", _phases(self.fail_on_phases))
+        for key in FLAGS:
+            if not isinstance(getattr(self, key), bool):
+                raise OptionError(key, f"must be true or false, not {_shown(getattr(self, key))}")
+        for key in PATTERNS:
+            _pattern(key, getattr(self, key))
+
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> Policy:
-        """A policy file: top-level keys named as the fields, e.g. ``max_d_log_norm = 0.1``."""
+        """A policy file: top-level keys named as the fields, e.g. ``max_d_log_norm = 0.1``.
+
+        Every problem is an InputError ``"<file>: <key>: <problem>"``.
+        """
         try:
             with open(path, "rb") as handle:
                 data = tomllib.load(handle)
         except OSError as err:
             raise InputError(path, f"cannot read policy ({err.strerror or err})") from None
-        except tomllib.TOMLDecodeError as err:
+        except ValueError as err:  # TOMLDecodeError, UnicodeDecodeError, a 5000-digit integer
             raise InputError(path, f"invalid TOML ({err})") from None
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        except RecursionError:  # tomllib recurses once per nesting level
+            raise InputError(path, "invalid TOML (nested too deeply)") from None
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
         if unknown:
             raise InputError(path, f"unknown policy key(s) {unknown}; known: {sorted(known)}")
-        for key in ("alpha_band", "fail_on_phases"):
-            if key in data:
-                data[key] = tuple(data[key])
-        for key in ("include", "exclude"):
-            if data.get(key):
-                try:
-                    re.compile(data[key])
-                except re.error as err:
-                    raise InputError(
-                        path, f"{key} is not a valid regular expression ({err})"
-                    ) from None
-        return cls(**data)
+        try:
+            return cls(**data)
+        except OptionError as err:
+            raise InputError(path, str(err)) from None
+
+
+def _shown(value: object) -> str:
+    """A value as the message shows it: its repr, cut short, and its type."""
+    return f"{_REPR.repr(value)} ({type(value).__name__})"
+
+
+def _number(value: object) -> bool:
+    """A real number: int or float, never a bool (TOML's ``true`` is not 1.0)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _float(value: int | float) -> float:
+    """``float(value)``; an integer too large for a float is infinite (TOML has big ints)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _limit(key: str, value: object) -> float:
+    if not _number(value):
+        raise OptionError(key, f"must be a number, not {_shown(value)}")
+    number = _float(value)  # type: ignore[arg-type]
+    if not (math.isfinite(number) and number >= 0):
+        raise OptionError(key, f"must be a finite number >= 0, not {_REPR.repr(value)}")
+    return number
+
+
+def _band(value: object) -> tuple[float, float]:
+    pair = isinstance(value, list | tuple) and len(value) == 2
+    if not (pair and all(_number(v) for v in value)):  # type: ignore[union-attr]
+        raise OptionError("alpha_band", f"must be two numbers [low, high], not {_shown(value)}")
+    low, high = (_float(v) for v in value)  # type: ignore[union-attr]
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise OptionError("alpha_band", f"must be finite with low < high, not {_REPR.repr(value)}")
+    return low, high
+
+
+def _phases(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise OptionError("fail_on_phases", f"must be a list of phase names, not {_shown(value)}")
+    unknown = [v for v in value if v not in KNOWN_PHASES or not isinstance(v, str)]
+    if unknown:
+        raise OptionError(
+            "fail_on_phases",
+            f"unknown phase(s) {[_shown(v) if not isinstance(v, str) else v for v in unknown]}; "
+            f"known: {', '.join(KNOWN_PHASES)}",
+        )
+    return tuple(value)
+
+
+def _pattern(key: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise OptionError(key, f"must be a regular expression (a string), not {_shown(value)}")
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise OptionError(key, f"is not a valid regular expression ({err})") from None
 
 
 @dataclass(frozen=True)
@@ -81,12 +166,26 @@ class Verdict:
 
 
 def evaluate(result: Diff, policy: Policy = Policy()) -> Verdict:  # noqa: B008
-    """Apply a policy to a diff."""
+    """Apply a policy to a diff.
+
+    Raises SpectralyzerError when no layer is in both models, and OptionError
+    (``include``/``exclude``) when the patterns leave no layer to gate: a gate
+    that checked nothing must not pass.
+    """
     layers = result.matched
-    if policy.include:
-        layers = layers[layers["name"].str.contains(policy.include, regex=True)]
-    if policy.exclude:
-        layers = layers[~layers["name"].str.contains(policy.exclude, regex=True)]
+    if layers.empty:
+        raise SpectralyzerError("no layer is in both models (matched by name); nothing to gate")
+    for key in PATTERNS:
+        pattern = getattr(policy, key)
+        if not pattern:
+            continue
+        hits = layers["name"].str.contains(pattern, regex=True)
+        layers = layers[hits if key == "include" else ~hits]
+        if layers.empty:
+            what = "matches none" if key == "include" else "excludes all"
+            raise OptionError(
+                key, f"{pattern!r} {what} of the {len(result.matched)} layers in both models"
+            )
     collapsed = set(scale_collapse(layers, policy.max_d_log_spectral_norm))
     failures = {}
     for _, row in layers.iterrows():
@@ -108,6 +207,9 @@ def evaluate(result: Diff, policy: Policy = Policy()) -> Verdict:  # noqa: B008
 def layer_reasons(row: pd.Series, policy: Policy, collapsed: bool = False) -> list[str]:
     """Why one matched layer fails the policy (empty when it passes)."""
     reasons = []
+    broken = row.get("became_nonfinite", "")
+    if isinstance(broken, str) and broken:
+        reasons.append(f"{broken} became non-finite (NaN or Inf)")
     limits = (
         ("d_log_spectral_norm", policy.max_d_log_spectral_norm, "log_spectral_norm"),
         ("d_log_norm", policy.max_d_log_norm, "log_norm"),

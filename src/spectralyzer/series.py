@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .errors import InputError
+from .errors import InputError, OptionError
 from .escaping import terminal
 from .pipeline import AnalysisOptions, Source, run_analysis
 from .tables import FORMATS, clean_json, csv_text, format_floats, markdown_table, text_cells
@@ -48,10 +48,10 @@ def compare(
 ) -> Series:
     """Analyse every model and compare them; ``accuracy`` maps labels to test accuracy."""
     if rank_by not in RANK_METRICS:
-        raise ValueError(f"rank_by must be one of {RANK_METRICS}, not {rank_by!r}")
+        raise OptionError("--rank-by", f"must be one of {RANK_METRICS}, not {rank_by!r}")
     labels = list(labels) if labels else default_labels(sources)
     if len(labels) != len(sources) or len(set(labels)) != len(labels):
-        raise ValueError(f"give one distinct label per model ({len(sources)} models)")
+        raise OptionError("--labels", f"give one distinct label per model ({len(sources)} models)")
     rows, layer_frames, layer_sets = [], [], []
     for label, source in zip(labels, sources, strict=True):
         result = run_analysis(source, options)
@@ -77,7 +77,7 @@ def compare(
     if accuracy is not None:
         missing = [label for label in labels if label not in accuracy]
         if missing:
-            raise ValueError(f"no accuracy given for {', '.join(missing)}")
+            raise OptionError("--accuracy", f"no accuracy given for {', '.join(missing)}")
         models["accuracy"] = models["model"].map(accuracy)
         correlations = metric_accuracy_table(models, "accuracy")
     return Series(models, pd.concat(layer_frames, ignore_index=True), correlations, notes)

@@ -32,8 +32,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..engine import resolve_device
-from ..errors import InputError
+from ..engine import DEVICES, resolve_device
+from ..errors import InputError, OptionError
 from . import step_sizes as ss
 from .adam_state import AdamStability, AdamState, adam_stability, read_adam_state
 from .batch_scaling import BatchScaling, batch_scaling
@@ -52,6 +52,8 @@ def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 LOSSES: dict[str, LossFn] = {"cross_entropy": nn.functional.cross_entropy, "mse": _mse}
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 MATRICES = ("hessian", "ggn")
+#: What a model raises when the batch does not fit it (shapes, dtypes, label range).
+BATCH_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,85 @@ class ProbeOptions:
     seed: int = 0
     device: str = "auto"
     precision: str = "float64"
+
+    def __post_init__(self) -> None:
+        validate_options(self)
+
+
+#: Options that count something, and their least valid value.
+_COUNTS = {
+    "top_k": 1,
+    "steps": 1,
+    "trace_matvecs": 1,
+    "slq_steps": 1,
+    "slq_vectors": 1,
+    "variance_vectors": 1,
+    "repeats": 1,
+    "layer_steps": 1,
+    "layer_trace_matvecs": 1,
+}
+_OPTIONAL_COUNTS = ("micro_batch", "reference_batch")
+SEEDS = range(-(2**63), 2**64)  # what torch.Generator.manual_seed accepts
+#: Real-valued options: (name, test, what the test wants).
+_REALS = (
+    ("slq_width", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    ("near_zero", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    ("dataset_size", lambda v: v >= 1, "a number >= 1 (or inf)"),  # NaN fails too
+    ("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+)
+
+
+def _flag(name: str) -> str:
+    """The command-line spelling of an option: ``slq_steps`` -> ``--slq-steps``."""
+    return "--" + name.replace("_", "-")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def validate_options(options: ProbeOptions) -> None:
+    """Reject values that cannot work (an OptionError naming the option), before any work.
+
+    What depends on the batch (its size against ``--micro-batch`` and
+    ``--dataset-size``) is checked by :func:`_check` once the batch is known.
+    """
+    choices = (("loss", LOSSES), ("precision", PRECISIONS), ("device", DEVICES))
+    for name, allowed in choices:
+        if getattr(options, name) not in allowed:
+            raise OptionError(
+                _flag(name),
+                f"must be one of {', '.join(allowed)}, not {getattr(options, name)!r}",
+            )
+    for name, least in _COUNTS.items():
+        value = getattr(options, name)
+        if not _is_int(value) or value < least:
+            raise OptionError(_flag(name), f"must be an integer >= {least}, not {value!r}")
+    if not _is_int(options.seed) or options.seed not in SEEDS:
+        raise OptionError("--seed", f"must be an integer in [-2**63, 2**64), not {options.seed!r}")
+    for name in _OPTIONAL_COUNTS:
+        value = getattr(options, name)
+        if value is not None and (not _is_int(value) or value < 1):
+            raise OptionError(_flag(name), f"must be a positive integer, not {value!r}")
+    if options.steps < options.top_k:
+        raise OptionError(
+            "--steps", f"({options.steps}) must be at least --top-k ({options.top_k})"
+        )
+    if not all(_is_int(b) and b >= 1 for b in options.batch_sizes):
+        raise OptionError("--batch-sizes", "must be positive integers")
+    for name, valid, wanted in _REALS:
+        value = getattr(options, name)
+        if not (_is_real(value) and valid(value)):
+            raise OptionError(_flag(name), f"must be {wanted}, not {value!r}")
+    if options.lr is not None:
+        if not (_is_real(options.lr) and math.isfinite(options.lr) and options.lr > 0):
+            raise OptionError("--lr", f"must be a finite number > 0, not {options.lr!r}")
+        if not math.isfinite(options.dataset_size):
+            raise OptionError("--lr", "needs --dataset-size (the epoch length N)")
 
 
 @dataclass(frozen=True)
@@ -357,6 +438,8 @@ def run_probe(
     its running statistics), moved to the device and precision, and its
     ``requires_grad`` flags set per block.
     """
+    if len(inputs) < 2:
+        raise InputError(data_label, f"the batch needs at least two samples, not {len(inputs)}")
     _check(options, len(inputs))
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -368,15 +451,22 @@ def run_probe(
 
     def operator(kind: type, idx: torch.Tensor | None = None):
         x, y = (inputs, targets) if idx is None else (inputs[idx], targets[idx])
-        return kind(model, loss_fn, x, y)
+        try:  # runs the user's forward: its failures are the model's, not ours
+            return kind(model, loss_fn, x, y)
+        except BATCH_ERRORS as err:
+            raise InputError(
+                data_label,
+                f"the model cannot compute the {options.loss} loss on this batch "
+                f"({_first_line(err)})",
+            ) from err
+        except SystemExit as err:
+            raise InputError(model_label, f"the model exited (SystemExit {err.code})") from err
+        except Exception as err:  # AssertionError, KeyError, ...: the boundary to user code
+            raise InputError(
+                model_label, f"the model raised {_first_line(err)} on {data_label}"
+            ) from err
 
-    try:
-        op = operator(HessianOperator)
-    except (RuntimeError, ValueError, IndexError, TypeError) as err:
-        raise InputError(
-            data_label,
-            f"the model cannot compute the {options.loss} loss on this batch ({_first_line(err)})",
-        ) from err
+    op = operator(HessianOperator)
     loss, gradient_norm, parameters = op.loss, float(op.gradient.norm()), op.dim
     if not math.isfinite(loss):
         raise InputError(data_label, f"the loss on this batch is not finite ({loss})")
@@ -460,30 +550,18 @@ def _first_line(err: BaseException) -> str:
 
 
 def _check(options: ProbeOptions, n: int) -> None:
-    """Reject settings that cannot work, with the option's name."""
-    if options.loss not in LOSSES:
-        raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, not {options.loss!r}")
-    if options.precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}")
-    if options.top_k < 1 or options.steps < 1:
-        raise ValueError("--top-k and --steps must be at least 1")
-    if options.steps < options.top_k:
-        raise ValueError(f"--steps ({options.steps}) must be at least --top-k ({options.top_k})")
-    if n < 2:
-        raise ValueError("the batch needs at least two samples")
-    if options.lr is not None:
-        if not options.lr > 0:
-            raise ValueError("--lr must be positive")
-        if not math.isfinite(options.dataset_size):
-            raise ValueError("--lr needs --dataset-size (the epoch length N)")
-        if not 0 <= options.momentum < 1:
-            raise ValueError("--momentum must be in [0, 1) with --lr")
+    """Reject settings that cannot work on a batch of ``n`` samples, with the option's name."""
+    if options.dataset_size < n:
+        raise OptionError(
+            "--dataset-size",
+            f"({options.dataset_size:g}) is smaller than the batch's {n} samples",
+        )
     if options.batch_sizes:
-        if min(options.batch_sizes) < 1:
-            raise ValueError("--batch-sizes must be positive")
         micro = options.micro_batch or max(1, n // 16)
         if n // micro < 2:
-            raise ValueError(f"--micro-batch {micro} leaves fewer than two micro-batches of {n}")
+            raise OptionError(
+                "--micro-batch", f"{micro} leaves fewer than two micro-batches of {n}"
+            )
 
 
 def probe(

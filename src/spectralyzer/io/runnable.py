@@ -170,6 +170,8 @@ def _module_from_factory(spec: str) -> nn.Module:
         )
     try:
         built = factory()
+    except SystemExit as exc:  # sys.exit() in user code must not end spectralyzer (with 0)
+        raise InputError(spec, f"the factory exited (SystemExit {exc.code})") from exc
     except Exception as exc:  # the boundary to user code: any failure is a bad factory
         raise InputError(spec, f"the factory raised {describe(exc)}") from exc
     if not isinstance(built, nn.Module):
@@ -190,6 +192,8 @@ def _import(spec: str, module_name: str) -> object:
         if exc.name and (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
             raise InputError(spec, f"no module named {exc.name!r}") from exc
         raise InputError(spec, f"cannot import {module_name!r} ({describe(exc)})") from exc
+    except SystemExit as exc:  # module-level sys.exit() must not end spectralyzer
+        raise InputError(spec, f"importing {module_name!r} exited (SystemExit {exc.code})") from exc
     except Exception as exc:  # the boundary to user code: module-level code may raise anything
         raise InputError(spec, f"importing {module_name!r} failed ({describe(exc)})") from exc
 
