@@ -26,8 +26,7 @@ from .diff import diff as diff_models
 from .engine import DEVICES
 from .errors import InputError, OptionError, SpectralyzerError
 from .escaping import terminal
-from .gate import Policy, evaluate, to_junit, verdict_lines
-from .gate import to_markdown as gate_markdown
+from .gate import Policy, evaluate, to_junit
 from .hessian.adam_state import load_adam_state
 from .hessian.probe import LOSSES, PRECISIONS, ProbeOptions, run_probe
 from .hessian.render import FORMATS as PROBE_FORMATS
@@ -36,9 +35,10 @@ from .io.runnable import load_batch, load_runnable
 from .layers import CONV_MODES, LAYER_TYPES
 from .outputs import resolve_inputs, write_file, write_report_folder
 from .pipeline import AnalysisOptions, make_options, run_analysis
-from .series import RANK_METRICS, default_labels, read_accuracy, render_series
+from .render import FORMATS, csv_text, render
+from .render_table import terminal_view
+from .series import RANK_METRICS, default_labels, read_accuracy
 from .series import compare as compare_models
-from .tables import FORMATS, csv_text, render, render_frame
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -236,6 +236,11 @@ def write_output(data: str | bytes, output: str | None, inputs: list[Path]) -> N
     write_file(payload, output, resolve_inputs(inputs))
 
 
+def view(output: str | None) -> dict[str, Any]:
+    """render()'s width and colour: a terminal's when the output goes to one, else none."""
+    return terminal_view(sys.stdout) if output is None or output == "-" else {}
+
+
 class OneLineUsageError(click.ClickException):
     """A usage mistake, shown like every other user error: one line, exit code 2."""
 
@@ -309,7 +314,7 @@ def analyze(
         write_report_folder(
             lambda d: writers.model_report.write_model_report(result, d), report, [Path(path)]
         )
-    write_output(render(fmt, result.details, result.summary), output, [Path(path)])
+    write_output(render(result, fmt, **view(output)), output, [Path(path)])
 
 
 def report_writers() -> Any:
@@ -431,7 +436,7 @@ def compare(
         write_report_folder(
             lambda d: writers.comparison_reports.write_series_report(series, d), report, inputs
         )
-    write_output(render_series(fmt, series), output, inputs)
+    write_output(render(series, fmt, **view(output)), output, inputs)
 
 
 @main.command(name="diff")
@@ -444,7 +449,7 @@ def compare(
 def diff_command(base: Path, candidate: Path, fmt: str, output: str | None, **opts: Any) -> None:
     """Per-layer changes from BASE to CANDIDATE (matched by name and shape)."""
     result = diff_models(base, candidate, build_options(**opts))
-    write_output(render_frame(fmt, result.layers), output, [base, candidate])
+    write_output(render(result, fmt, **view(output)), output, [base, candidate])
 
 
 @main.command()
@@ -492,13 +497,13 @@ def gate(
         )
     if junit:
         write_output(to_junit(verdict), junit, inputs)
-    summary = gate_markdown(verdict)
+    summary = render(verdict, "markdown")
     if markdown:
         write_output(summary, markdown, inputs)
     if os.environ.get("GITHUB_STEP_SUMMARY"):
         with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as handle:
             handle.write(summary)
-    click.echo("\n".join(verdict_lines(verdict)))
+    click.echo(render(verdict, "table", **view(None)), nl=False)
     if not verdict.passed:
         sys.exit(1)
 

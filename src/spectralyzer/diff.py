@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .pipeline import AnalysisOptions, Source, run_analysis
+from .render import records
 
 DELTA_COLUMNS = ("alpha", "alpha_weighted", "log_spectral_norm", "log_norm")
 #: Metrics that are finite for any finite, non-zero matrix: undefined in the candidate
@@ -53,6 +55,30 @@ class Diff:
     @property
     def matched(self) -> pd.DataFrame:
         return self.layers[self.layers["status"] != "unmatched"]
+
+    def document(self) -> dict[str, Any]:
+        """Every layer's row and both models' summaries."""
+        return {
+            "layers": records(self.layers),
+            "base_summary": self.base_summary,
+            "candidate_summary": self.candidate_summary,
+        }
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"layers": self.layers}
+
+    def summary_lines(self) -> list[str]:
+        """Which models, and how many layers matched, changed shape or phase."""
+        status = self.layers["status"].value_counts()
+        counts = ", ".join(
+            f"{k} {status.get(k, 0)}" for k in ("matched", "shape-changed", "unmatched")
+        )
+        changed = int(self.matched["phase_changed"].eq(True).sum())
+        return [
+            f"base: {self.base_summary.get('model', '?')}",
+            f"candidate: {self.candidate_summary.get('model', '?')}",
+            f"layers: {counts}; phase changed: {changed}",
+        ]
 
 
 def diff(base: Source, candidate: Source, options: AnalysisOptions = AnalysisOptions()) -> Diff:  # noqa: B008

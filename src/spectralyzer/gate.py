@@ -17,14 +17,15 @@ import os
 import re
 import reprlib
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 from xml.etree import ElementTree
 
 import pandas as pd
 
 from .diff import Diff, scale_collapse
 from .errors import InputError, OptionError, SpectralyzerError
-from .escaping import markdown, markdown_code, terminal, xml_text
+from .escaping import xml_text
 from .fit.phases import PHASES
 
 #: Phase names a policy may list: the classifier's phases and its "unknown".
@@ -164,6 +165,23 @@ class Verdict:
     unmatched: list[str]
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def word(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+    def document(self) -> dict[str, Any]:
+        """The outcome as data: passed, failing layers with reasons, checked, unmatched, notes."""
+        return asdict(self)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The failing layers and why (empty when the gate passed)."""
+        why = ["; ".join(reasons) for reasons in self.failures.values()]
+        return {"failures": pd.DataFrame({"name": list(self.failures), "why": why})}
+
+    def summary_lines(self) -> list[str]:
+        head = f"spectralyzer gate: {self.word} ({len(self.failures)} of {len(self.checked)} layers failed)"
+        return [head, *(f"note: {note}" for note in self.notes)]
+
 
 def evaluate(result: Diff, policy: Policy = Policy()) -> Verdict:  # noqa: B008
     """Apply a policy to a diff.
@@ -232,37 +250,6 @@ def layer_reasons(row: pd.Series, policy: Policy, collapsed: bool = False) -> li
     if policy.fail_on_new_traps and math.isfinite(traps) and traps > 0:
         reasons.append(f"{int(traps)} new correlation trap(s)")
     return reasons
-
-
-def verdict_lines(verdict: Verdict) -> list[str]:
-    """Plain-text report: the verdict, then each failing layer and why (names escaped)."""
-    head = "PASS" if verdict.passed else "FAIL"
-    lines = [
-        f"spectralyzer gate: {head} ({len(verdict.failures)} of {len(verdict.checked)} layers failed)"
-    ]
-    for name, reasons in verdict.failures.items():
-        lines.append(f"  {terminal(name)}: {'; '.join(reasons)}")
-    lines += [f"note: {terminal(note)}" for note in verdict.notes]
-    return lines
-
-
-def to_markdown(verdict: Verdict) -> str:
-    """A Markdown summary for CI systems (GitHub's step summary and the like), names escaped."""
-    mark = "✅ PASS" if verdict.passed else "❌ FAIL"
-    out = [
-        f"## spectralyzer gate: {mark}",
-        "",
-        f"{len(verdict.failures)} of {len(verdict.checked)} checked layers failed.",
-        "",
-    ]
-    if verdict.failures:
-        out += ["| layer | why |", "|---|---|"]
-        out += [
-            f"| {markdown_code(name)} | {'; '.join(r)} |" for name, r in verdict.failures.items()
-        ]
-        out.append("")
-    out += [f"- {markdown(note)}" for note in verdict.notes]
-    return "\n".join(out).rstrip() + "\n"
 
 
 def to_junit(verdict: Verdict) -> str:

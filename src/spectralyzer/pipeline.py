@@ -17,13 +17,15 @@ import torch
 from . import __version__, interrupts
 from .engine import LayerSpectra, compute_spectra, resolve_device
 from .errors import InputError
+from .fit.tail_tests import SIGNIFICANCE as TAIL_SIGNIFICANCE
 from .flow import with_flow
 from .io import open_checkpoint
 from .io.base import Checkpoint
 from .io.memory import MemoryCheckpoint
 from .layers import Selection, Skipped, plan
 from .metrics import layer_metrics
-from .tables import details_frame, summarize
+from .render import number
+from .tables import SUMMARY_MEANS, details_frame, layers_table, summarize
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,16 @@ class Analysis:
     skipped: list[Skipped]
     timings: dict[str, float]
     spectra: dict[str, LayerSpectra] = field(default_factory=dict)  # ESDs, for plots
+
+    def document(self) -> dict[str, Any]:
+        """``{"layers": [...], "summary": {...}}``, a layer object per row of ``details``."""
+        return {"layers": self.details.to_dict(orient="records"), "summary": self.summary}
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"layers": layers_table(self.details)}
+
+    def summary_lines(self) -> list[str]:
+        return summary_lines(self.summary)
 
 
 Source = str | os.PathLike[str] | Mapping[str, torch.Tensor] | torch.nn.Module
@@ -181,6 +193,27 @@ def make_options(
     """AnalysisOptions from the flat keyword arguments of :func:`analyze`."""
     selection = Selection(layers, exclude, types, min_evals, max_evals, conv_mode)
     return AnalysisOptions(selection=selection, **rest)
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The model summary in lines people read (not yet escaped: the path is the model's)."""
+    lines = [
+        f"model: {summary.get('model', '?')} ({summary.get('format', '?')})",
+        f"layers analysed: {summary['num_layers']}, skipped: {summary['num_skipped']}, "
+        f"fit failed (left out of means): {summary['num_fit_failed']}",
+    ]
+    lines.append(
+        "means: " + ", ".join(f"{k} {number(summary[k])}" for k in SUMMARY_MEANS if k in summary)
+    )
+    warnings = {k: v for k, v in summary["warnings"].items() if v}
+    lines.append("warnings: " + (", ".join(f"{k} {v}" for k, v in warnings.items()) or "none"))
+    lines.append("phases: " + ", ".join(f"{k} {v}" for k, v in summary["phases"].items()))
+    if summary.get("num_traps") is not None:
+        lines.append(f"correlation traps: {summary['num_traps']}")
+    if summary.get("tail_laws"):
+        laws = ", ".join(f"{k} {v}" for k, v in summary["tail_laws"].items())
+        lines.append(f"tail laws (likelihood ratios, p < {TAIL_SIGNIFICANCE:g}): {laws}")
+    return lines
 
 
 def _nothing_to_analyse(skipped: list[Skipped]) -> str:

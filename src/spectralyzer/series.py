@@ -9,20 +9,19 @@ the rank agreement, and R^2 and RMSE of a least-squares line accuracy ~ metric.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from .errors import InputError, OptionError
-from .escaping import terminal
 from .pipeline import AnalysisOptions, Source, run_analysis
-from .tables import FORMATS, clean_json, csv_text, format_floats, markdown_table, text_cells
+from .render import records
 
 RANK_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm")
 LAYER_COLUMNS = ("alpha", "alpha_weighted", "log_spectral_norm", "log_norm", "phase")
@@ -36,6 +35,25 @@ class Series:
     layers: pd.DataFrame  # one row per (model, layer): the per-depth view
     correlations: pd.DataFrame | None  # one row per metric, when accuracies were given
     notes: list[str] = field(default_factory=list)
+
+    def document(self) -> dict[str, Any]:
+        """Everything: the ranked models, the correlations (or None), every layer, the notes."""
+        return {
+            "models": records(self.models),
+            "correlations": records(self.correlations),
+            "layers": records(self.layers),
+            "notes": self.notes,
+        }
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The ranked models, and the metric-accuracy agreement when accuracies were given."""
+        tables = {"models": self.models}
+        if self.correlations is not None:
+            tables["correlations"] = self.correlations
+        return tables
+
+    def summary_lines(self) -> list[str]:
+        return list(self.notes)
 
 
 def compare(
@@ -163,37 +181,3 @@ def default_labels(sources: Sequence[Source]) -> list[str]:
     ]
     names = [os.path.basename(p) for p in paths]
     return names if len(set(names)) == len(names) else paths
-
-
-def render_series(fmt: str, series: Series) -> str:
-    """The comparison as table, csv (the models), json (everything) or markdown.
-
-    Labels and paths come from file names: escaped for each format (JSON escapes itself).
-    """
-    if fmt == "csv":
-        return csv_text(series.models)
-    if fmt == "json":
-        data = {
-            "models": series.models.to_dict(orient="records"),
-            "correlations": None
-            if series.correlations is None
-            else series.correlations.to_dict(orient="records"),
-            "layers": series.layers.to_dict(orient="records"),
-            "notes": series.notes,
-        }
-        return json.dumps(clean_json(data), indent=2) + "\n"
-    if fmt == "markdown":
-        parts = [markdown_table(series.models)]
-        if series.correlations is not None:
-            parts.append("Metric against accuracy:\n\n" + markdown_table(series.correlations))
-        parts.append("\n".join(f"- {note}" for note in series.notes) + "\n")
-        return "\n".join(parts)
-    if fmt == "table":
-        models = text_cells(format_floats(series.models), terminal)
-        parts = [models.to_string(index=False) + "\n"]
-        if series.correlations is not None:
-            table = format_floats(series.correlations).to_string(index=False)
-            parts.append("metric against accuracy:\n" + table + "\n")
-        parts.append("\n".join(f"note: {note}" for note in series.notes) + "\n")
-        return "\n".join(parts)
-    raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")

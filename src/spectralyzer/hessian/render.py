@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..escaping import markdown as markdown_text
 from ..escaping import terminal
-from ..tables import clean_json, markdown_table, text_cells
+from ..render import clean_json, markdown_table, text_cells
 from .adam_state import AdamStability
 from .probe import Curvature, ProbeResult
 

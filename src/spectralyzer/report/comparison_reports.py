@@ -6,9 +6,9 @@ import html
 from pathlib import Path
 
 from ..diff import Diff
-from ..gate import Verdict, to_markdown
+from ..gate import Verdict
+from ..render import csv_text, markdown_table, render
 from ..series import Series
-from ..tables import csv_text, markdown_table
 from .html import cards_html, figure_html, page, png, table_html
 from .plots import delta_figure, metric_accuracy_figure, series_depth_figure
 
@@ -76,7 +76,7 @@ def write_gate_report(result: Diff, verdict: Verdict, folder: Path) -> Path:
         + table_html(table, "diff", ["bad" if r else "" for r in reasons])
         + "</section>",
     ]
-    markdown = to_markdown(verdict) + "\n![changes per layer](figures/deltas.png)\n\n"
+    markdown = render(verdict, "markdown") + "\n![changes per layer](figures/deltas.png)\n\n"
     (folder / "report.md").write_text(markdown + markdown_table(table), encoding="utf-8")
     index = folder / "index.html"
     index.write_text(page(f"spectralyzer gate: {word}", sections), encoding="utf-8")

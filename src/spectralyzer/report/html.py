@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from .. import interrupts
-from ..tables import format_floats
+from ..render import format_floats
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}

@@ -8,22 +8,15 @@ offline and can be attached to a pull request.
 from __future__ import annotations
 
 import html
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..escaping import file_names, markdown
+from ..escaping import file_names, markdown, terminal
 from ..pipeline import Analysis
-from ..tables import (
-    SUMMARY_MEANS,
-    clean_json,
-    csv_text,
-    display_frame,
-    markdown_table,
-    summary_lines,
-)
+from ..render import json_text, markdown_table, render, shown_frame
+from ..tables import SUMMARY_MEANS
 from .html import cards_html, figure_html, page, png, table_html
 from .plots import depth_figure, esd_figure, flow_figure, histogram_figure
 
@@ -55,29 +48,27 @@ def write_model_report(analysis: Analysis, folder: str | os.PathLike[str]) -> Pa
         layer_images.append((row["name"], name))
     for name, data in images.items():
         (figures / name).write_bytes(data)
-    layers_csv = csv_text(
-        details.assign(shape=details["shape"].map(lambda s: "x".join(map(str, s))))
-    )
-    (folder / "layers.csv").write_text(layers_csv, encoding="utf-8")
-    (folder / "summary.json").write_text(json.dumps(clean_json(summary), indent=2) + "\n")
+    (folder / "layers.csv").write_text(render(analysis, "csv"), encoding="utf-8")
+    (folder / "summary.json").write_text(json_text(summary))
+    frame = shown_frame(analysis.tables()["layers"])
+    lines = analysis.summary_lines()
     (folder / "report.md").write_text(
-        _markdown(details, summary, layer_images, images), encoding="utf-8"
+        _markdown(frame, summary, lines, layer_images, images), encoding="utf-8"
     )
     index = folder / "index.html"
-    index.write_text(_html(details, summary, images, layer_images), encoding="utf-8")
+    index.write_text(_html(frame, summary, lines, images, layer_images), encoding="utf-8")
     return index
 
 
-def _markdown(details, summary, layer_images, figures) -> str:
+def _markdown(frame, summary, lines, layer_images, figures) -> str:
     """report.md; ``figures`` are the names of the model-level figures written.
 
     Names from the checkpoint are Markdown-escaped (:func:`~spectralyzer.escaping.markdown`).
     """
-    frame = display_frame(details)
     parts = [
         f"# spectralyzer report: {markdown(Path(str(summary.get('model', ''))).name)}",
         "",
-        *[f"- {line}" for line in summary_lines(summary, clean=markdown)],
+        *[f"- {markdown(line)}" for line in lines],
         "",
         "![alpha and spectral norm along depth](figures/depth.png)",
         "![alpha and alpha-hat histograms](figures/histograms.png)",
@@ -91,12 +82,11 @@ def _markdown(details, summary, layer_images, figures) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _html(details, summary, images, layer_images) -> str:
+def _html(frame, summary, summary_lines, images, layer_images) -> str:
     cards = [("layers", summary["num_layers"]), ("skipped", summary["num_skipped"])]
     cards += [(f"mean {k}", _number(summary[k])) for k in SUMMARY_MEANS[:5]]
     cards += [("fit failed", summary["num_fit_failed"])]
-    frame = display_frame(details)
-    lines = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(summary))
+    lines = "".join(f"<li>{html.escape(terminal(line))}</li>" for line in summary_lines)
     return page(
         f"spectralyzer report: {Path(str(summary.get('model', ''))).name}",
         [
