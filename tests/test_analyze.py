@@ -8,7 +8,9 @@ import torch
 
 import spectralyzer
 from helpers import esd, gaussian, low_rank, package_dir, pareto_entries, spiked
-from spectralyzer.tables import SUMMARY_MEANS, render
+from spectralyzer.pipeline import run_analysis
+from spectralyzer.render import render
+from spectralyzer.tables import SUMMARY_MEANS
 
 
 def as_tensor(w):
@@ -112,8 +114,8 @@ def test_each_phase_is_recognised(phase):
 
 
 def test_json_is_one_object_with_layers_and_summary():
-    details, summary = spectralyzer.analyze({"w.weight": as_tensor(gaussian(64, 32, seed=6))})
-    data = json.loads(render("json", details, summary))
+    result = run_analysis({"w.weight": as_tensor(gaussian(64, 32, seed=6))})
+    data = json.loads(render(result, "json"))
     assert set(data) == {"layers", "summary"}
     layer = data["layers"][0]
     for key in (

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from spectralyzer.cli import main
-from spectralyzer.tables import FORMATS
+from spectralyzer.render import FORMATS
 
 
 @pytest.fixture

@@ -174,7 +174,7 @@ def test_gate_cli_exit_codes_and_reports(minilm, minilm_path, tmp_path, monkeypa
         main, ["gate", str(base), str(bad), "--junit", str(junit), "--markdown", str(md)]
     )
     assert failed.exit_code == 1, failed.output
-    assert failed.stdout.startswith("spectralyzer gate: FAIL (3 of 39 layers failed)")
+    assert "\nspectralyzer gate: FAIL (3 of 39 layers failed)\n" in failed.stdout
     for name in damaged:
         assert name in failed.stdout
     suite = ElementTree.parse(junit).getroot()
@@ -192,7 +192,9 @@ def test_gate_cli_exit_codes_and_reports(minilm, minilm_path, tmp_path, monkeypa
         runner.invoke(main, ["gate", str(base), str(bad), "--policy", str(policy)]).exit_code == 2
     )
     table = runner.invoke(main, ["diff", str(base), str(bad), "--format", "json"])
-    rows = {r["name"]: r for r in json.loads(table.stdout)}
+    document = json.loads(table.stdout)
+    assert set(document) == {"layers", "base_summary", "candidate_summary"}
+    rows = {r["name"]: r for r in document["layers"]}
     assert all(rows[name]["d_log_norm"] != 0 for name in damaged)
 
 

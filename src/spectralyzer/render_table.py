@@ -31,14 +31,14 @@ PRIORITY = (
     "warning",
     "log_spectral_norm",
     "why",
-    "status",
     "d_log_spectral_norm",
     "d_log_norm",
     "d_log_stable_rank",
-    "d_alpha",
-    "phase_base",
     "phase_candidate",
     "became_nonfinite",
+    "d_alpha",
+    "phase_base",
+    "status",
     "rank",
     "accuracy",
     "log_norm",
@@ -206,7 +206,8 @@ def layout(
         return ""
     widths = {c: wrap.get(c) or column_width(heads[c], v) for c, v in cells.items()}
     rows = len(next(iter(cells.values())))
-    out = [" ".join(_pad(heads[c], widths[c], c in wrap) for c in cells)]
+    end = str.rstrip if wrap else str  # a wrapped column is padded on the right: trim it
+    out = [end(" ".join(_pad(heads[c], widths[c], c in wrap) for c in cells))]
     for i in range(rows):
         pieces = {
             c: (textwrap.wrap(v[i], widths[c], break_on_hyphens=False) or [""])
@@ -220,7 +221,7 @@ def layout(
                 text = parts[k] if k < len(parts) else ""
                 cell = _pad(text, widths[c], c in wrap)
                 line.append(_colour(c, text, cell) if color else cell)
-            out.append(" ".join(line))
+            out.append(end(" ".join(line)))
     return "\n".join(out) + "\n"
 
 

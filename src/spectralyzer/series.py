@@ -49,7 +49,7 @@ class Series:
         """The ranked models, and the metric-accuracy agreement when accuracies were given."""
         tables = {"models": self.models}
         if self.correlations is not None:
-            tables["correlations"] = self.correlations
+            tables["metric against accuracy"] = self.correlations
         return tables
 
     def summary_lines(self) -> list[str]:
