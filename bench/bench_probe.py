@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib
 import os
 import statistics
 import time
@@ -40,16 +41,17 @@ from unittest import mock
 import torch
 
 from spectralyzer.demo import probe_demo
-from spectralyzer.hessian import probe as probe_module
 from spectralyzer.hessian.ggn import GGNOperator
 from spectralyzer.hessian.lanczos import top_eigenvalues
 from spectralyzer.hessian.operator import HessianOperator
-from spectralyzer.hessian.probe import PRECISIONS, ProbeOptions, run_probe
 from spectralyzer.hessian.slq import slq
 from spectralyzer.hessian.trace import hutch_plus_plus
 from spectralyzer.io.runnable import load_batch, load_runnable
+from spectralyzer.probe import PRECISIONS, ProbeOptions, run_probe
 
 LOSS = torch.nn.functional.cross_entropy
+# the module (``spectralyzer.probe`` as an attribute is the function of that name)
+probe_module = importlib.import_module("spectralyzer.probe")
 OPERATORS = {"hessian": HessianOperator, "ggn": GGNOperator}
 BATCH_SIZES = (32, 128, 512)
 
@@ -73,13 +75,16 @@ def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> list[
 
 
 class Counted:
-    """A matvec that counts its calls; on CUDA it takes and returns CPU vectors if ``cpu_io``."""
+    """A curvature operator counting its products; on CUDA it takes and returns CPU vectors
+    if ``cpu_io``."""
 
     def __init__(self, op, cpu_io: bool = False) -> None:
         self.op, self.count = op, 0
         self.cpu_io = cpu_io and op.device.type != "cpu"
+        self.dim, self.dtype = op.dim, op.dtype
+        self.device = torch.device("cpu") if self.cpu_io else op.device
 
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
         self.count += 1
         if self.cpu_io:  # the trace estimators draw their vectors on the CPU
             return self.op.matvec(v.to(self.op.device)).cpu()
@@ -91,17 +96,17 @@ def probes(op, generator: torch.Generator) -> dict[str, Callable[[], int]]:
 
     def top5() -> int:
         mv = Counted(op)
-        top_eigenvalues(mv, op.dim, 5, 40, generator, op.dtype, op.device)
+        top_eigenvalues(mv, 5, 40, generator)
         return mv.count
 
     def trace() -> int:
         mv = Counted(op, cpu_io=True)
-        hutch_plus_plus(mv, op.dim, 90, generator, op.dtype)
+        hutch_plus_plus(mv, 90, generator)
         return mv.count
 
     def density() -> int:
         mv = Counted(op)
-        slq(mv, op.dim, 60, 4, generator, dtype=op.dtype, device=op.device)
+        slq(mv, 60, 4, generator)
         return mv.count
 
     return {"top-5 Lanczos 40": top5, "Hutch++ 90": trace, "SLQ 4x60": density}

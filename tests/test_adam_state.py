@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from torch import nn
 
 from spectralyzer.cli import main
-from spectralyzer.hessian import adam_state as ad
+from spectralyzer.errors import InputError
 from spectralyzer.hessian import step_sizes as ss
-from spectralyzer.hessian.probe import probe
+from spectralyzer.probe import probe, read_adam_state
 from test_hessian import exact_hessian
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
@@ -62,7 +62,7 @@ def exact_scaled_sharpness(model, x, y, scaling, shares=False):
 
 def test_the_preconditioner_is_torchs_adam_denominator():
     model, x, y, opt = trained(lambda m: torch.optim.Adam(m.parameters(), lr=0.01))
-    state = ad.read_adam_state(opt.state_dict(), model, "opt")
+    state = read_adam_state(opt.state_dict(), model, "opt")
     expected = []
     for p in model.parameters():
         v = opt.state[p]["exp_avg_sq"] / (1 - 0.999**7)
@@ -203,6 +203,6 @@ def test_shapes_are_checked_parameter_by_parameter():
     opt.zero_grad()
     swapped(torch.randn(2, 5, dtype=torch.float64)).sum().backward()
     opt.step()
-    with pytest.raises(ad.InputError, match="parameter 0 has shape"):
-        ad.read_adam_state(opt.state_dict(), model, "opt")
+    with pytest.raises(InputError, match="parameter 0 has shape"):
+        read_adam_state(opt.state_dict(), model, "opt")
     assert np.isfinite(ss.adam_threshold(0.9)) and ss.adam_threshold(0.9) == pytest.approx(38.0)

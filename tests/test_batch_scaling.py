@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from spectralyzer.hessian import step_sizes as ss
-from spectralyzer.hessian.batch_scaling import batch_scaling
+from spectralyzer.hessian.batch_scaling import ProbedBatch, ScalingPlan, batch_scaling
 from spectralyzer.hessian.lanczos import top_eigenpairs
 from spectralyzer.hessian.operator import HessianOperator
 
@@ -58,18 +58,12 @@ def result(problem):
         return HessianOperator(model, mean_loss, a[idx], y[idx])
 
     full = factory(torch.arange(N))
-    values, vectors = top_eigenpairs(full.matvec, P, 1, P, torch.Generator().manual_seed(seed))
+    values, vectors = top_eigenpairs(full, 1, P, torch.Generator().manual_seed(seed))
     return batch_scaling(
         factory,
-        N,
-        float(values[0]),
-        vectors[0],
-        SIZES,
-        micro_batch=16,
-        vectors=8,
-        repeats=8,
-        steps=40,
-        generator=torch.Generator().manual_seed(seed),
+        ProbedBatch(N, float(values[0]), vectors[0]),
+        ScalingPlan(SIZES, micro_batch=16, vectors=8, repeats=8, steps=40),
+        torch.Generator().manual_seed(seed),
     )
 
 

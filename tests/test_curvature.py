@@ -9,7 +9,7 @@ from torch import nn
 
 from spectralyzer.hessian.ggn import GGNOperator
 from spectralyzer.hessian.lanczos import top_eigenvalues
-from spectralyzer.hessian.operator import HessianOperator
+from spectralyzer.hessian.operator import HessianOperator, LinearMap
 from spectralyzer.hessian.trace import hutch_plus_plus, hutchinson
 from test_hessian import exact_hessian, flat_forward, tiny_problem
 
@@ -120,9 +120,7 @@ def test_lanczos_top_eigenvalue_of_the_ggn():
     problem = tiny_problem("ce")
     op = GGNOperator(*problem)
     exact = np.sort(torch.linalg.eigvalsh(exact_ggn(*problem)).numpy())[::-1]
-    top = top_eigenvalues(
-        op.matvec, op.dim, k=2, steps=op.dim, generator=torch.Generator().manual_seed(0)
-    )
+    top = top_eigenvalues(op, k=2, steps=op.dim, generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(top, exact[:2], rtol=1e-6)
 
 
@@ -138,16 +136,16 @@ def decaying_psd(dim=200, seed=0, rate=1.5):
 def test_hutch_plus_plus_beats_hutchinson_on_a_decaying_spectrum():
     a = decaying_psd()
     exact = float(torch.trace(a))
-    matvec = lambda v: a @ v  # noqa: E731
+    op = LinearMap.of_matrix(a)
     budget = 60
-    estimate = hutch_plus_plus(matvec, 200, budget, torch.Generator().manual_seed(0))
+    estimate = hutch_plus_plus(op, budget, torch.Generator().manual_seed(0))
     assert estimate.samples == budget
     assert 0 < estimate.stderr
     assert abs(estimate.value - exact) < 4 * estimate.stderr
     errors_pp, errors_h, covered = [], [], 0
     for seed in range(30):
-        pp = hutch_plus_plus(matvec, 200, budget, torch.Generator().manual_seed(seed))
-        h = hutchinson(matvec, 200, budget, torch.Generator().manual_seed(seed))
+        pp = hutch_plus_plus(op, budget, torch.Generator().manual_seed(seed))
+        h = hutchinson(op, budget, torch.Generator().manual_seed(seed))
         errors_pp.append(abs(pp.value - exact))
         errors_h.append(abs(h.value - exact))
         covered += abs(pp.value - exact) < 3 * pp.stderr
@@ -160,7 +158,7 @@ def test_hutch_plus_plus_is_exact_below_the_sketch_rank():
     g = torch.Generator().manual_seed(7)
     factor = torch.randn(100, 5, dtype=torch.float64, generator=g)
     a = factor @ factor.T  # rank 5 < 30 / 3
-    estimate = hutch_plus_plus(lambda v: a @ v, 100, 30, torch.Generator().manual_seed(1))
+    estimate = hutch_plus_plus(LinearMap.of_matrix(a), 30, torch.Generator().manual_seed(1))
     assert estimate.value == pytest.approx(float(torch.trace(a)), rel=1e-8)
     assert estimate.stderr < 1e-8 * float(torch.trace(a))
     assert estimate.samples == 30
@@ -168,19 +166,19 @@ def test_hutch_plus_plus_is_exact_below_the_sketch_rank():
 
 def test_hutch_plus_plus_small_budgets_and_small_dimensions():
     a = decaying_psd(dim=12, seed=3)
-    matvec = lambda v: a @ v  # noqa: E731
+    op = LinearMap.of_matrix(a)
     # a third of the budget covers the whole space: the trace exactly, from dim products
-    whole = hutch_plus_plus(matvec, 12, 36, torch.Generator().manual_seed(0))
+    whole = hutch_plus_plus(op, 36, torch.Generator().manual_seed(0))
     assert whole.value == pytest.approx(float(torch.trace(a)), rel=1e-12)
     assert (whole.stderr, whole.samples) == (0.0, 12)
     # below three products there is no sketch: plain Hutchinson on the same draws
     for budget in (1, 2):
-        small = hutch_plus_plus(matvec, 12, budget, torch.Generator().manual_seed(5))
-        plain = hutchinson(matvec, 12, budget, torch.Generator().manual_seed(5))
+        small = hutch_plus_plus(op, budget, torch.Generator().manual_seed(5))
+        plain = hutchinson(op, budget, torch.Generator().manual_seed(5))
         assert small.value == plain.value and small.samples == budget
-    assert math.isnan(hutch_plus_plus(matvec, 12, 1, torch.Generator().manual_seed(5)).stderr)
+    assert math.isnan(hutch_plus_plus(op, 1, torch.Generator().manual_seed(5)).stderr)
     with pytest.raises(ValueError):
-        hutch_plus_plus(matvec, 12, 0, torch.Generator().manual_seed(5))
+        hutch_plus_plus(op, 0, torch.Generator().manual_seed(5))
 
 
 def test_trace_estimators_on_the_hessian_of_the_tiny_net():
@@ -188,8 +186,8 @@ def test_trace_estimators_on_the_hessian_of_the_tiny_net():
     op = HessianOperator(*problem)
     exact = float(torch.trace(exact_hessian(*problem)))
     budget = 120  # a sketch of 40 columns in dimension 57
-    pp = hutch_plus_plus(op.matvec, op.dim, budget, torch.Generator().manual_seed(3))
-    h = hutchinson(op.matvec, op.dim, budget, torch.Generator().manual_seed(3))
+    pp = hutch_plus_plus(op, budget, torch.Generator().manual_seed(3))
+    h = hutchinson(op, budget, torch.Generator().manual_seed(3))
     assert pp.samples == h.samples == budget
     assert abs(pp.value - exact) < 4 * pp.stderr
     assert abs(h.value - exact) < 4 * h.stderr

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from spectralyzer.hessian.lanczos import lanczos, top_eigenvalues
-from spectralyzer.hessian.operator import HessianOperator
+from spectralyzer.hessian.operator import HessianOperator, LinearMap
 from spectralyzer.hessian.slq import slq
 from spectralyzer.hessian.trace import hutchinson
 
@@ -70,12 +70,10 @@ def test_lanczos_top_eigenvalues_match_eigvalsh():
     problem = tiny_problem()
     op = HessianOperator(*problem)
     exact = np.sort(torch.linalg.eigvalsh(exact_hessian(*problem)).numpy())[::-1]
-    top = top_eigenvalues(
-        op.matvec, op.dim, k=3, steps=op.dim, generator=torch.Generator().manual_seed(0)
-    )
+    top = top_eigenvalues(op, k=3, steps=op.dim, generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(top, exact[:3], rtol=1e-6)
     # the basis stays orthonormal: full re-orthogonalisation
-    tri = lanczos(op.matvec, torch.randn(op.dim, dtype=torch.float64), op.dim)
+    tri = lanczos(op, torch.randn(op.dim, dtype=torch.float64), op.dim)
     q = tri.basis
     torch.testing.assert_close(
         q @ q.T, torch.eye(q.shape[0], dtype=torch.float64), atol=1e-10, rtol=0
@@ -86,9 +84,7 @@ def test_hutchinson_trace_within_its_stated_error():
     problem = tiny_problem("mse")
     op = HessianOperator(*problem)
     exact = float(torch.trace(exact_hessian(*problem)))
-    estimate = hutchinson(
-        op.matvec, op.dim, samples=400, generator=torch.Generator().manual_seed(3)
-    )
+    estimate = hutchinson(op, samples=400, generator=torch.Generator().manual_seed(3))
     assert abs(estimate.value - exact) < 4 * estimate.stderr
     assert estimate.stderr < 0.2 * abs(exact)
 
@@ -101,10 +97,10 @@ def test_slq_on_a_quadratic_with_known_spectrum():
         torch.randn(93, 93, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     )
     h = rotation @ torch.diag(eigenvalues) @ rotation.T
-    matvec = lambda v: h @ v  # noqa: E731
+    op = LinearMap.of_matrix(h)
     steps = 8
     gen = torch.Generator().manual_seed(5)
-    density = slq(matvec, 93, steps=steps, vectors=1, generator=gen)
+    density = slq(op, steps=steps, vectors=1, generator=gen)
     # Gauss quadrature with m steps is exact for v^T H^j v, j <= 2m - 1
     v = torch.randn(93, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     v = v / v.norm()
@@ -112,7 +108,7 @@ def test_slq_on_a_quadratic_with_known_spectrum():
         exact = float(v @ torch.linalg.matrix_power(h, j) @ v)
         assert density.moment(j) == pytest.approx(exact, rel=1e-8), j
     # averaged over vectors: the first moments estimate tr(H^j) / P
-    many = slq(matvec, 93, steps=steps, vectors=200, generator=torch.Generator().manual_seed(6))
+    many = slq(op, steps=steps, vectors=200, generator=torch.Generator().manual_seed(6))
     assert many.moment(0) == pytest.approx(1.0)
     assert many.moment(1) == pytest.approx(float(eigenvalues.mean()), rel=0.05)
     assert many.moment(2) == pytest.approx(float((eigenvalues**2).mean()), rel=0.15)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +28,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .errors import InputError, SpectralyzerError
-    from .hessian.probe import probe
     from .pipeline import Analysis, AnalysisOptions, analyze, run_analysis
+    from .probe import probe
 
 
 def __getattr__(name: str) -> Any:
@@ -36,7 +37,11 @@ def __getattr__(name: str) -> Any:
     if name in ("Analysis", "AnalysisOptions", "analyze", "run_analysis"):
         from . import pipeline as module
     elif name == "probe":
-        from .hessian import probe as module
+        # the function shares its name with its module: import_module, not ``from . import``
+        # (which would ask this __getattr__ again), and bind the function over the module
+        function = importlib.import_module(".probe", __name__).probe
+        globals()["probe"] = function
+        return function
     elif name in ("InputError", "SpectralyzerError"):
         from . import errors as module
     else:

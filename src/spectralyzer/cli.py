@@ -6,6 +6,7 @@ User mistakes (bad files, bad options) print one line on stderr and exit 2;
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
@@ -27,18 +28,20 @@ from .engine import DEVICES
 from .errors import InputError, OptionError, SpectralyzerError
 from .escaping import terminal
 from .gate import Policy, evaluate, to_junit
-from .hessian.adam_state import load_adam_state
-from .hessian.probe import LOSSES, PRECISIONS, ProbeOptions, run_probe
-from .hessian.render import FORMATS as PROBE_FORMATS
-from .hessian.render import render_probe
 from .io.runnable import load_batch, load_runnable
 from .layers import CONV_MODES, LAYER_TYPES
 from .outputs import resolve_inputs, write_file, write_report_folder
 from .pipeline import AnalysisOptions, make_options, run_analysis
+from .probe import LOSSES, PRECISIONS, ProbeOptions, load_adam_state, run_probe
+from .probe_text import FORMATS as PROBE_FORMATS
+from .probe_text import render_probe
 from .render import FORMATS, csv_text, render
 from .render_table import terminal_view
 from .series import RANK_METRICS, default_labels, read_accuracy
 from .series import compare as compare_models
+
+#: ProbeOptions raises OptionErrors naming its fields; each field's flag is ``--`` + dashes.
+PROBE_FIELDS = frozenset(field.name for field in dataclasses.fields(ProbeOptions))
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -87,6 +90,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except (SpectralyzerError, OSError) as err:  # the user's input or option
             if debug:
                 traceback.print_exc()
+            if isinstance(err, OptionError) and err.key in PROBE_FIELDS:  # field -> its flag
+                err = OptionError("--" + err.key.replace("_", "-"), err.problem)
             _fail(_one_line(str(err)) or type(err).__name__)
         except (click.ClickException, click.exceptions.Exit):
             raise  # usage errors: click (and Commands) print them, exit 2

@@ -1,12 +1,13 @@
-"""Hessian probes (THEORY.md section 4): curvature of a model that runs, on a batch of data.
+"""Curvature math for the Hessian probes: matrix-free, on curvature-matrix-vector products.
 
-Matrix-free: everything is built on curvature-matrix-vector products.
-- :mod:`.operator`: the Hessian of a loss as a linear operator (double backward).
+Imports nothing outside this folder; the pipeline that uses it is :mod:`spectralyzer.probe`.
+- :mod:`.operator`: the :class:`~.operator.CurvatureOperator` interface every estimator
+  takes, and the Hessian of a loss as one (double backward).
 - :mod:`.ggn`: the Generalised Gauss-Newton matrix ``J^T H_L J``, same interface.
 - :mod:`.lanczos`: Lanczos with full re-orthogonalisation; top eigenpairs.
 - :mod:`.trace`: Hutchinson's and Hutch++ trace estimators with standard errors.
 - :mod:`.slq`: stochastic Lanczos quadrature for the spectral density.
 - :mod:`.batch_scaling`: top eigenvalue and learning rate against batch size (Granziol et al.).
 - :mod:`.step_sizes`: stability limits and momentum rules (pure functions).
-- :mod:`.probe`: the pipeline behind ``spectralyzer probe``; :mod:`.render` its output.
+- :mod:`.adam_state`: Adam's preconditioner from its saved second moments, and its limit.
 """

@@ -22,28 +22,35 @@ whose step is bounded by about ``lr (1 - beta1) / sqrt(1 - beta2)`` as ``v``
 adapts, stays stable.  The parameter holding most of the top eigenvector is
 reported so that this case shows.
 
-Parameters are matched to the optimizer's entries in ``model.parameters()``
-order (the order ``torch.optim.Adam(model.parameters())`` saw them in), and
-their shapes are checked.  A parameter with no state (never stepped) has
-``P = eps``.
+The saved state is read and matched to the model's parameters by
+:mod:`spectralyzer.io.optimizer_state`; this module is the math on its
+tensors.  A parameter with no state (never stepped) has ``P = eps``.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
+import numpy as np
 import torch
-from torch import nn
 
-from ..errors import InputError
 from . import step_sizes as ss
+from .lanczos import top_eigenpairs
+from .operator import CurvatureOperator
 
-#: Keys under which training scripts commonly save the optimizer state in a checkpoint.
-OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optim", "opt")
+
+class SavedMoment(Protocol):
+    """One parameter's entry of a saved Adam state (what the reader hands over)."""
+
+    numel: int
+    lr: float
+    beta2: float
+    eps: float
+    step: int  # 0: never stepped
+    second_moment: torch.Tensor | None  # exp_avg_sq (max_exp_avg_sq with AMSGrad); None: no state
 
 
 @dataclass(frozen=True)
@@ -72,84 +79,57 @@ class AdamStability:
     top_share: float  # that share of |u|^2
 
 
-def load_adam_state(path: str | os.PathLike[str], model: nn.Module) -> AdamState:
-    """Read an optimizer state dict (or a checkpoint holding one) saved with ``torch.save``.
-
-    Loaded with ``weights_only=True``: an optimizer state is tensors and numbers.
-    Raises :class:`InputError` naming the file for anything that is not the Adam
-    state of this model.
-    """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except Exception as err:  # torch raises many types for a file it cannot read
-        raise InputError(path, f"not a readable torch file ({type(err).__name__})") from err
-    return read_adam_state(obj, model, path)
+def scaling(moment: SavedMoment) -> torch.Tensor:
+    """``lr / P`` for one parameter (flat): ``P = sqrt(v / (1 - beta2^t)) + eps``, or ``eps``
+    when it was never stepped."""
+    if moment.second_moment is None or moment.step == 0:
+        p = torch.full((moment.numel,), moment.eps, dtype=torch.float64)
+    else:
+        bias = 1.0 - moment.beta2**moment.step
+        v_hat = moment.second_moment.detach().to(torch.float64).reshape(-1) / bias
+        p = v_hat.sqrt() + moment.eps
+    return moment.lr / p
 
 
-def read_adam_state(obj: Any, model: nn.Module, label: str | os.PathLike[str]) -> AdamState:
-    """:func:`load_adam_state` on an already loaded object."""
-    state = _find_state_dict(obj)
-    if state is None:
-        raise InputError(label, "not an optimizer state dict (no 'state' and 'param_groups')")
-    params = list(model.parameters())
-    groups = state["param_groups"]
-    ids = [i for g in groups for i in g.get("params", [])]
-    if len(ids) != len(params):
-        raise InputError(
-            label,
-            f"the optimizer holds {len(ids)} parameters, the model {len(params)} "
-            "(matched in model.parameters() order)",
-        )
-    beta1s = {float(g["betas"][0]) for g in groups if "betas" in g}
-    if len(beta1s) != 1 or any("betas" not in g or "eps" not in g for g in groups):
-        raise InputError(label, "not an Adam/AdamW state with one beta1 (betas and eps per group)")
-    parts, steps = [], 0
-    amsgrad = any(bool(g.get("amsgrad", False)) for g in groups)
-    position = 0
-    for group in groups:
-        lr, beta2, eps = float(group["lr"]), float(group["betas"][1]), float(group["eps"])
-        for pid in group["params"]:
-            param = params[position]
-            position += 1
-            entry = state["state"].get(pid, state["state"].get(str(pid)))
-            second = None
-            if entry:
-                second = entry.get("max_exp_avg_sq") if amsgrad else None
-                second = second if second is not None else entry.get("exp_avg_sq")
-                if second is None:
-                    raise InputError(label, "not an Adam/AdamW state (no exp_avg_sq)")
-                if tuple(second.shape) != tuple(param.shape):
-                    raise InputError(
-                        label,
-                        f"parameter {position - 1} has shape {tuple(param.shape)} in the model "
-                        f"and {tuple(second.shape)} in the optimizer state",
-                    )
-            step = int(float(entry.get("step", 0))) if entry else 0
-            steps = max(steps, step)
-            if second is None or step == 0:
-                p = torch.full((param.numel(),), eps, dtype=torch.float64)
-            else:
-                v_hat = second.detach().to(torch.float64).reshape(-1) / (1.0 - beta2**step)
-                p = v_hat.sqrt() + eps
-            parts.append(lr / p)
+def adam_state(moments: Sequence[SavedMoment], lrs: Sequence[float], beta1: float) -> AdamState:
+    """Adam's diagonal scaling ``lr_g / P`` over all parameters, in the order given."""
     return AdamState(
-        scaling=torch.cat(parts),
-        lrs=tuple(float(g["lr"]) for g in groups),
-        beta1=beta1s.pop(),
-        steps=steps,
+        scaling=torch.cat([scaling(m) for m in moments]),
+        lrs=tuple(float(lr) for lr in lrs),
+        beta1=beta1,
+        steps=max((m.step for m in moments), default=0),
     )
 
 
-def _find_state_dict(obj: Any) -> Mapping | None:
-    if isinstance(obj, Mapping):
-        if "state" in obj and "param_groups" in obj:
-            return obj
-        for key in OPTIMIZER_KEYS:
-            if key in obj:
-                return _find_state_dict(obj[key])
-    return None
+class PreconditionedOperator:
+    """``v -> D M (D v)``, ``D = diag(sqrt(lr / P))``: Adam's view of the curvature ``M``."""
+
+    def __init__(self, op: CurvatureOperator, adam: AdamState) -> None:
+        if adam.scaling.numel() != op.dim:
+            raise ValueError(f"the Adam state covers {adam.scaling.numel()} of {op.dim} parameters")
+        self.op = op
+        self.dim, self.dtype, self.device = op.dim, op.dtype, op.device
+        self.d = adam.scaling.to(device=op.device, dtype=op.dtype).sqrt()
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        return self.d * self.op.matvec(self.d * vector)
+
+
+def preconditioned_top(
+    op: CurvatureOperator,
+    adam: AdamState,
+    names: Sequence[str],
+    sizes: Sequence[int],
+    steps: int,
+    generator: torch.Generator,
+) -> tuple[float, str, float]:
+    """``lambda_1(D H D)`` by Lanczos on :class:`PreconditionedOperator`; and the parameter
+    (of ``names``, flat ``sizes``) holding the largest share of its eigenvector (name, share
+    of ``|u|^2``)."""
+    values, vectors = top_eigenpairs(PreconditionedOperator(op, adam), 1, steps, generator)
+    shares = [float(part.square().sum()) for part in vectors[0].split(list(sizes))]
+    top = int(np.argmax(shares))
+    return float(values[0]), names[top], shares[top] / sum(shares)
 
 
 def adam_stability(

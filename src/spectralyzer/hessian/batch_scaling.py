@@ -33,24 +33,39 @@ Hessian of the ``n`` probed samples, with top eigenpair ``(l1, phi)``:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from . import step_sizes as ss
-from .lanczos import MatVec, top_eigenvalues
-
-
-class Operator:  # the protocol a factory returns (HessianOperator, GGNOperator)
-    dim: int
-    dtype: torch.dtype
-    device: torch.device
-    matvec: MatVec
-
+from .lanczos import top_eigenvalues
+from .operator import CurvatureOperator
 
 #: Builds the curvature operator of the samples with the given indices.
-OperatorFactory = Callable[[torch.Tensor], Operator]
+OperatorFactory = Callable[[torch.Tensor], CurvatureOperator]
+
+
+@dataclass(frozen=True)
+class ProbedBatch:
+    """The batch of ``n`` samples whose Hessian was probed: its top eigenpair."""
+
+    n: int
+    lambda_1: float  # l1_n, top eigenvalue of the batch's Hessian
+    top_vector: torch.Tensor  # phi, its eigenvector
+
+
+@dataclass(frozen=True)
+class ScalingPlan:
+    """What the batch-size table measures, and for which data set."""
+
+    batch_sizes: tuple[int, ...]
+    micro_batch: int  # b, size of the micro-batches of the noise estimate
+    vectors: int  # random unit vectors for the bulk variance
+    repeats: int  # random sub-batches measured per batch size
+    steps: int  # Lanczos steps of each sub-batch
+    reference_batch: int | None = None  # default: the smallest of batch_sizes
+    dataset_size: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -109,19 +124,15 @@ def _unbiased(values: torch.Tensor) -> float:
 
 
 def estimate_noise(
-    factory: OperatorFactory,
-    n: int,
-    top_vector: torch.Tensor,
-    micro_batch: int,
-    vectors: int,
-    generator: torch.Generator,
+    factory: OperatorFactory, batch: ProbedBatch, plan: ScalingPlan, generator: torch.Generator
 ) -> NoiseEstimate:
     """Steps 1-3 of the module docstring on ``K = n // b`` shuffled micro-batches (streaming sums)."""
+    n, micro_batch, vectors = batch.n, plan.micro_batch, plan.vectors
     k = n // micro_batch
     if k < 2:
         raise ValueError(f"micro-batch {micro_batch} leaves fewer than two micro-batches of {n}")
     order = torch.randperm(n, generator=generator)
-    phi = top_vector / top_vector.norm()
+    phi = batch.top_vector / batch.top_vector.norm()
     z = unit_vectors(vectors, phi.numel(), generator, phi.dtype, phi.device)
     probes = torch.cat([z, phi[None]])  # random vectors, then phi
     sum_sq = [0.0] * len(probes)
@@ -172,8 +183,7 @@ def sub_batch_top_eigenvalues(
     values = []
     for _ in range(repeats):
         op = factory(torch.randperm(n, generator=generator)[:batch])
-        top = top_eigenvalues(op.matvec, op.dim, 1, steps, generator, op.dtype, op.device)
-        values.append(float(top[0]))
+        values.append(float(top_eigenvalues(op, 1, steps, generator)[0]))
         del op
     return values
 
@@ -186,33 +196,24 @@ def predicted_top(l1: float, noise: NoiseEstimate, batch: float, population: flo
 
 
 def batch_scaling(
-    factory: OperatorFactory,
-    n: int,
-    lambda_1_batch: float,
-    top_vector: torch.Tensor,
-    batch_sizes: Sequence[int],
-    *,
-    micro_batch: int,
-    vectors: int,
-    repeats: int,
-    steps: int,
-    generator: torch.Generator,
-    reference_batch: int | None = None,
-    dataset_size: float = math.inf,
+    factory: OperatorFactory, probed: ProbedBatch, plan: ScalingPlan, generator: torch.Generator
 ) -> BatchScaling:
     """The batch-size table of the module docstring for the probed batch of ``n`` samples."""
-    noise = estimate_noise(factory, n, top_vector, micro_batch, vectors, generator)
+    n, lambda_1_batch, dataset_size = probed.n, probed.lambda_1, plan.dataset_size
+    noise = estimate_noise(factory, probed, plan, generator)
     s2 = noise.per_sample_perp
     l1 = ss.deconvolved_top_eigenvalue(lambda_1_batch, ss.noise_variance(s2, n, dataset_size))
     separated = not math.isnan(l1)
     if not separated:
         l1 = lambda_1_batch
-    reference = reference_batch or min(batch_sizes)
+    reference = plan.reference_batch or min(plan.batch_sizes)
     b_star = ss.critical_batch(l1, 1.0, s2)
     rows = []
-    for batch in batch_sizes:
+    for batch in plan.batch_sizes:
         if batch < n:
-            measured = sub_batch_top_eigenvalues(factory, n, batch, repeats, steps, generator)
+            measured = sub_batch_top_eigenvalues(
+                factory, n, batch, plan.repeats, plan.steps, generator
+            )
             values = torch.tensor(measured, dtype=torch.float64)
             mean, spread = float(values.mean()), math.sqrt(_unbiased(values))
         elif batch == n:

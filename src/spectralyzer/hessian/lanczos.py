@@ -7,13 +7,12 @@ values converge to the extreme eigenvalues without spurious copies.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-MatVec = Callable[[torch.Tensor], torch.Tensor]
+from .operator import CurvatureOperator
 
 
 @dataclass(frozen=True)
@@ -31,13 +30,13 @@ class Tridiagonal:
         return eigh_tridiagonal(self.alpha, self.beta)
 
 
-def lanczos(matvec: MatVec, start: torch.Tensor, steps: int) -> Tridiagonal:
+def lanczos(op: CurvatureOperator, start: torch.Tensor, steps: int) -> Tridiagonal:
     """``steps`` Lanczos steps from ``start`` (normalised here); stops early on an invariant subspace."""
     q = start / start.norm()
     basis = [q]
     alphas, betas = [], []
     for step in range(steps):
-        w = matvec(q)
+        w = op.matvec(q)
         alpha = float(w @ q)
         alphas.append(alpha)
         stack = torch.stack(basis)
@@ -52,28 +51,20 @@ def lanczos(matvec: MatVec, start: torch.Tensor, steps: int) -> Tridiagonal:
     return Tridiagonal(np.array(alphas), np.array(betas), torch.stack(basis[: len(alphas)]))
 
 
-def random_start(
-    dim: int, generator: torch.Generator, dtype=torch.float64, device: torch.device | str = "cpu"
-) -> torch.Tensor:
+def random_start(op: CurvatureOperator, generator: torch.Generator) -> torch.Tensor:
     """A Gaussian start vector drawn on the CPU from ``generator`` (the same on any device)."""
-    return torch.randn(dim, generator=generator, dtype=dtype).to(device)
+    return torch.randn(op.dim, generator=generator, dtype=op.dtype).to(op.device)
 
 
 def top_eigenpairs(
-    matvec: MatVec,
-    dim: int,
-    k: int,
-    steps: int,
-    generator: torch.Generator,
-    dtype=torch.float64,
-    device: torch.device | str = "cpu",
+    op: CurvatureOperator, k: int, steps: int, generator: torch.Generator
 ) -> tuple[np.ndarray, torch.Tensor]:
     """The ``k`` largest Ritz values (descending) of ``steps`` Lanczos steps and their Ritz vectors.
 
     Vectors are the rows of the returned ``(k, dim)`` tensor (unit norm). The
     start vector is drawn on the CPU from ``generator`` (reproducible on any device).
     """
-    tri = lanczos(matvec, random_start(dim, generator, dtype, device), min(steps, dim))
+    tri = lanczos(op, random_start(op, generator), min(steps, op.dim))
     values, vectors = tri.ritz()
     top = vectors[:, ::-1][:, :k].copy()
     ritz = (tri.basis.T @ torch.from_numpy(top).to(tri.basis)).T
@@ -81,13 +72,7 @@ def top_eigenpairs(
 
 
 def top_eigenvalues(
-    matvec: MatVec,
-    dim: int,
-    k: int,
-    steps: int,
-    generator: torch.Generator,
-    dtype=torch.float64,
-    device: torch.device | str = "cpu",
+    op: CurvatureOperator, k: int, steps: int, generator: torch.Generator
 ) -> np.ndarray:
     """The ``k`` largest eigenvalues (descending): :func:`top_eigenpairs` without the vectors."""
-    return top_eigenpairs(matvec, dim, k, steps, generator, dtype, device)[0]
+    return top_eigenpairs(op, k, steps, generator)[0]

@@ -1,4 +1,9 @@
-"""The Hessian of a model's loss on one batch, as a matrix-free linear operator.
+"""Curvature operators: the one interface every estimator takes, and the Hessian of a loss.
+
+A :class:`CurvatureOperator` is a symmetric matrix known only through its
+products ``v -> M v`` on flat vectors of length ``dim`` (in ``dtype``, on
+``device``).  Lanczos, Hutch++, SLQ and the batch-size probe take one; the
+Hessian, the GGN and Adam's preconditioned Hessian are ones.
 
 ``H v`` is Pearlmutter's trick done by double backward: the gradient is built
 once with ``create_graph=True`` and kept, and each product is one more
@@ -18,13 +23,44 @@ accumulated into ``.grad`` (only ``torch.autograd.grad`` is used).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from .. import interrupts
-
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+MatVec = Callable[[torch.Tensor], torch.Tensor]
+
+
+class CurvatureOperator(Protocol):
+    """A symmetric ``dim x dim`` matrix known through ``matvec`` (what every estimator takes)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class LinearMap:
+    """Any ``v -> A v`` as a :class:`CurvatureOperator` (a deflated operator, an explicit matrix)."""
+
+    dim: int
+    matvec: MatVec
+    dtype: torch.dtype = torch.float64
+    device: torch.device = torch.device("cpu")
+
+    @classmethod
+    def of_matrix(cls, matrix: torch.Tensor) -> LinearMap:
+        """The operator of an explicit square matrix."""
+        return cls(matrix.shape[0], lambda v: matrix @ v, matrix.dtype, matrix.device)
 
 
 class ParameterBlock:
@@ -78,9 +114,7 @@ def differentiate(
     Outputs that do not require grad (a constant gradient, e.g. of a bias
     under a quadratic loss) contribute zero instead of raising, and unused
     inputs give ``None`` instead of raising (a pitfall of PyHessian).
-    Every probe product passes here: a SIGTERM/Ctrl-C stops the probe at the next one.
     """
-    interrupts.check()
     pairs = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if o.requires_grad]
     if not pairs:
         return [None] * len(inputs)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .lanczos import MatVec, lanczos, random_start
+from .lanczos import lanczos, random_start
+from .operator import CurvatureOperator
 
 
 @dataclass(frozen=True)
@@ -39,19 +40,12 @@ class SpectralDensity:
 
 
 def slq(
-    matvec: MatVec,
-    dim: int,
-    steps: int,
-    vectors: int,
-    generator: torch.Generator,
-    dtype=torch.float64,
-    device: torch.device | str = "cpu",
+    op: CurvatureOperator, steps: int, vectors: int, generator: torch.Generator
 ) -> SpectralDensity:
     """Average of the Gauss quadrature rules of ``vectors`` random starts, ``steps`` each."""
     nodes, weights = [], []
     for _ in range(vectors):
-        start = random_start(dim, generator, dtype, device)
-        theta, u = lanczos(matvec, start, min(steps, dim)).ritz()
+        theta, u = lanczos(op, random_start(op, generator), min(steps, op.dim)).ritz()
         nodes.append(theta)
         weights.append(u[0] ** 2 / vectors)
     return SpectralDensity(np.concatenate(nodes), np.concatenate(weights))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .lanczos import MatVec
+from .operator import CurvatureOperator, LinearMap
 
 
 @dataclass(frozen=True)
@@ -22,23 +22,16 @@ class TraceEstimate:
     samples: int
 
 
-def hutchinson(
-    matvec: MatVec,
-    dim: int,
-    samples: int,
-    generator: torch.Generator,
-    dtype=torch.float64,
-    device: torch.device | str = "cpu",
-) -> TraceEstimate:
+def hutchinson(op: CurvatureOperator, samples: int, generator: torch.Generator) -> TraceEstimate:
     """Mean of ``v^T H v`` over ``samples`` Rademacher vectors, with its standard error.
 
     The vectors are drawn on the CPU from ``generator`` (reproducible on any device)
-    and the products run on ``device``.
+    and the products run on the operator's device.
     """
     values = []
     for _ in range(samples):
-        v = _signs((dim,), generator, dtype).to(device)
-        values.append(float(v @ matvec(v)))
+        v = _signs((op.dim,), generator, op.dtype).to(op.device)
+        values.append(float(v @ op.matvec(v)))
     t = torch.tensor(values, dtype=torch.float64)
     stderr = float(t.std(unbiased=True)) / math.sqrt(samples) if samples > 1 else math.nan
     return TraceEstimate(float(t.mean()), stderr, samples)
@@ -49,12 +42,7 @@ def _signs(shape: tuple[int, ...], generator: torch.Generator, dtype) -> torch.T
 
 
 def hutch_plus_plus(
-    matvec: MatVec,
-    dim: int,
-    matvecs: int,
-    generator: torch.Generator,
-    dtype=torch.float64,
-    device: torch.device | str = "cpu",
+    op: CurvatureOperator, matvecs: int, generator: torch.Generator
 ) -> TraceEstimate:
     """Hutch++ (Meyer, Musco, Musco & Woodruff 2021): ``tr(Q^T H Q)`` plus Hutchinson on the rest.
 
@@ -72,25 +60,20 @@ def hutch_plus_plus(
     if matvecs < 1:
         raise ValueError(f"Hutch++ needs at least one matrix-vector product, got {matvecs}")
     k = matvecs // 3
+    dim, dtype, device = op.dim, op.dtype, op.device
     if k >= dim:
         eye = torch.eye(dim, dtype=dtype, device=device)
-        exact = sum(float(matvec(e).to(dtype)[i]) for i, e in enumerate(eye))
+        exact = sum(float(op.matvec(e).to(dtype)[i]) for i, e in enumerate(eye))
         return TraceEstimate(exact, 0.0, dim)
     if k == 0:
-        return hutchinson(matvec, dim, matvecs, generator, dtype, device)
+        return hutchinson(op, matvecs, generator)
     sketch = _signs((dim, k), generator, dtype).to(device)
-    q, _ = torch.linalg.qr(torch.stack([matvec(s).to(dtype) for s in sketch.T], dim=1))
-    low_rank = sum(float(c @ matvec(c).to(dtype)) for c in q.T)
+    q, _ = torch.linalg.qr(torch.stack([op.matvec(s).to(dtype) for s in sketch.T], dim=1))
+    low_rank = sum(float(c @ op.matvec(c).to(dtype)) for c in q.T)
 
     def deflate(v: torch.Tensor) -> torch.Tensor:
         return v - q @ (q.T @ v)
 
-    rest = hutchinson(
-        lambda v: deflate(matvec(deflate(v)).to(dtype)),
-        dim,
-        matvecs - 2 * k,
-        generator,
-        dtype,
-        device,
-    )
+    rest_op = LinearMap(dim, lambda v: deflate(op.matvec(deflate(v)).to(dtype)), dtype, device)
+    rest = hutchinson(rest_op, matvecs - 2 * k, generator)
     return TraceEstimate(low_rank + rest.value, rest.stderr, 2 * k + rest.samples)
