@@ -33,8 +33,6 @@ from .layers import CONV_MODES, LAYER_TYPES
 from .outputs import resolve_inputs, write_file, write_report_folder
 from .pipeline import AnalysisOptions, make_options, run_analysis
 from .probe import LOSSES, PRECISIONS, ProbeOptions, load_adam_state, run_probe
-from .probe_text import FORMATS as PROBE_FORMATS
-from .probe_text import render_probe
 from .render import FORMATS, csv_text, render
 from .render_table import terminal_view
 from .series import RANK_METRICS, default_labels, read_accuracy
@@ -612,9 +610,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
     is_flag=True,
     help="Allow loading that runs code from the file (full pickled modules, TorchScript programs). Only for files you trust.",
 )
-@click.option(
-    "--format", "fmt", type=click.Choice(PROBE_FORMATS), default="table", show_default=True
-)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("-o", "--output", metavar="FILE", help="Write the report here instead of stdout.")
 @handle_errors
 def probe(
@@ -657,7 +653,7 @@ def probe(
     )
     sources = (model, weights, data, optimizer_state)
     inputs_used = [Path(p) for p in sources if p and Path(p).exists()]
-    write_output(render_probe(fmt, result), output, inputs_used)
+    write_output(render(result, fmt), output, inputs_used)
 
 
 if __name__ == "__main__":  # pragma: no cover

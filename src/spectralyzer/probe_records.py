@@ -284,7 +284,9 @@ class ProbeResult:
                 columns={"top_k_above": f"top_{self.options.top_k}_above"}
             )
         if self.layers is not None:
-            out["layers"] = self.layers
+            out["layers"] = self.layers.copy()
+        for frame in out.values():  # curvatures span decades: render.DIGITS significant digits
+            frame.attrs["significant_digits"] = 4
         return out
 
     def sections(self) -> list[Section]:

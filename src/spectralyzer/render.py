@@ -34,6 +34,8 @@ FLOAT_FORMAT = "%.10g"
 SHOWN = "shown_columns"
 #: The column of layer names: written as inline code in Markdown.
 NAME_COLUMN = "name"
+#: ``DataFrame.attrs`` key: significant digits of the table's floats (default: 3 decimals).
+DIGITS = "significant_digits"
 
 
 class Result(Protocol):
@@ -44,6 +46,12 @@ class Result(Protocol):
     def tables(self) -> dict[str, pd.DataFrame]: ...  # named tables, the first the main one
 
     def summary_lines(self) -> list[str]: ...  # plain lines for people, not yet escaped
+
+
+class Sectioned(Result, Protocol):
+    """A result whose lines come in sections, each followed by the table it explains (a probe)."""
+
+    def sections(self) -> list[Any]: ...  # each has ``lines`` and ``table`` (a name, or None)
 
 
 def render(
@@ -75,6 +83,8 @@ def render(
         tables[main] = pick_columns(tables[main], columns)
     if fmt == "csv":
         return csv_text(next(iter(tables.values()))) if tables else ""
+    if hasattr(result, "sections") and not columns:
+        return sectioned_text(result, tables, fmt, width=width, color=color)
     if fmt == "markdown":
         return markdown_text(tables, result.summary_lines())
     shown = {name: shown_frame(frame) for name, frame in tables.items()}
@@ -107,6 +117,33 @@ def shown_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The columns of a table that people see, floats as text to 3 decimals."""
     columns = frame.attrs.get(SHOWN) or tuple(frame.columns)
     return format_floats(frame[list(columns)])
+
+
+def sectioned_text(
+    result: Sectioned,
+    tables: dict[str, pd.DataFrame],
+    fmt: str,
+    *,
+    width: int | None = None,
+    color: bool = False,
+) -> str:
+    """Table or Markdown text of a sectioned result: each section's lines, then its table."""
+    blocks = []
+    for n, section in enumerate(result.sections()):
+        if fmt == "markdown":
+            lines = [markdown(line) for line in section.lines]
+            if n == 0 and lines:
+                lines = [f"# {lines[0]}", "", *lines[1:]]
+            block = "\n".join(lines)
+            if section.table:
+                block += "\n\n" + markdown_table(tables[section.table]).rstrip("\n")
+        else:
+            block = terminal_text({}, section.lines, width=width).rstrip("\n")
+            if section.table:
+                frame = {section.table: shown_frame(tables[section.table])}
+                block += "\n\n" + terminal_text(frame, [], width=width, color=color).rstrip("\n")
+        blocks.append(block)
+    return "\n\n".join(blocks) + "\n"
 
 
 # --- JSON
@@ -191,12 +228,22 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def format_floats(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy with float columns as text to 3 decimals, for people to read."""
+    """A copy with float columns as text for people: 3 decimals, or the table's own
+    significant digits (``attrs[DIGITS]``: curvatures span decades)."""
+    digits = frame.attrs.get(DIGITS)
+    text = number if digits is None else (lambda x: significant(x, digits))
     frame = frame.copy()
     for column in frame.columns:
         if frame[column].dtype.kind == "f":
-            frame[column] = frame[column].map(number)
+            frame[column] = frame[column].map(text)
     return frame
+
+
+def significant(x: Any, digits: int) -> str:
+    """A float to ``digits`` significant digits (``n/a`` for NaN); anything else as ``str``."""
+    if isinstance(x, float):
+        return "n/a" if math.isnan(x) else f"{x:.{digits}g}"
+    return str(x)
 
 
 def number(x: Any) -> str:
