@@ -10,7 +10,7 @@ import click
 from ..demo import demo_model_path
 from ..pipeline import run_analysis
 from .errors import handle_errors
-from .options import _comma_list, analysis_options, build_options, output_options, report_option
+from .options import analysis_options, build_options, comma_list, output_options, report_option
 from .output import progress_bar, show, write_report
 
 
@@ -21,7 +21,7 @@ from .output import progress_bar, show, write_report
 @click.option(
     "--columns",
     metavar="LIST",
-    callback=_comma_list,
+    callback=comma_list,
     help="Comma-separated columns of the per-layer table to show (default: the main ones).",
 )
 @report_option

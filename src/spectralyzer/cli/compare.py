@@ -10,7 +10,7 @@ import click
 from ..series import RANK_METRICS, compare
 from ..tables import csv_text
 from .errors import handle_errors
-from .options import _comma_list, analysis_options, build_options, output_options, report_option
+from .options import analysis_options, build_options, comma_list, output_options, report_option
 from .output import emit, existing, show, write_report
 
 
@@ -19,7 +19,7 @@ from .output import emit, existing, show, write_report
 @click.option(
     "--labels",
     metavar="LIST",
-    callback=_comma_list,
+    callback=comma_list,
     help="Comma-separated names of the models (default: file names).",
 )
 @click.option(

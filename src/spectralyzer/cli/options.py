@@ -66,7 +66,7 @@ def _apply(options: list[Decorator], command: Callable[..., Any]) -> Callable[..
     return command
 
 
-def _comma_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
+def comma_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
     """``"a, b"`` -> ``("a", "b")``; nothing given -> None."""
     if value is None:
         return None
@@ -105,7 +105,7 @@ def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--types",
                 metavar="LIST",
-                callback=_comma_list,
+                callback=comma_list,
                 help=f"Comma-separated layer types to analyse ({', '.join(LAYER_TYPES)}).",
             ),
             click.option(
