@@ -21,40 +21,17 @@ from ..pipeline import AnalysisOptions, make_options
 FORMATS = ("table", "csv", "json", "markdown")
 
 #: Library field -> command-line flag, where the flag is not ``--`` + the field with dashes.
-FLAGS = {
-    "trust_pickle": "--trust-code",
-    "selection": "--layers",
-}
-#: Fields whose flag is ``--`` + the field with dashes (anything else is shown as it is:
-#: a policy key, or a flag the probe's options already name).
-FIELDS = (
-    "layers",
-    "exclude",
-    "types",
-    "min_evals",
-    "max_evals",
-    "conv_mode",
-    "randomize",
-    "seed",
-    "normalize",
-    "fix_fingers",
-    "tail_tests",
-    "device",
-    "labels",
-    "accuracy",
-    "rank_by",
-    "columns",
-    "format",
-)
+FLAGS = {"trust_pickle": "--trust-code"}
 
 
 def flag_for(field: str) -> str:
-    """The command-line flag of a library field (``max_evals`` -> ``--max-evals``)."""
-    if field in FLAGS:
-        return FLAGS[field]
-    if field in FIELDS:
-        return "--" + field.replace("_", "-")
-    return field
+    """The command-line flag of a library field (``max_evals`` -> ``--max-evals``).
+
+    A key that is not a field name (already a flag, a file) is shown as it is.
+    """
+    if not field.isidentifier():
+        return field
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
