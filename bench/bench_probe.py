@@ -47,11 +47,11 @@ from spectralyzer.hessian.operator import HessianOperator
 from spectralyzer.hessian.slq import slq
 from spectralyzer.hessian.trace import hutch_plus_plus
 from spectralyzer.io.runnable import load_batch, load_runnable
-from spectralyzer.probe import PRECISIONS, ProbeOptions, run_probe
+from spectralyzer.probe_pipeline import PRECISIONS, ProbeOptions, run_probe
 
 LOSS = torch.nn.functional.cross_entropy
-# the module (``spectralyzer.probe`` as an attribute is the function of that name)
-probe_module = importlib.import_module("spectralyzer.probe")
+# the probe pipeline module (its functions are timed from outside)
+probe_module = importlib.import_module("spectralyzer.probe_pipeline")
 OPERATORS = {"hessian": HessianOperator, "ggn": GGNOperator}
 BATCH_SIZES = (32, 128, 512)
 

@@ -13,7 +13,7 @@ from torch import nn
 from spectralyzer.cli import main
 from spectralyzer.errors import InputError
 from spectralyzer.hessian import step_sizes as ss
-from spectralyzer.probe import probe, read_adam_state
+from spectralyzer.probe_pipeline import probe, read_adam_state
 from test_hessian import exact_hessian
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")

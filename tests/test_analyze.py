@@ -252,7 +252,7 @@ def test_odd_but_valid_weights_are_analysed_or_skipped_with_a_reason():
     assert rows.loc["f8.weight", "lambda_max"] == pytest.approx(esd(f8)[-1], rel=1e-10)
     reasons = {s["name"]: s["reason"] for s in summary["skipped"]}
     assert set(reasons) == {"row.weight", "col.weight", "bool.weight", "int.weight"}
-    assert "--min-evals" in reasons["row.weight"] and "bool" in reasons["bool.weight"]
+    assert "min_evals" in reasons["row.weight"] and "bool" in reasons["bool.weight"]
 
 
 def test_fix_fingers_clips_planted_outsized_eigenvalues():

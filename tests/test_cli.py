@@ -179,7 +179,7 @@ def test_console_script_runs_demo(minilm_path):
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_interrupted_run_writes_no_report(model, tmp_path, monkeypatch, request, signum, code):
-    import spectralyzer.cli as cli
+    from spectralyzer.cli import analyze as cli
 
     # A process started in the background (nohup, `cmd &` without job control) inherits
     # SIGINT ignored, and Python then installs no Ctrl-C handler: the tool rightly stays

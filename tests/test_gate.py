@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save_file
 import damage
 import spectralyzer
 from spectralyzer.cli import main
-from spectralyzer.diff import Diff, diff, diff_frames
-from spectralyzer.gate import Policy, evaluate
+from spectralyzer.gate_policy import Policy, evaluate
+from spectralyzer.layer_diff import Diff, diff, diff_frames
 
 
 @pytest.fixture(scope="module")

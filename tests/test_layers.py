@@ -44,8 +44,8 @@ def test_plan_skips_vectors_integers_and_small_matrices_with_reasons():
     reasons = {s.name: s.reason for s in skipped}
     assert "a.bias" not in reasons
     assert "int64" in reasons["position_ids"]
-    assert "--min-evals" in reasons["token_type_embeddings.weight"]
-    assert "--max-evals" in reasons["huge.weight"]
+    assert "min_evals" in reasons["token_type_embeddings.weight"]
+    assert "max_evals" in reasons["huge.weight"]
     specs, _ = plan(infos, Selection())
     assert [(s.name, s.N, s.M) for s in specs] == [("a.weight", 384, 384), ("huge.weight", 100, 50)]
 
@@ -58,7 +58,7 @@ def test_selection_by_regex_and_type():
         info("emb.embed_tokens.weight", (1000, 32)),
     ]
     names = lambda sel: [s.name for s in plan(infos, sel)[0]]  # noqa: E731
-    assert names(Selection(include=r"enc\.1\.")) == ["enc.1.q.weight", "enc.1.conv.weight"]
+    assert names(Selection(layers=r"enc\.1\.")) == ["enc.1.q.weight", "enc.1.conv.weight"]
     assert names(Selection(exclude="conv")) == [
         "enc.0.q.weight",
         "enc.1.q.weight",
@@ -76,7 +76,7 @@ def test_conv_slices_are_oriented_n_ge_m(out_ch, in_ch):
     w = torch.randn(out_ch, in_ch, 2, 2)
     (spec,), _ = plan([info("conv.weight", w.shape)], Selection())
     assert (spec.N, spec.M, spec.num_slices, spec.num_evals) == (256, 128, 4, 512)
-    stack = to_matrices(w, spec, "slices")
+    stack = to_matrices(w, spec)
     assert stack.shape == (4, 256, 128)
     expected = w[:, :, 1, 0] if out_ch >= in_ch else w[:, :, 1, 0].T
     assert torch.equal(stack[2], expected)  # kernel position (1, 0) is slice 1*2 + 0
@@ -86,7 +86,7 @@ def test_conv_unfold_view():
     w = torch.randn(16, 8, 3, 3)
     (spec,), _ = plan([info("conv.weight", w.shape)], Selection(conv_mode="unfold"))
     assert (spec.N, spec.M, spec.num_slices) == (72, 16, 1)
-    stack = to_matrices(w, spec, "unfold")
+    stack = to_matrices(w, spec)
     assert torch.equal(stack[0], w.reshape(16, 72).T)
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from spectralyzer import interrupts
 from spectralyzer.hessian.operator import HessianOperator
-from spectralyzer.probe import Interruptible, probe
+from spectralyzer.probe_pipeline import Interruptible, probe
 
 
 def tiny():

@@ -142,7 +142,7 @@ def test_every_esd_is_sorted_non_negative_and_complete(
     """ESDs: ascending, >= 0, num_slices * M values, trace = ||W||_F^2; empty iff non-finite."""
     specs, _ = _plan(sd, conv_mode)
     with MemoryCheckpoint(sd) as checkpoint:
-        spectra = compute_spectra(checkpoint, specs, conv_mode=conv_mode, randomize=randomize)
+        spectra = compute_spectra(checkpoint, specs, randomize=randomize)
     assert sorted(spectra) == sorted(s.name for s in specs)  # keyed by name, in batch order
     for spec in specs:
         weights = sd[spec.name].double()

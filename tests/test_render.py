@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from helpers import gaussian, pareto_entries
-from spectralyzer.diff import diff
 from spectralyzer.errors import OptionError
-from spectralyzer.gate import Policy, evaluate
+from spectralyzer.gate_policy import Policy, evaluate
+from spectralyzer.layer_diff import diff
 from spectralyzer.pipeline import run_analysis
 from spectralyzer.render import FORMATS, render
 from spectralyzer.render_table import ANSI, RESET, terminal_view

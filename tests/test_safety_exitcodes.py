@@ -24,8 +24,10 @@ from exitcodes_support import (
     write_checkpoint,
     write_factory,
 )
-from spectralyzer import cli, errors
-from spectralyzer.probe import ProbeOptions
+from spectralyzer import errors
+from spectralyzer import gate_policy as gate
+from spectralyzer.cli import analyze as analyze_command
+from spectralyzer.probe_pipeline import ProbeOptions
 
 SRC = Path(spectralyzer.__file__).parents[1]  # the tree under test
 
@@ -77,7 +79,7 @@ def test_unexpected_exception_exits_3_with_one_line_and_no_traceback(pair, monke
     def broken(*args, **kwargs):
         raise ZeroDivisionError("float division by zero")
 
-    monkeypatch.setattr(cli, "run_analysis", broken)
+    monkeypatch.setattr(analyze_command, "run_analysis", broken)
     line = error_line(run("analyze", pair[0]), code=3)
     assert line == (
         "spectralyzer: internal error: ZeroDivisionError: float division by zero; "
@@ -89,7 +91,7 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code(pair, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("d_log_spectral_norm")
 
-    monkeypatch.setattr(cli, "diff_models", broken)
+    monkeypatch.setattr(gate, "diff", broken)
     result = run("gate", pair[0], pair[0], "--debug")
     assert result.exit_code == 3, result.output
     assert "Traceback" in result.stderr and "KeyError: 'd_log_spectral_norm'" in result.stderr
@@ -103,7 +105,7 @@ def test_a_bare_value_error_from_numerical_code_is_internal_not_a_user_error(pai
     def broken(*args, **kwargs):
         raise ValueError("array must not contain infs or NaNs")
 
-    monkeypatch.setattr(cli, "run_analysis", broken)
+    monkeypatch.setattr(analyze_command, "run_analysis", broken)
     line = error_line(run("analyze", pair[0]), code=3)
     assert "ValueError: array must not contain infs or NaNs" in line
 

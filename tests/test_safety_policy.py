@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from exitcodes_support import error_line, gaussian_layers, run, write_checkpoint
-from spectralyzer.diff import diff
-from spectralyzer.gate import Policy, evaluate
+from spectralyzer.gate_policy import Policy, evaluate
+from spectralyzer.layer_diff import diff
 
 
 @pytest.fixture

@@ -2,6 +2,12 @@
 
 >>> import spectralyzer
 >>> details, summary = spectralyzer.analyze("model.safetensors")  # doctest: +SKIP
+
+The public functions are named for what they do (``analyze``, ``compare``,
+``diff``, ``gate``, ``probe``); the modules holding them are named for the
+pipeline (``pipeline``, ``series``, ``layer_diff``, ``gate_policy``,
+``probe_pipeline``), so importing a module never hides a function. Any result
+renders as text with ``spectralyzer.render.render(result, fmt)``.
 """
 
 from __future__ import annotations
@@ -15,35 +21,60 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
+# public name -> the module that defines it (imported on first use: `--help` stays fast)
+_PUBLIC = {
+    "analyze": "pipeline",
+    "run_analysis": "pipeline",
+    "Analysis": "pipeline",
+    "AnalysisOptions": "pipeline",
+    "compare": "series",
+    "Series": "series",
+    "diff": "layer_diff",
+    "Diff": "layer_diff",
+    "gate": "gate_policy",
+    "Policy": "gate_policy",
+    "Verdict": "gate_policy",
+    "probe": "probe_pipeline",
+    "ProbeOptions": "probe_records",
+    "ProbeResult": "probe_records",
+    "SpectralyzerError": "errors",
+    "InputError": "errors",
+    "OptionError": "errors",
+}
+
 __all__ = [
     "Analysis",
     "AnalysisOptions",
+    "Diff",
     "InputError",
+    "OptionError",
+    "Policy",
+    "ProbeOptions",
+    "ProbeResult",
+    "Series",
     "SpectralyzerError",
+    "Verdict",
     "__version__",
     "analyze",
+    "compare",
+    "diff",
+    "gate",
     "probe",
     "run_analysis",
-]
+]  # = "__version__" and the keys of _PUBLIC (a test checks)
 
 if TYPE_CHECKING:
-    from .errors import InputError, SpectralyzerError
+    from .errors import InputError, OptionError, SpectralyzerError
+    from .gate_policy import Policy, Verdict, gate
+    from .layer_diff import Diff, diff
     from .pipeline import Analysis, AnalysisOptions, analyze, run_analysis
-    from .probe import probe
+    from .probe_pipeline import probe
+    from .probe_records import ProbeOptions, ProbeResult
+    from .series import Series, compare
 
 
 def __getattr__(name: str) -> Any:
     """Import the public API on first use, so that importing a submodule stays cheap."""
-    if name in ("Analysis", "AnalysisOptions", "analyze", "run_analysis"):
-        from . import pipeline as module
-    elif name == "probe":
-        # the function shares its name with its module: import_module, not ``from . import``
-        # (which would ask this __getattr__ again), and bind the function over the module
-        function = importlib.import_module(".probe", __name__).probe
-        globals()["probe"] = function
-        return function
-    elif name in ("InputError", "SpectralyzerError"):
-        from . import errors as module
-    else:
+    if name not in _PUBLIC:
         raise AttributeError(f"module 'spectralyzer' has no attribute {name!r}")
-    return getattr(module, name)
+    return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)

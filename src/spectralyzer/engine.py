@@ -79,11 +79,11 @@ class LayerSpectra:
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> ``cuda`` when available, else ``cpu``."""
     if device not in DEVICES:
-        raise OptionError("--device", f"must be one of {DEVICES}, not {device!r}")
+        raise OptionError("device", f"must be one of {DEVICES}, not {device!r}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise OptionError("--device", "cuda was asked for but torch sees no CUDA device")
+        raise OptionError("device", "cuda was asked for but torch sees no CUDA device")
     return torch.device(device)
 
 
@@ -276,7 +276,6 @@ def compute_spectra(
     checkpoint: Checkpoint,
     specs: list[LayerSpec],
     *,
-    conv_mode: str = "slices",
     device: torch.device | None = None,
     randomize: bool = False,
     seed: int = 0,
@@ -286,7 +285,8 @@ def compute_spectra(
 ) -> dict[str, LayerSpectra]:
     """ESDs (and randomised ESDs) of every spec, keyed by parameter name.
 
-    ``timings``, when given, accumulates seconds spent per stage
+    Each spec says how its tensor becomes matrices (``LayerSpec.view``, chosen by
+    :func:`~spectralyzer.layers.plan`).  ``timings``, when given, accumulates seconds spent per stage
     (``load``, ``eigenvalues``, ``randomize``).
     """
     device = device or torch.device("cpu")
@@ -294,7 +294,7 @@ def compute_spectra(
     batches = list(_batches(specs, batch_elements))
     last_use = {shape: i for i, batch in enumerate(batches) for shape in map(_stack_shape, batch)}
     return _spectra_of_batches(
-        checkpoint, batches, conv_mode, device, randomize, Shuffler(seed), last_use, clock, progress
+        checkpoint, batches, device, randomize, Shuffler(seed), last_use, clock, progress
     )
 
 
@@ -305,7 +305,6 @@ def _stack_shape(spec: LayerSpec) -> tuple[int, int, int]:
 def _spectra_of_batches(
     checkpoint: Checkpoint,
     batches: list[list[LayerSpec]],
-    conv_mode: str,
     device: torch.device,
     randomize: bool,
     shuffle: Shuffler,
@@ -324,7 +323,7 @@ def _spectra_of_batches(
             rows = slice(start, start + spec.num_slices)
             start += spec.num_slices
             randomized = (shuffled[rows], shuffle) if shuffled is not None else None
-            scales.append(_add_layer(checkpoint, spec, conv_mode, grams[rows], randomized, clock))
+            scales.append(_add_layer(checkpoint, spec, grams[rows], randomized, clock))
         # on a worker the main thread can leave on SIGTERM/Ctrl-C (minutes for 8192 x 8192)
         esds = _split(interrupts.abandonable(symmetric_eigenvalues, grams), batch, scales)
         del grams
@@ -347,7 +346,6 @@ def _spectra_of_batches(
 def _add_layer(
     checkpoint: Checkpoint,
     spec: LayerSpec,
-    conv_mode: str,
     grams: torch.Tensor,
     randomized: tuple[torch.Tensor, Shuffler] | None,
     clock: _Clock,
@@ -357,7 +355,7 @@ def _add_layer(
 
     A layer with non-finite weights adds nothing (its Gram matrices stay 0).
     """
-    stack = to_matrices(checkpoint.load(spec.name), spec, conv_mode)
+    stack = to_matrices(checkpoint.load(spec.name), spec)
     clock.lap("load")
     scale = _Scale.of(stack)
     if scale.finite:

@@ -33,6 +33,7 @@ from math import prod
 import torch
 
 from . import budget
+from .errors import OptionError
 from .io.base import TensorInfo
 
 LAYER_TYPES = (
@@ -74,6 +75,7 @@ class LayerSpec:
     N: int  # rows of each matrix, N >= M
     M: int  # columns of each matrix = eigenvalues per matrix
     num_slices: int  # matrices pooled into the layer's ESD
+    view: str = "matrix"  # how the tensor becomes matrices: "matrix", "slices" or "unfold"
 
     @property
     def num_evals(self) -> int:
@@ -91,14 +93,59 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Selection:
-    """Which parameters to analyse (all filters must pass)."""
+    """Which parameters to analyse (all filters must pass).
 
-    include: str | None = None  # regex searched in the parameter name
-    exclude: str | None = None  # regex searched in the parameter name
+    Every value is checked on construction: a bad one raises
+    :class:`~spectralyzer.errors.OptionError` naming the field, so the library
+    and the CLI (which maps fields to flags) refuse the same values.
+    """
+
+    layers: str | None = None  # regex searched in the parameter name: keep matches
+    exclude: str | None = None  # regex searched in the parameter name: drop matches
     types: tuple[str, ...] | None = None  # subset of LAYER_TYPES
     min_evals: int = 8  # skip matrices with fewer eigenvalues per slice (weightwatcher: 8)
-    max_evals: int | None = 16384  # skip matrices whose M exceeds this (cost grows as M^3)
+    max_evals: int | None = 16384  # skip matrices whose M exceeds this; 0 or None: no cap
     conv_mode: str = "slices"
+
+    def __post_init__(self) -> None:
+        for key in ("layers", "exclude"):
+            _check_pattern(key, getattr(self, key))
+        if self.types is not None:
+            if isinstance(self.types, str) or not all(isinstance(t, str) for t in self.types):
+                raise OptionError(
+                    "types", f"must be a sequence of layer type names, not {self.types!r}"
+                )
+            unknown = sorted(set(self.types) - set(LAYER_TYPES))
+            if unknown:
+                raise OptionError(
+                    "types",
+                    f"unknown layer type(s) {unknown}; choose from {', '.join(LAYER_TYPES)}",
+                )
+            object.__setattr__(self, "types", tuple(self.types))
+        if not _is_int(self.min_evals) or self.min_evals < 1:
+            raise OptionError("min_evals", f"must be an integer >= 1, not {self.min_evals!r}")
+        if self.max_evals is not None and (not _is_int(self.max_evals) or self.max_evals < 0):
+            raise OptionError("max_evals", f"must be >= 0 (0: no cap), not {self.max_evals!r}")
+        if self.conv_mode not in CONV_MODES:
+            raise OptionError(
+                "conv_mode", f"must be one of {', '.join(CONV_MODES)}, not {self.conv_mode!r}"
+            )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_pattern(key: str, pattern: object) -> None:
+    """A regular expression that compiles, or None."""
+    if pattern is None:
+        return
+    if not isinstance(pattern, str):
+        raise OptionError(key, f"must be a regular expression (a string), not {pattern!r}")
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise OptionError(key, f"{pattern!r} is not a valid regular expression: {err}") from None
 
 
 def layer_type(info: TensorInfo) -> str | None:
@@ -122,11 +169,17 @@ def layer_type(info: TensorInfo) -> str | None:
     return None
 
 
+def _view(shape: tuple[int, ...], conv_mode: str) -> str:
+    """How a tensor of this shape becomes matrices: itself, or a conv kernel's view."""
+    return "matrix" if len(shape) == 2 else conv_mode
+
+
 def _matrix_shape(shape: tuple[int, ...], conv_mode: str) -> tuple[int, int, int]:
     """(N, M, num_slices) of the matrices a tensor of this shape becomes."""
-    if len(shape) == 2:
+    view = _view(shape, conv_mode)
+    if view == "matrix":
         rows, cols, slices = shape[0], shape[1], 1
-    elif conv_mode == "slices":
+    elif view == "slices":
         rows, cols, slices = shape[0], shape[1], prod(shape[2:])
     else:
         rows, cols, slices = shape[0], prod(shape[1:]), 1
@@ -149,9 +202,7 @@ def plan(
     estimated memory need (:func:`spectralyzer.budget.matrix_need`, with
     ``randomize``) exceeds ``available`` bytes (measured now when None).
     """
-    if selection.conv_mode not in CONV_MODES:
-        raise ValueError(f"conv_mode must be one of {CONV_MODES}, not {selection.conv_mode!r}")
-    include = re.compile(selection.include) if selection.include else None
+    include = re.compile(selection.layers) if selection.layers else None
     exclude = re.compile(selection.exclude) if selection.exclude else None
     available = budget.available_memory() if available is None else available
     specs: list[LayerSpec] = []
@@ -174,7 +225,8 @@ def plan(
             skipped.append(Skipped(info.name, info.shape, reason))
             continue
         N, M, slices = _matrix_shape(info.shape, selection.conv_mode)
-        specs.append(LayerSpec(info.name, kind, tuple(info.shape), info.dtype, N, M, slices))
+        view = _view(info.shape, selection.conv_mode)
+        specs.append(LayerSpec(info.name, kind, tuple(info.shape), info.dtype, N, M, slices, view))
     return specs, skipped
 
 
@@ -190,9 +242,9 @@ def _unanalysable(
         return f"empty: shape {'x'.join(map(str, info.shape))} has a dimension of size 0"
     N, M, slices = _matrix_shape(info.shape, selection.conv_mode)
     if M < selection.min_evals:
-        return f"{M} eigenvalues per matrix, fewer than --min-evals {selection.min_evals}"
-    if selection.max_evals is not None and M > selection.max_evals:
-        return f"{M} eigenvalues per matrix, more than --max-evals {selection.max_evals}"
+        return f"{M} eigenvalues per matrix, fewer than min_evals {selection.min_evals}"
+    if selection.max_evals and M > selection.max_evals:
+        return f"{M} eigenvalues per matrix, more than max_evals {selection.max_evals}"
     itemsize = getattr(torch, info.dtype).itemsize
     need = budget.matrix_need(N, M, slices, itemsize, randomize)
     if available is not None and need > available:
@@ -204,15 +256,16 @@ def _unanalysable(
     return None
 
 
-def to_matrices(tensor: torch.Tensor, spec: LayerSpec, conv_mode: str) -> torch.Tensor:
+def to_matrices(tensor: torch.Tensor, spec: LayerSpec) -> torch.Tensor:
     """The ``(num_slices, N, M)`` stack of matrices of one weight tensor, N >= M.
 
-    Per-kernel-position slices of a conv kernel ``(out, in, *k)`` are
-    ``W[:, :, i1, .., id]``; the unfolded view is ``W.reshape(out, in * K)``.
+    ``spec.view`` (chosen by :func:`plan`) says how: per-kernel-position slices of
+    a conv kernel ``(out, in, *k)`` are ``W[:, :, i1, .., id]``; the unfolded view
+    is ``W.reshape(out, in * K)``.
     """
-    if tensor.ndim == 2:
+    if spec.view == "matrix":
         stack = tensor.unsqueeze(0)
-    elif conv_mode == "slices":
+    elif spec.view == "slices":
         out_ch, in_ch = tensor.shape[:2]
         stack = tensor.reshape(out_ch, in_ch, -1).permute(2, 0, 1)
     else:

@@ -290,3 +290,14 @@ def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def append_text(path: str | os.PathLike[str], text: str) -> None:
+    """Append ``text`` to a log-like file another program owns (a CI step summary).
+
+    Not atomic and not checked against the inputs: the file is named by the
+    environment (``$GITHUB_STEP_SUMMARY``), never by a model path.
+    """
+    interrupts.check()
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(text)

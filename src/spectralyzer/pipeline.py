@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 
 from . import __version__, interrupts
-from .engine import LayerSpectra, compute_spectra, resolve_device
-from .errors import InputError
+from .engine import DEVICES, LayerSpectra, compute_spectra, resolve_device
+from .errors import InputError, OptionError
 from .fit.tail_tests import SIGNIFICANCE as TAIL_SIGNIFICANCE
 from .flow import with_flow
 from .io import open_checkpoint
@@ -30,7 +30,12 @@ from .tables import SUMMARY_MEANS, details_frame, layers_table, summarize
 
 @dataclass(frozen=True)
 class AnalysisOptions:
-    """Everything that changes the numbers of an analysis."""
+    """Everything that changes the numbers of an analysis.
+
+    Checked on construction (the selection checks itself): a bad value raises
+    :class:`~spectralyzer.errors.OptionError` naming the field, before any file
+    is read.
+    """
 
     selection: Selection = field(default_factory=Selection)
     randomize: bool = False  # correlation-trap check on a randomised copy of each matrix
@@ -40,6 +45,17 @@ class AnalysisOptions:
     tail_tests: bool = False  # test the power-law tail against its alternatives
     device: str = "auto"
     trust_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.selection, Selection):
+            raise OptionError("selection", f"must be a Selection, not {self.selection!r}")
+        for key in ("randomize", "normalize", "fix_fingers", "tail_tests", "trust_pickle"):
+            if not isinstance(getattr(self, key), bool):
+                raise OptionError(key, f"must be True or False, not {getattr(self, key)!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise OptionError("seed", f"must be an integer, not {self.seed!r}")
+        if self.device not in DEVICES:
+            raise OptionError("device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")
 
 
 @dataclass(frozen=True)
@@ -99,7 +115,6 @@ def run_analysis(
         spectra = compute_spectra(
             checkpoint,
             specs,
-            conv_mode=options.selection.conv_mode,
             device=device,
             randomize=options.randomize,
             seed=options.seed,
@@ -125,6 +140,7 @@ def run_analysis(
         model=os.fspath(path),
         format=fmt,
         esd="eigenvalues of W^T W / N" if options.normalize else "eigenvalues of W^T W",
+        normalize=options.normalize,
         conv_mode=options.selection.conv_mode,
         randomized=options.randomize,
         fix_fingers=options.fix_fingers,
@@ -157,7 +173,8 @@ def analyze(
     """Per-layer metrics (one row per analysed matrix) and the model summary.
 
     ``source`` is a checkpoint path (file or Hugging Face folder), a state dict
-    or an ``nn.Module``.
+    or an ``nn.Module``.  ``max_evals=0`` (or None) means no cap, as ``--max-evals 0``
+    does; a bad value raises :class:`~spectralyzer.errors.OptionError` naming it.
 
     >>> details, summary = analyze("model.safetensors")  # doctest: +SKIP
     """
@@ -190,7 +207,7 @@ def make_options(
     conv_mode: str = "slices",
     **rest: Any,
 ) -> AnalysisOptions:
-    """AnalysisOptions from the flat keyword arguments of :func:`analyze`."""
+    """AnalysisOptions from the flat keyword arguments of :func:`analyze` (validated)."""
     selection = Selection(layers, exclude, types, min_evals, max_evals, conv_mode)
     return AnalysisOptions(selection=selection, **rest)
 

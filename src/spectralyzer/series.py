@@ -60,16 +60,22 @@ def compare(
     sources: Sequence[Source],
     *,
     labels: Sequence[str] | None = None,
-    accuracy: Mapping[str, float] | None = None,
+    accuracy: Mapping[str, float] | str | os.PathLike[str] | None = None,
     rank_by: str = "alpha_weighted",
     options: AnalysisOptions = AnalysisOptions(),  # noqa: B008 - frozen, safe default
 ) -> Series:
-    """Analyse every model and compare them; ``accuracy`` maps labels to test accuracy."""
+    """Analyse every model and compare them.
+
+    ``accuracy`` maps labels to test accuracy, or is the path of a CSV that
+    :func:`read_accuracy` reads.
+    """
     if rank_by not in RANK_METRICS:
-        raise OptionError("--rank-by", f"must be one of {RANK_METRICS}, not {rank_by!r}")
+        raise OptionError("rank_by", f"must be one of {RANK_METRICS}, not {rank_by!r}")
     labels = list(labels) if labels else default_labels(sources)
     if len(labels) != len(sources) or len(set(labels)) != len(labels):
-        raise OptionError("--labels", f"give one distinct label per model ({len(sources)} models)")
+        raise OptionError("labels", f"give one distinct label per model ({len(sources)} models)")
+    if isinstance(accuracy, (str, os.PathLike)):
+        accuracy = read_accuracy(accuracy, labels)
     rows, layer_frames, layer_sets = [], [], []
     for label, source in zip(labels, sources, strict=True):
         result = run_analysis(source, options)
@@ -95,7 +101,7 @@ def compare(
     if accuracy is not None:
         missing = [label for label in labels if label not in accuracy]
         if missing:
-            raise OptionError("--accuracy", f"no accuracy given for {', '.join(missing)}")
+            raise OptionError("accuracy", f"no accuracy given for {', '.join(missing)}")
         models["accuracy"] = models["model"].map(accuracy)
         correlations = metric_accuracy_table(models, "accuracy")
     return Series(models, pd.concat(layer_frames, ignore_index=True), correlations, notes)

@@ -1,6 +1,6 @@
 """Curvature math for the Hessian probes: matrix-free, on curvature-matrix-vector products.
 
-Imports nothing outside this folder; the pipeline that uses it is :mod:`spectralyzer.probe`.
+Imports nothing outside this folder; the pipeline that uses it is :mod:`spectralyzer.probe_pipeline`.
 - :mod:`.operator`: the :class:`~.operator.CurvatureOperator` interface every estimator
   takes, and the Hessian of a loss as one (double backward).
 - :mod:`.ggn`: the Generalised Gauss-Newton matrix ``J^T H_L J``, same interface.

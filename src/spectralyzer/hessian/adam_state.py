@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -42,8 +41,9 @@ from .lanczos import top_eigenpairs
 from .operator import CurvatureOperator
 
 
-class SavedMoment(Protocol):
-    """One parameter's entry of a saved Adam state (what the reader hands over)."""
+@dataclass(frozen=True)
+class SavedMoment:
+    """One parameter's entry of a saved Adam state, with its group's settings (from io)."""
 
     numel: int
     lr: float

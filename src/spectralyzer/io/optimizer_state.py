@@ -20,23 +20,12 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..hessian.adam_state import SavedMoment  # the record the math reads
 from ._common import reading
 from .torch_file import torch_load
 
 #: Keys under which training scripts commonly save the optimizer state in a checkpoint.
 OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optim", "opt")
-
-
-@dataclass(frozen=True)
-class SavedMoment:
-    """One parameter's entry of a saved Adam state, with its group's settings."""
-
-    numel: int
-    lr: float
-    beta2: float
-    eps: float
-    step: int  # 0: never stepped
-    second_moment: torch.Tensor | None  # exp_avg_sq (max_exp_avg_sq with AMSGrad); None: no state
 
 
 @dataclass(frozen=True)

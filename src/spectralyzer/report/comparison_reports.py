@@ -5,8 +5,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from ..diff import Diff
-from ..gate import Verdict
+from ..gate_policy import Verdict
+from ..layer_diff import Diff
 from ..render import csv_text, markdown_table, render
 from ..series import Series
 from .html import cards_html, figure_html, page, png, table_html

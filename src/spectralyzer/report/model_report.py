@@ -18,6 +18,7 @@ from ..pipeline import Analysis
 from ..render import json_text, markdown_table, render, shown_frame
 from ..tables import SUMMARY_MEANS
 from .html import cards_html, figure_html, page, png, table_html
+from .panels import esd_panels
 from .plots import depth_figure, esd_figure, flow_figure, histogram_figure
 
 
@@ -27,7 +28,6 @@ def write_model_report(analysis: Analysis, folder: str | os.PathLike[str]) -> Pa
     figures = folder / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     details, summary = analysis.details, analysis.summary
-    scale_by_n = "/ N" in summary.get("esd", "")
     images: dict[str, bytes] = {
         "depth.png": png(depth_figure(details)),
         "histograms.png": png(histogram_figure(details)),
@@ -37,14 +37,9 @@ def write_model_report(analysis: Analysis, folder: str | os.PathLike[str]) -> Pa
         images["flow.png"] = png(flow)
     layer_images = []
     image_names = file_names(details["name"], prefix="esd_", suffix=".png")
-    for _, row in details.iterrows():
-        spectra = analysis.spectra.get(row["name"])
-        if spectra is None or not spectra.esd.finite:
-            continue
-        scale = 1.0 / row["N"] if scale_by_n else 1.0
-        rand = spectra.randomized.evals * scale if spectra.randomized is not None else None
+    for row, evals, rand in esd_panels(analysis):
         name = image_names[row["name"]]
-        images[name] = png(esd_figure(row, spectra.esd.evals * scale, rand))
+        images[name] = png(esd_figure(row, evals, rand))
         layer_images.append((row["name"], name))
     for name, data in images.items():
         (figures / name).write_bytes(data)

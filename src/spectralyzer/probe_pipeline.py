@@ -46,6 +46,7 @@ from .hessian.operator import CurvatureOperator, HessianOperator, LossFn
 from .hessian.slq import SpectralDensity, slq
 from .hessian.trace import hutch_plus_plus
 from .io.optimizer_state import SavedAdam, load_optimizer_state, read_optimizer_state
+from .io.runnable import load_batch, load_runnable
 from .pipeline import analyze
 from .probe_records import (
     LOSSES,
@@ -377,3 +378,21 @@ def probe(
         state = optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer
         adam = read_adam_state(state, model, "<optimizer>")
     return run_probe(copy.deepcopy(model), inputs, targets, settings, adam=adam)
+
+
+def probe_files(
+    model: str,
+    data: str | os.PathLike[str],
+    options: ProbeOptions,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    optimizer_state: str | os.PathLike[str] | None = None,
+    trust_code: bool = False,
+) -> ProbeResult:
+    """Load the model (:mod:`.io.runnable`), the batch and Adam's state from files; probe."""
+    module = load_runnable(model, weights, trust_pickle=trust_code)
+    inputs, targets = load_batch(data)
+    adam = load_adam_state(optimizer_state, module) if optimizer_state else None
+    return run_probe(
+        module, inputs, targets, options, model_label=str(model), data_label=str(data), adam=adam
+    )

@@ -1,7 +1,7 @@
 """The CI gate: did a modification (distillation, pruning, quantisation) damage the model?
 
 A :class:`Policy` says what counts as damage; :func:`evaluate` turns a
-:class:`~spectralyzer.diff.Diff` into a :class:`Verdict`.  Default thresholds
+:class:`~spectralyzer.layer_diff.Diff` into a :class:`Verdict`.  Default thresholds
 were chosen from measurements on all-MiniLM-L6-v2 (README, "CI gate"): a copy
 and a float16 round trip move no metric by more than 0.001, while low-rank
 truncation, re-initialised layers, 90% magnitude pruning and large noise move
@@ -23,10 +23,11 @@ from xml.etree import ElementTree
 
 import pandas as pd
 
-from .diff import Diff, scale_collapse
 from .errors import InputError, OptionError, SpectralyzerError
 from .escaping import xml_text
 from .fit.phases import PHASES
+from .layer_diff import Diff, diff, scale_collapse
+from .pipeline import AnalysisOptions, Source
 
 #: Phase names a policy may list: the classifier's phases and its "unknown".
 KNOWN_PHASES = (*PHASES, "unknown")
@@ -164,6 +165,7 @@ class Verdict:
     checked: list[str]  # names of the layers the policy applied to
     unmatched: list[str]
     notes: list[str] = field(default_factory=list)
+    diff: Diff | None = field(default=None, repr=False, compare=False)  # what was judged
 
     @property
     def word(self) -> str:
@@ -219,7 +221,36 @@ def evaluate(result: Diff, policy: Policy = Policy()) -> Verdict:  # noqa: B008
             f"scale collapse: {', '.join(sorted(collapsed))} moved while most layers did not"
         )
     passed = not failures and not (policy.fail_on_unmatched and unmatched)
-    return Verdict(passed, failures, list(layers["name"]), unmatched, notes)
+    return Verdict(passed, failures, list(layers["name"]), unmatched, notes, result)
+
+
+def gate(
+    base: Source,
+    candidate: Source,
+    policy: Policy | str | os.PathLike[str] | None = None,
+    options: AnalysisOptions = AnalysisOptions(),  # noqa: B008 - frozen, safe default
+) -> Verdict:
+    """Analyse both models, diff them and judge the candidate by ``policy``.
+
+    ``policy`` is a :class:`Policy`, the path of a policy TOML file, or None
+    (the defaults). Raises :class:`InputError` when the models share no layer
+    name, or when the policy file's ``include``/``exclude`` leave nothing to gate.
+    """
+    path = None if policy is None or isinstance(policy, Policy) else policy
+    rules = Policy.from_toml(path) if path is not None else (policy or Policy())
+    result = diff(base, candidate, options)
+    if result.matched.empty:
+        raise InputError(
+            _label(candidate), f"shares no layer name with {_label(base)}; nothing to gate"
+        )
+    try:
+        return evaluate(result, rules)
+    except OptionError as err:  # include/exclude: the policy's, not the command line's
+        raise InputError(path or "policy", str(err)) from None
+
+
+def _label(source: Source) -> str:
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<model>"
 
 
 def layer_reasons(row: pd.Series, policy: Policy, collapsed: bool = False) -> list[str]:

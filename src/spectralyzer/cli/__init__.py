@@ -1,0 +1,38 @@
+"""The ``spectralyzer`` command line: thin click commands over the library.
+
+Each command parses its options, calls one library function and renders the
+result (:mod:`.output`); option records check their own values, and
+:mod:`.errors` turns what goes wrong into one line and the exit code
+(0 success, 1 failed gate, 2 bad input or option, 3 bug, 130/143 signals).
+"""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .analyze import analyze_command
+from .compare import compare_command
+from .errors import Commands, handle_errors, internal_error_line
+from .gate import diff_command, gate_command
+from .plot import plot_command
+from .probe import probe_command
+
+__all__ = ["handle_errors", "internal_error_line", "main"]
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="spectralyzer")
+def main() -> None:
+    """Judge trained neural networks from their weights alone (heavy-tailed spectral analysis)."""
+
+
+for _command in (
+    analyze_command,
+    plot_command,
+    compare_command,
+    diff_command,
+    gate_command,
+    probe_command,
+):
+    main.add_command(_command)

@@ -1,0 +1,5 @@
+"""``python -m spectralyzer.cli``."""
+
+from . import main
+
+main()

@@ -1,0 +1,49 @@
+"""``spectralyzer analyze``: per-layer spectral quality of one checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..demo import demo_model_path
+from ..pipeline import run_analysis
+from .errors import handle_errors
+from .options import analysis_options, build_options, comma_list, output_options, report_option
+from .output import progress_bar, show, write_report
+
+
+@click.command(name="analyze")
+@click.argument("model", required=False, type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--demo", is_flag=True, help="Analyse the built-in demo model (all-MiniLM-L6-v2).")
+@output_options("the report")
+@click.option(
+    "--columns",
+    metavar="LIST",
+    callback=comma_list,
+    help="Comma-separated columns of the per-layer table to show (default: the main ones).",
+)
+@report_option
+@analysis_options
+@handle_errors
+def analyze_command(
+    model: Path | None,
+    demo: bool,
+    fmt: str,
+    output: str | None,
+    quiet: bool,
+    columns: tuple[str, ...] | None,
+    report: str | None,
+    **options: Any,
+) -> None:
+    """Per-layer spectral quality of a checkpoint (file or Hugging Face folder)."""
+    if demo == (model is not None):
+        raise click.UsageError("give either MODEL or --demo")
+    path = demo_model_path() if demo else model
+    settings = build_options(**options)
+    with progress_bar(quiet) as (on_plan, advance):
+        result = run_analysis(path, settings, on_plan=on_plan, progress=advance)
+    if report:
+        write_report("model_report", "write_model_report", report, [path], result)
+    show(result, fmt, output, [path], columns=columns)

@@ -1,0 +1,68 @@
+"""``spectralyzer compare``: several models side by side, ranked, against their accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..render import csv_text
+from ..series import RANK_METRICS, compare
+from .errors import handle_errors
+from .options import analysis_options, build_options, comma_list, output_options, report_option
+from .output import emit, existing, show, write_report
+
+
+@click.command(name="compare")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--labels",
+    metavar="LIST",
+    callback=comma_list,
+    help="Comma-separated names of the models (default: file names).",
+)
+@click.option(
+    "--accuracy",
+    "accuracy_csv",
+    type=click.Path(path_type=Path),
+    help="CSV with a 'model' column (label or path) and 'accuracy' or 'error'.",
+)
+@click.option(
+    "--rank-by",
+    type=click.Choice(RANK_METRICS),
+    default="alpha_weighted",
+    show_default=True,
+    help="Model mean that ranks the models (lower is better).",
+)
+@output_options("the comparison")
+@click.option("--layers-out", metavar="FILE", help="Also write the per-depth layer table as CSV.")
+@report_option
+@analysis_options
+@handle_errors
+def compare_command(
+    models: tuple[Path, ...],
+    labels: tuple[str, ...] | None,
+    accuracy_csv: Path | None,
+    rank_by: str,
+    fmt: str,
+    output: str | None,
+    quiet: bool,
+    layers_out: str | None,
+    report: str | None,
+    **options: Any,
+) -> None:
+    """Compare a series of models: summaries, ranking, and agreement with accuracy."""
+    series = compare(
+        list(models),
+        labels=labels,
+        accuracy=accuracy_csv,
+        rank_by=rank_by,
+        options=build_options(**options),
+    )
+    inputs = existing([*models, accuracy_csv])
+    if layers_out:
+        emit(csv_text(series.layers), layers_out, inputs)
+    if report:
+        write_report("comparison_reports", "write_series_report", report, inputs, series)
+    show(series, fmt, output, inputs)

@@ -1,0 +1,173 @@
+"""The options several commands share, one set of defaults, and the field -> flag table.
+
+Options are parsed here, not checked: the library's records
+(:class:`~spectralyzer.pipeline.AnalysisOptions`, its
+:class:`~spectralyzer.layers.Selection`, the probe's options) check their own
+values and raise :class:`~spectralyzer.errors.OptionError` naming the field;
+:func:`flag_for` turns that field into the flag the user typed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..engine import DEVICES
+from ..layers import CONV_MODES, LAYER_TYPES
+from ..pipeline import AnalysisOptions, make_options
+
+FORMATS = ("table", "csv", "json", "markdown")
+
+#: Library field -> command-line flag, where the flag is not ``--`` + the field with dashes.
+FLAGS = {"trust_pickle": "--trust-code"}
+
+
+def flag_for(field: str) -> str:
+    """The command-line flag of a library field (``max_evals`` -> ``--max-evals``).
+
+    A key that is not a field name (already a flag, a file) is shown as it is.
+    """
+    if not field.isidentifier():
+        return field
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _apply(options: list[Decorator], command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def comma_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
+    """``"a, b"`` -> ``("a", "b")``; nothing given -> None."""
+    if value is None:
+        return None
+    items = tuple(item.strip() for item in value.split(",") if item.strip())
+    return items or None
+
+
+trust_option = click.option(
+    "--trust-code",
+    "--trust-pickle",
+    "trust_pickle",
+    is_flag=True,
+    help="Allow loading that runs code from the file (full pickled modules, TorchScript "
+    "programs). Only for files you trust.",
+)
+device_option = click.option(
+    "--device", type=click.Choice(DEVICES), default="auto", show_default=True
+)
+seed_option = click.option(
+    "--seed", default=0, show_default=True, help="Seed of everything random."
+)
+
+
+def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of every command that analyses checkpoints (AnalysisOptions' fields)."""
+    return _apply(
+        [
+            click.option(
+                "--layers",
+                "--layer",
+                "layers",
+                metavar="REGEX",
+                help="Analyse only parameters whose name matches.",
+            ),
+            click.option("--exclude", metavar="REGEX", help="Skip parameters whose name matches."),
+            click.option(
+                "--types",
+                metavar="LIST",
+                callback=comma_list,
+                help=f"Comma-separated layer types to analyse ({', '.join(LAYER_TYPES)}).",
+            ),
+            click.option(
+                "--min-evals",
+                default=8,
+                show_default=True,
+                help="Skip matrices with fewer eigenvalues.",
+            ),
+            click.option(
+                "--max-evals",
+                default=16384,
+                show_default=True,
+                help="Skip matrices with more eigenvalues (0: no cap).",
+            ),
+            click.option(
+                "--conv-mode",
+                type=click.Choice(CONV_MODES),
+                default="slices",
+                show_default=True,
+                help="Conv kernels: one (out, in) matrix per kernel position pooled, "
+                "or one unfolded (out, in*k) matrix.",
+            ),
+            click.option(
+                "--randomize/--no-randomize",
+                default=False,
+                show_default=True,
+                help="Also check each matrix for correlation traps against a randomised copy.",
+            ),
+            seed_option,
+            click.option(
+                "--normalize",
+                is_flag=True,
+                help="Divide eigenvalues by N (default: eigenvalues of W^T W).",
+            ),
+            click.option(
+                "--fix-fingers",
+                is_flag=True,
+                help="Clip a few outsized top eigenvalues ('fingers') from the power-law fit.",
+            ),
+            click.option(
+                "--tail-tests",
+                is_flag=True,
+                help="Test each power-law tail against exponential, lognormal and truncated "
+                "power law (likelihood ratios).",
+            ),
+            device_option,
+            trust_option,
+        ],
+        command,
+    )
+
+
+def build_options(**values: Any) -> AnalysisOptions:
+    """AnalysisOptions from the values of :func:`analysis_options` (the record checks them)."""
+    return make_options(**values)
+
+
+def output_options(what: str, formats: tuple[str, ...] = FORMATS) -> Decorator:
+    """``--format``, ``-o`` and ``-q``: the same names and defaults on every command."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        return _apply(
+            [
+                click.option(
+                    "--format",
+                    "fmt",
+                    type=click.Choice(formats),
+                    default=formats[0],
+                    show_default=True,
+                ),
+                click.option(
+                    "-o", "--output", metavar="FILE", help=f"Write {what} here instead of stdout."
+                ),
+                click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+            ],
+            command,
+        )
+
+    return decorate
+
+
+def report_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--report DIR``: a report folder beside the rendered output."""
+    return click.option(
+        "--report",
+        metavar="DIR",
+        help="Also write a report folder: index.html (self-contained), report.md, figures, CSV.",
+    )(command)

@@ -1,0 +1,152 @@
+"""``spectralyzer probe``: curvature of a model that runs, on a batch of data.
+
+Parses the options, calls :func:`spectralyzer.probe_pipeline.probe_files`, renders.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..demo import probe_demo
+from ..probe_pipeline import probe_files
+from ..probe_records import LOSSES, PRECISIONS, ProbeOptions
+from .errors import handle_errors
+from .options import device_option, output_options, seed_option, trust_option
+from .output import existing, show
+
+
+def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple:
+    if not value:
+        return ()
+    try:
+        sizes = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+    if not sizes or sizes[0] < 1:
+        raise click.BadParameter("batch sizes must be positive integers")
+    return sizes
+
+
+@click.command(name="probe")
+@click.argument("model", required=False)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Batch of inputs and targets: .pt (dict inputs/targets or a pair) or .npz.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    help="Checkpoint to load into MODEL (with a package.module:factory MODEL).",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Probe the built-in demo (a digits CNN, data/digits/, with its Adam state) with every probe on.",
+)
+@click.option("--loss", type=click.Choice(list(LOSSES)), default="cross_entropy", show_default=True)
+@click.option("--top-k", default=5, show_default=True, help="Top eigenvalues to report.")
+@click.option(
+    "--steps", default=40, show_default=True, help="Lanczos steps for the top eigenvalues."
+)
+@click.option(
+    "--trace", is_flag=True, help="Trace by Hutch++ (and the effective rank tr/lambda_1)."
+)
+@click.option("--trace-matvecs", default=90, show_default=True, help="Hutch++ budget of products.")
+@click.option("--slq", is_flag=True, help="Spectral density by stochastic Lanczos quadrature.")
+@click.option("--slq-steps", default=60, show_default=True)
+@click.option("--slq-vectors", default=4, show_default=True)
+@click.option(
+    "--slq-width",
+    default=0.01,
+    show_default=True,
+    help="Gaussian smoothing of the density, as a fraction of the spectrum's range.",
+)
+@click.option("--ggn", is_flag=True, help="Also the Generalised Gauss-Newton matrix.")
+@click.option(
+    "--batch-sizes",
+    callback=_batch_sizes,
+    metavar="LIST",
+    help="Batch-size table, e.g. 32,128,512: top eigenvalue and learning rates per batch size.",
+)
+@click.option(
+    "--micro-batch", type=int, help="Micro-batch size of the Hessian variance (default n/16)."
+)
+@click.option("--repeats", default=3, show_default=True, help="Random sub-batches per batch size.")
+@click.option(
+    "--reference-batch",
+    type=int,
+    help="Batch size the factors are relative to (default: smallest).",
+)
+@click.option(
+    "--dataset-size", type=float, default=math.inf, help="Training-set size N (default: infinite)."
+)
+@click.option(
+    "--momentum",
+    default=0.9,
+    show_default=True,
+    help="beta of the momentum stability limits (and of training, with --lr).",
+)
+@click.option(
+    "--lr",
+    type=float,
+    help="Training learning rate: with --dataset-size, where epoch-based SGD's "
+    "anti-correlated noise matters (lambda_cross per batch size).",
+)
+@click.option(
+    "--per-layer", is_flag=True, help="Each weight matrix's Hessian block beside its alpha."
+)
+@click.option(
+    "--optimizer-state",
+    type=click.Path(path_type=Path),
+    help="Adam/AdamW state (optimizer.state_dict(), or a checkpoint holding it under 'optimizer'): "
+    "preconditioned curvature and Adam's learning-rate limit.",
+)
+@seed_option
+@device_option
+@click.option(
+    "--precision", type=click.Choice(list(PRECISIONS)), default="float64", show_default=True
+)
+@trust_option
+@output_options("the report")
+@handle_errors
+def probe_command(
+    model: str | None,
+    data: Path | None,
+    weights: Path | None,
+    demo: bool,
+    trust_pickle: bool,
+    fmt: str,
+    output: str | None,
+    quiet: bool,
+    optimizer_state: Path | None,
+    **opts: Any,
+) -> None:
+    """Curvature of a model that runs, on a batch: Hessian/GGN spectra, batch-size and step-size guidance.
+
+    MODEL is a TorchScript file or a full pickled module (both run their own
+    code: only with --trust-code), or package.module:factory with --weights.
+    Unlike analyze, this needs data.
+    """
+    if demo == (model is not None):
+        raise click.UsageError("give either MODEL (with --data) or --demo")
+    if demo:
+        model, weights, data, optimizer_state = probe_demo()
+        opts.update(trace=True, slq=True, ggn=True, per_layer=True)
+        opts["batch_sizes"] = opts["batch_sizes"] or (16, 32, 64, 128, 256, 512)
+    elif data is None:
+        raise click.UsageError("probe needs --data (a batch of inputs and targets)")
+    options = ProbeOptions(**opts)  # validated before any file is read or code run
+    result = probe_files(
+        model,
+        data,
+        options,
+        weights=weights,
+        optimizer_state=optimizer_state,
+        trust_code=trust_pickle,
+    )
+    show(result, fmt, output, existing([model, weights, data, optimizer_state]))
