@@ -6,7 +6,7 @@ For each size M it builds two ESDs (eigenvalues of W^T W, W of shape 2M x M,
 numpy seed 0): Gaussian entries (MP-like, a steep fitted tail) and Student-t
 entries with 2.5 degrees of freedom (heavy tailed).  It prints milliseconds per
 fit (best of --repeats for spectralyzer, one run of powerlaw 2.0 with
-``parameter_ranges={'alpha': [1, None]}``, the reference of THEORY.md section 3)
+``parameter_ranges={'alpha': [1, None]}``, the reference of docs/theory.md section 3.2)
 and whether alpha, xmin and D agree (relative difference of alpha).
 """
 

@@ -72,7 +72,7 @@ def test_selection_by_regex_and_type():
 
 @pytest.mark.parametrize("out_ch,in_ch", [(128, 256), (256, 128)])
 def test_conv_slices_are_oriented_n_ge_m(out_ch, in_ch):
-    # THEORY.md section 5: Conv2d(256, 128, 2) must give Q = 2 and 4 * 128 eigenvalues
+    # docs/theory.md section 5: Conv2d(256, 128, 2) must give Q = 2 and 4 * 128 eigenvalues
     w = torch.randn(out_ch, in_ch, 2, 2)
     (spec,), _ = plan([info("conv.weight", w.shape)], Selection())
     assert (spec.N, spec.M, spec.num_slices, spec.num_evals) == (256, 128, 4, 512)

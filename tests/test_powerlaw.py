@@ -1,7 +1,7 @@
 """The power-law fit (spectralyzer.fit.powerlaw) against powerlaw 2.0, known answers and invariants.
 
 Reference: ``powerlaw.Fit(evals, parameter_ranges={'alpha': [1, None]})`` on the
-eigenvalues above 1e-10 (THEORY.md section 3).
+eigenvalues above 1e-10 (docs/theory.md section 3).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def test_equal_distances_go_to_the_smallest_xmin():
 
 
 def test_default_powerlaw_fit_caps_alpha():
-    """powerlaw 2.0's plain Fit keeps alpha in [0, 3]: the wrong reference (THEORY.md 3)."""
+    """powerlaw 2.0's plain Fit keeps alpha in [0, 3]: the wrong reference (docs/theory.md section 3.2)."""
     evals = _gaussian_esd()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")

@@ -1,4 +1,4 @@
-"""Batched eigenvalues of ``W^T W`` for every selected matrix (THEORY.md section 1).
+"""Batched eigenvalues of ``W^T W`` for every selected matrix (docs/theory.md section 1.5).
 
 The ESD of a layer is the eigenvalues ``lambda_i = s_i^2`` of ``X = W^T W``
 (not divided by N), pooled over its matrices.  Matrices of one shape are

@@ -1,4 +1,4 @@
-"""Correlation flow: alpha along depth should be smooth (THEORY.md section 3).
+"""Correlation flow: alpha along depth should be smooth (docs/theory.md section 3.9).
 
 Martin & Mahoney (JMLR 2021, "correlation flow") plot alpha against depth for
 the layers that play one role in a stack of repeated blocks: in a well-trained

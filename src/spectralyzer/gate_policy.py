@@ -2,7 +2,7 @@
 
 A :class:`Policy` says what counts as damage; :func:`evaluate` turns a
 :class:`~spectralyzer.layer_diff.Diff` into a :class:`Verdict`.  Default thresholds
-were chosen from measurements on all-MiniLM-L6-v2 (README, "CI gate"): a copy
+were chosen from measurements on all-MiniLM-L6-v2 (docs/validation.md, the CI gate): a copy
 and a float16 round trip move no metric by more than 0.001, while low-rank
 truncation, re-initialised layers, 90% magnitude pruning and large noise move
 ``log_norm``, ``log_spectral_norm`` or the stable rank by 0.14 to 0.62 (log10)
@@ -50,7 +50,7 @@ class Policy:
     max_d_log_norm: float = 0.05  # ||W||_F^2 by at most 12%
     max_d_log_stable_rank: float = 0.1  # stable rank by at most 26%
     max_d_alpha: float | None = None  # off by default (see module docstring)
-    alpha_band: tuple[float, float] = (2.0, 6.0)  # leaving it fails (THEORY.md section 3)
+    alpha_band: tuple[float, float] = (2.0, 6.0)  # leaving it fails (docs/theory.md section 3.5)
     fail_on_phases: tuple[str, ...] = ("random-like", "rank-collapse")  # entering one fails
     fail_on_new_traps: bool = True  # only when both models were randomised
     fail_on_unmatched: bool = False  # layers in one model only: listed; fail if True

@@ -4,7 +4,7 @@ Layers are matched by parameter name; a layer whose shape changed (pruned
 channels, factorised layers) is still compared and marked ``shape-changed``;
 layers present in only one model are listed, never dropped silently.
 ``log`` is base 10, so ``d_log_spectral_norm = 0.1`` means lambda_max grew by
-26% (THEORY.md section 3, "scale collapse").
+26% (docs/theory.md section 3.10, "scale collapse").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Parameter tensors -> named weight matrices (THEORY.md section 1).
+"""Parameter tensors -> named weight matrices (docs/theory.md section 1).
 
 Only names, shapes and dtypes are needed to plan the analysis, so planning reads
 no tensor data; :func:`to_matrices` turns one loaded tensor into the stack of

@@ -1,4 +1,4 @@
-"""One layer's ESD (and randomised ESD) -> one row of metrics (THEORY.md section 3).
+"""One layer's ESD (and randomised ESD) -> one row of metrics (docs/theory.md section 3).
 
 All metrics are computed on the ESD as given (eigenvalues of ``W^T W``, not
 divided by N, unless the caller normalised it).  ``log`` is base 10.
@@ -45,7 +45,7 @@ from .fit.phases import classify_phase
 from .fit.powerlaw import XMIN_FLOOR, PowerLawFit, fit_power_law, fit_power_law_clipped
 from .fit.tail_tests import TailTests, compare_tail
 
-ALPHA_UNDER_TRAINED = 6.0  # alpha above: under-trained / random-like (THEORY.md section 3)
+ALPHA_UNDER_TRAINED = 6.0  # alpha above: under-trained / random-like (docs/theory.md section 3.5)
 ALPHA_OVER_TRAINED = 2.0  # alpha below: over-trained, very heavy-tailed
 FEW_EVALS = 50  # below this many eigenvalues the alpha estimator is biased (Clauset et al. 3.3)
 _EPS64 = float(np.finfo(np.float64).eps)

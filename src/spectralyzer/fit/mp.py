@@ -1,4 +1,4 @@
-"""Marchenko-Pastur fit of an ESD's random bulk (THEORY.md section 2).
+"""Marchenko-Pastur fit of an ESD's random bulk (docs/theory.md section 2).
 
 For ``W`` (N x M, N >= M, Q = N/M) with i.i.d. entries of variance sigma^2, the
 eigenvalues of ``W^T W / N`` fill ``[lambda_-, lambda_+]`` with

@@ -1,4 +1,4 @@
-"""Continuous power-law fit of an ESD's tail (THEORY.md section 3).
+"""Continuous power-law fit of an ESD's tail (docs/theory.md section 3.1).
 
 Method of Clauset, Shalizi & Newman (2009), "Power-law distributions in
 empirical data", SIAM Review 51(4):661-703 (CSN below):
@@ -369,7 +369,7 @@ def fit_power_law_clipped(
     p: float = FINGER_P,
     xmin_floor: float = XMIN_FLOOR,
 ) -> tuple[PowerLawFit, int]:
-    """The fit with the "fingers" clipped, and how many were clipped (THEORY.md section 3).
+    """The fit with the "fingers" clipped, and how many were clipped (docs/theory.md section 3.3).
 
     Fingers are a few outsized eigenvalues that the tail's power law does not
     predict and that drag alpha down.  For ``k = 1 .. max_fingers`` the tail is

@@ -1,6 +1,6 @@
 """Is the tail a power law?  Likelihood-ratio tests against the alternatives.
 
-THEORY.md section 3 ("also wanted"); Clauset, Shalizi & Newman (2009),
+docs/theory.md section 3.4; Clauset, Shalizi & Newman (2009),
 "Power-law distributions in empirical data", SIAM Review 51(4), section 5 and
 appendix C (CSN below).
 

@@ -1,6 +1,6 @@
 """Adam's preconditioner from a saved optimizer state, and its stability limit.
 
-THEORY.md section 4; Cohen et al. (2022), "Adaptive gradient methods at the edge
+docs/theory.md section 4.8; Cohen et al. (2022), "Adaptive gradient methods at the edge
 of stability".  Adam and AdamW step by ``lr m_hat / P`` with the diagonal
 preconditioner ``P = sqrt(v_hat) + eps``, ``v_hat = v / (1 - beta2^t)`` the
 bias-corrected second moment (its running maximum with AMSGrad).  On the

@@ -1,7 +1,7 @@
 """How the top Hessian eigenvalue and the stable learning rate change with batch size.
 
 Granziol et al., "Learning rates as a function of batch size: a random matrix
-theory approach" (JMLR 2022), Theorem 4 and Algorithm 1; THEORY.md section 4.
+theory approach" (JMLR 2022), Theorem 4 and Algorithm 1; docs/theory.md section 4.9.
 The Hessian of a batch of ``B`` samples is ``H_B = H + eps_B``, ``H`` the
 Hessian of the ``n`` probed samples, with top eigenpair ``(l1, phi)``:
 

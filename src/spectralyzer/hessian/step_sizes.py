@@ -1,4 +1,4 @@
-"""Learning rates and momenta from curvature (THEORY.md section 4; Granziol et al.).
+"""Learning rates and momenta from curvature (docs/theory.md section 4.7; Granziol et al.).
 
 Pure functions of eigenvalue estimates:
 
@@ -19,7 +19,7 @@ Pure functions of eigenvalue estimates:
   ``lr_max(B) = 2 B l1 / (B l1^2 + b V_H(b))``, linear in ``B`` below
   ``B* = b V_H(b) / l1^2`` and flat above it;
 * finite populations: a batch of ``B`` drawn without replacement from ``N``
-  samples has the noise of ``b = B / (1 - B/N)`` independent ones (THEORY.md;
+  samples has the noise of ``b = B / (1 - B/N)`` independent ones (docs/theory.md section 4.9;
   Granziol et al. after Theorem 4), i.e. variance ``S^2 (1/B - 1/N)`` with
   ``S^2`` the per-sample Hessian variance along ``z``;
 * Adam with small epsilon: learning rate proportional to ``sqrt(B)``

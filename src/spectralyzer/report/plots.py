@@ -1,7 +1,7 @@
 """matplotlib figures of one layer's ESD and of a model's metrics along depth.
 
 Every function returns a ``Figure`` (Agg backend, no display needed); the caller
-saves or embeds it.  The drawn curves are the fitted models of THEORY.md:
+saves or embeds it.  The drawn curves are the fitted models of docs/theory.md sections 2 and 3:
 the power law ``p(x) = (alpha - 1) / xmin (x / xmin)^-alpha`` on ``[xmin, xmax]``
 scaled by the tail's share of the eigenvalues, and the Marchenko-Pastur density
 of :func:`spectralyzer.fit.mp.mp_density` with the fitted sigma.
