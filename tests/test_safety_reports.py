@@ -237,3 +237,14 @@ def test_every_output_option_is_checked_against_every_input(hf_cache, tmp_path, 
     command = "compare" if option == "--layers-out" else "gate"
     refused(run(command, snapshot, other, option, blob), "input")
     assert _sha(blob) == before
+
+
+def test_the_step_summary_is_checked_against_the_inputs(hf_cache, tmp_path, monkeypatch):
+    """$GITHUB_STEP_SUMMARY naming an input (here the cache's blob) must not append to it."""
+    snapshot, blob = hf_cache
+    other = tmp_path / "other.safetensors"
+    shutil.copy(MODEL, other)
+    before = _sha(blob)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(blob))
+    refused(run("gate", snapshot, other), "input")
+    assert _sha(blob) == before

@@ -292,12 +292,13 @@ def umask() -> int:
     return mask
 
 
-def append_text(path: str | os.PathLike[str], text: str) -> None:
+def append_text(path: str | os.PathLike[str], text: str, inputs: Inputs) -> None:
     """Append ``text`` to a log-like file another program owns (a CI step summary).
 
-    Not atomic and not checked against the inputs: the file is named by the
-    environment (``$GITHUB_STEP_SUMMARY``), never by a model path.
+    Not atomic (the file is appended to, as its owner expects), but like every
+    output it is checked against the inputs first.
     """
+    check_file_target(path, inputs)
     interrupts.check()
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(text)

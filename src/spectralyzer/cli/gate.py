@@ -11,7 +11,7 @@ import click
 
 from ..gate_policy import gate, to_junit
 from ..layer_diff import diff
-from ..outputs import append_text
+from ..outputs import append_text, resolve_inputs
 from ..render import render
 from .errors import handle_errors
 from .options import analysis_options, build_options, output_options, report_option
@@ -75,7 +75,7 @@ def gate_command(
     if markdown:
         emit(summary, markdown, inputs)
     if os.environ.get("GITHUB_STEP_SUMMARY"):
-        append_text(os.environ["GITHUB_STEP_SUMMARY"], summary)
+        append_text(os.environ["GITHUB_STEP_SUMMARY"], summary, resolve_inputs(inputs))
     show(verdict, fmt, output, inputs)
     if not verdict.passed:
         sys.exit(1)
