@@ -17,7 +17,7 @@ import os
 import re
 import reprlib
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 from xml.etree import ElementTree
 
@@ -172,8 +172,9 @@ class Verdict:
         return "PASS" if self.passed else "FAIL"
 
     def document(self) -> dict[str, Any]:
-        """The outcome as data: passed, failing layers with reasons, checked, unmatched, notes."""
-        return asdict(self)
+        """The outcome as data: passed, failing layers with reasons, checked, unmatched, notes
+        (the diff behind it is ``diff --format json``'s document)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "diff"}
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The failing layers and why (empty when the gate passed)."""
