@@ -221,7 +221,7 @@ def test_diff_gate_compare_do_not_run_a_torchscript_archive(archives, tmp_path, 
     models = [place(archives["writes"], where, tmp_path / where) for where in PLACES]
     code, out, err = run(capfd, "diff", models[0], models[1], "--format", "json")
     assert code == 0, err
-    assert [row["name"] for row in json.loads(out)] == ["fc.weight"]
+    assert [row["name"] for row in json.loads(out)["layers"]] == ["fc.weight"]
     code, out, err = run(capfd, "gate", models[1], models[2])
     assert (code, out) == (0, "spectralyzer gate: PASS (0 of 1 layers failed)\n"), err
     code, out, err = run(capfd, "compare", *models, "--format", "json")
