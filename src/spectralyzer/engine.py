@@ -51,11 +51,10 @@ import torch
 
 from . import interrupts
 from .budget import CHUNK_ELEMENTS
+from .choices import DEVICES
 from .errors import OptionError
 from .io.base import Checkpoint
 from .layers import LayerSpec, to_matrices
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)

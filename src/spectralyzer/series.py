@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .choices import RANK_METRICS
 from .errors import InputError, OptionError
 from .pipeline import AnalysisOptions, Source, run_analysis
 from .render import records
 
-RANK_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm")
 LAYER_COLUMNS = ("alpha", "alpha_weighted", "log_spectral_norm", "log_norm", "phase")
 
 

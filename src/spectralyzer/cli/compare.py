@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from ..render import csv_text
-from ..series import RANK_METRICS, compare
+from ..choices import RANK_METRICS
 from .errors import handle_errors
 from .options import analysis_options, build_options, comma_list, output_options, report_option
 from .output import emit, existing, show, write_report
@@ -53,6 +52,9 @@ def compare_command(
     **options: Any,
 ) -> None:
     """Compare a series of models: summaries, ranking, and agreement with accuracy."""
+    from ..render import csv_text  # on use: --help stays light
+    from ..series import compare
+
     series = compare(
         list(models),
         labels=labels,

@@ -9,10 +9,6 @@ from typing import Any
 
 import click
 
-from ..gate_policy import gate, to_junit
-from ..layer_diff import diff
-from ..outputs import append_text, resolve_inputs
-from ..render import render
 from .errors import handle_errors
 from .options import analysis_options, build_options, output_options, report_option
 from .output import emit, existing, show, write_report
@@ -28,6 +24,8 @@ def diff_command(
     base: Path, candidate: Path, fmt: str, output: str | None, quiet: bool, **options: Any
 ) -> None:
     """Per-layer changes from BASE to CANDIDATE (matched by name and shape)."""
+    from ..layer_diff import diff  # on use: --help stays light
+
     result = diff(base, candidate, build_options(**options))
     show(result, fmt, output, [base, candidate])
 
@@ -63,6 +61,10 @@ def gate_command(
 
     Appends the Markdown summary to $GITHUB_STEP_SUMMARY when that is set.
     """
+    from ..gate_policy import gate, to_junit  # on use: --help stays light
+    from ..outputs import append_text, resolve_inputs
+    from ..render import render
+
     verdict = gate(base, candidate, policy_path, build_options(**options))
     inputs = existing([base, candidate, policy_path])
     if report:

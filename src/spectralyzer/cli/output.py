@@ -22,7 +22,6 @@ import click
 from .. import interrupts
 from ..errors import SpectralyzerError
 from ..outputs import resolve_inputs, write_file, write_report_folder
-from ..render import render
 
 
 def existing(paths: Iterable[str | os.PathLike[str] | None]) -> list[Path]:
@@ -55,6 +54,8 @@ def show(
     to_terminal = (output is None or output == "-") and sys.stdout.isatty()
     width = shutil.get_terminal_size().columns if to_terminal else None
     color = to_terminal and "NO_COLOR" not in os.environ
+    from ..render import render  # pandas: imported when there is a result to show
+
     emit(render(result, fmt, columns=columns, width=width, color=color), output, inputs)
 
 
