@@ -10,7 +10,8 @@ import click
 from ..demo import demo_model_path
 from .errors import handle_errors
 from .options import analysis_options, build_options, comma_list, output_options, report_option
-from .output import progress_bar, show, write_report
+from .output import show, write_report
+from .progress import progress
 
 
 @click.command(name="analyze")
@@ -43,8 +44,8 @@ def analyze_command(
 
     path = demo_model_path() if demo else model
     settings = build_options(**options)
-    with progress_bar(quiet) as (on_plan, advance):
-        result = run_analysis(path, settings, on_plan=on_plan, progress=advance)
+    with progress(quiet) as shown:
+        result = run_analysis(path, settings, on_plan=shown.on_plan, progress=shown.advance)
     if report:
         write_report("model_report", "write_model_report", report, [path], result)
     show(result, fmt, output, [path], columns=columns)

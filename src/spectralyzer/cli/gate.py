@@ -12,6 +12,7 @@ import click
 from .errors import handle_errors
 from .options import analysis_options, build_options, output_options, report_option
 from .output import emit, existing, show, write_report
+from .progress import progress
 
 
 @click.command(name="diff")
@@ -26,7 +27,9 @@ def diff_command(
     """Per-layer changes from BASE to CANDIDATE (matched by name and shape)."""
     from ..layer_diff import diff  # on use: --help stays light
 
-    result = diff(base, candidate, build_options(**options))
+    settings = build_options(**options)
+    with progress(quiet, models=2) as shown:
+        result = diff(base, candidate, settings, on_plan=shown.on_plan, progress=shown.advance)
     show(result, fmt, output, [base, candidate])
 
 
@@ -65,7 +68,16 @@ def gate_command(
     from ..outputs import append_text, resolve_inputs
     from ..render import render
 
-    verdict = gate(base, candidate, policy_path, build_options(**options))
+    settings = build_options(**options)
+    with progress(quiet, models=2) as shown:
+        verdict = gate(
+            base,
+            candidate,
+            policy_path,
+            settings,
+            on_plan=shown.on_plan,
+            progress=shown.advance,
+        )
     inputs = existing([base, candidate, policy_path])
     if report:
         write_report(

@@ -161,7 +161,12 @@ def output_options(what: str, formats: tuple[str, ...] = FORMATS) -> Decorator:
                 click.option(
                     "-o", "--output", metavar="FILE", help=f"Write {what} here instead of stdout."
                 ),
-                click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+                click.option(
+                    "-q",
+                    "--quiet",
+                    is_flag=True,
+                    help="No progress (a bar on a terminal, else a line every 15 s).",
+                ),
             ],
             command,
         )
