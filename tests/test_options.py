@@ -90,7 +90,10 @@ def cli_json(*args: str) -> dict:
 @pytest.mark.parametrize("option", list(AGREEING))
 def test_library_and_cli_give_identical_json(option):
     kwargs, args = AGREEING[option]
-    assert library_json(**kwargs) == cli_json(*args)
+    library, cli = library_json(**kwargs), cli_json(*args)
+    for document in (library, cli):  # wall-clock seconds differ between any two runs
+        assert set(document["summary"].pop("timings")) >= {"open", "fits", "total"}
+    assert library == cli
 
 
 def test_max_evals_0_means_no_cap_in_the_library_too():

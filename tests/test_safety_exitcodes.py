@@ -24,9 +24,8 @@ from exitcodes_support import (
     write_checkpoint,
     write_factory,
 )
-from spectralyzer import errors
+from spectralyzer import errors, pipeline  # analyze imports run_analysis when it runs
 from spectralyzer import gate_policy as gate
-from spectralyzer.cli import analyze as analyze_command
 from spectralyzer.probe_pipeline import ProbeOptions
 
 SRC = Path(spectralyzer.__file__).parents[1]  # the tree under test
@@ -79,7 +78,7 @@ def test_unexpected_exception_exits_3_with_one_line_and_no_traceback(pair, monke
     def broken(*args, **kwargs):
         raise ZeroDivisionError("float division by zero")
 
-    monkeypatch.setattr(analyze_command, "run_analysis", broken)
+    monkeypatch.setattr(pipeline, "run_analysis", broken)
     line = error_line(run("analyze", pair[0]), code=3)
     assert line == (
         "spectralyzer: internal error: ZeroDivisionError: float division by zero; "
@@ -105,7 +104,7 @@ def test_a_bare_value_error_from_numerical_code_is_internal_not_a_user_error(pai
     def broken(*args, **kwargs):
         raise ValueError("array must not contain infs or NaNs")
 
-    monkeypatch.setattr(analyze_command, "run_analysis", broken)
+    monkeypatch.setattr(pipeline, "run_analysis", broken)
     line = error_line(run("analyze", pair[0]), code=3)
     assert "ValueError: array must not contain infs or NaNs" in line
 

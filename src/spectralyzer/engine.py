@@ -51,11 +51,10 @@ import torch
 
 from . import interrupts
 from .budget import CHUNK_ELEMENTS
+from .choices import DEVICES
 from .errors import OptionError
 from .io.base import Checkpoint
 from .layers import LayerSpec, to_matrices
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -280,14 +279,15 @@ def compute_spectra(
     randomize: bool = False,
     seed: int = 0,
     batch_elements: int = 2**25,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[list[LayerSpec]], None] | None = None,
     timings: dict[str, float] | None = None,
 ) -> dict[str, LayerSpectra]:
     """ESDs (and randomised ESDs) of every spec, keyed by parameter name.
 
     Each spec says how its tensor becomes matrices (``LayerSpec.view``, chosen by
     :func:`~spectralyzer.layers.plan`).  ``timings``, when given, accumulates seconds spent per stage
-    (``load``, ``eigenvalues``, ``randomize``).
+    (``load``, ``eigenvalues``, ``randomize``); ``progress``, when given, is called with the
+    specs of each batch once their spectra are done.
     """
     device = device or torch.device("cpu")
     clock = _Clock(timings)
@@ -310,7 +310,7 @@ def _spectra_of_batches(
     shuffle: Shuffler,
     last_use: dict[tuple[int, int, int], int],
     clock: _Clock,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[list[LayerSpec]], None] | None,
 ) -> dict[str, LayerSpectra]:
     result: dict[str, LayerSpectra] = {}
     for index, batch in enumerate(batches):
@@ -339,7 +339,7 @@ def _spectra_of_batches(
             if last_use[_stack_shape(spec)] == index:
                 shuffle.release(_stack_shape(spec))
         if progress:
-            progress(len(batch))
+            progress(batch)
     return result
 
 

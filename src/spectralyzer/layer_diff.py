@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .pipeline import AnalysisOptions, Source, run_analysis
+from .pipeline import AnalysisOptions, OnPlan, OnProgress, Source, run_analysis
 from .render import records
 
 DELTA_COLUMNS = ("alpha", "alpha_weighted", "log_spectral_norm", "log_norm")
@@ -81,9 +81,20 @@ class Diff:
         ]
 
 
-def diff(base: Source, candidate: Source, options: AnalysisOptions = AnalysisOptions()) -> Diff:  # noqa: B008
-    """Analyse both models and compare them layer by layer."""
-    a, b = run_analysis(base, options), run_analysis(candidate, options)
+def diff(
+    base: Source,
+    candidate: Source,
+    options: AnalysisOptions = AnalysisOptions(),  # noqa: B008 - frozen, safe default
+    *,
+    on_plan: OnPlan | None = None,
+    progress: OnProgress | None = None,
+) -> Diff:
+    """Analyse both models and compare them layer by layer (``on_plan``/``progress``: each
+    model's, as :func:`~spectralyzer.pipeline.run_analysis` reports them)."""
+    a, b = (
+        run_analysis(source, options, on_plan=on_plan, progress=progress)
+        for source in (base, candidate)
+    )
     return Diff(diff_frames(a.details, b.details), a.summary, b.summary)
 
 

@@ -33,21 +33,9 @@ from math import prod
 import torch
 
 from . import budget
+from .choices import CONV_MODES, LAYER_TYPES
 from .errors import OptionError
 from .io.base import TensorInfo
-
-LAYER_TYPES = (
-    "linear",
-    "gpt2-conv1d",
-    "embedding",
-    "lstm",
-    "gru",
-    "rnn",
-    "conv1d",
-    "conv2d",
-    "conv3d",
-)
-CONV_MODES = ("slices", "unfold")
 
 _FLOAT_DTYPES = {
     "float64",

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .engine import DEVICES
+from .choices import DEVICES, LOSS_NAMES, PRECISION_NAMES
 from .errors import OptionError
 from .hessian.adam_state import AdamStability
 from .hessian.batch_scaling import BatchScaling
@@ -31,8 +31,8 @@ def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 #: Losses by name: mean over the batch (the Hessian is that of the mean loss).
-LOSSES: dict[str, LossFn] = {"cross_entropy": nn.functional.cross_entropy, "mse": _mse}
-PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
+LOSSES: dict[str, LossFn] = dict(zip(LOSS_NAMES, (nn.functional.cross_entropy, _mse), strict=True))
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float64, torch.float32), strict=True))
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from .choices import FORMATS
 from .errors import OptionError
 from .escaping import csv_cell, markdown, markdown_code
 from .render_table import terminal_text
 
-FORMATS = ("table", "csv", "json", "markdown")
 #: Floats in CSV: 10 significant digits, enough to compare runs, short enough to read.
 FLOAT_FORMAT = "%.10g"
 #: ``DataFrame.attrs`` key: the columns people see in a table (the rest: CSV and JSON only).

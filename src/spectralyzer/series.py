@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .choices import RANK_METRICS
 from .errors import InputError, OptionError
-from .pipeline import AnalysisOptions, Source, run_analysis
+from .pipeline import AnalysisOptions, OnPlan, OnProgress, Source, run_analysis
 from .render import records
 
-RANK_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm")
 LAYER_COLUMNS = ("alpha", "alpha_weighted", "log_spectral_norm", "log_norm", "phase")
 
 
@@ -63,11 +63,14 @@ def compare(
     accuracy: Mapping[str, float] | str | os.PathLike[str] | None = None,
     rank_by: str = "alpha_weighted",
     options: AnalysisOptions = AnalysisOptions(),  # noqa: B008 - frozen, safe default
+    on_plan: OnPlan | None = None,
+    progress: OnProgress | None = None,
 ) -> Series:
     """Analyse every model and compare them.
 
     ``accuracy`` maps labels to test accuracy, or is the path of a CSV that
-    :func:`read_accuracy` reads.
+    :func:`read_accuracy` reads.  ``on_plan``/``progress``: each model's, as
+    :func:`~spectralyzer.pipeline.run_analysis` reports them.
     """
     if rank_by not in RANK_METRICS:
         raise OptionError("rank_by", f"must be one of {RANK_METRICS}, not {rank_by!r}")
@@ -78,7 +81,7 @@ def compare(
         accuracy = read_accuracy(accuracy, labels)
     rows, layer_frames, layer_sets = [], [], []
     for label, source in zip(labels, sources, strict=True):
-        result = run_analysis(source, options)
+        result = run_analysis(source, options, on_plan=on_plan, progress=progress)
         summary, details = result.summary, result.details
         rows.append(_model_row(label, summary))
         frame = details[["name", "layer_type", *LAYER_COLUMNS]].copy()

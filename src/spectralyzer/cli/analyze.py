@@ -8,10 +8,10 @@ from typing import Any
 import click
 
 from ..demo import demo_model_path
-from ..pipeline import run_analysis
 from .errors import handle_errors
 from .options import analysis_options, build_options, comma_list, output_options, report_option
-from .output import progress_bar, show, write_report
+from .output import show, write_report
+from .progress import progress
 
 
 @click.command(name="analyze")
@@ -40,10 +40,12 @@ def analyze_command(
     """Per-layer spectral quality of a checkpoint (file or Hugging Face folder)."""
     if demo == (model is not None):
         raise click.UsageError("give either MODEL or --demo")
+    from ..pipeline import run_analysis  # on use: --help stays light
+
     path = demo_model_path() if demo else model
     settings = build_options(**options)
-    with progress_bar(quiet) as (on_plan, advance):
-        result = run_analysis(path, settings, on_plan=on_plan, progress=advance)
+    with progress(quiet) as shown:
+        result = run_analysis(path, settings, on_plan=shown.on_plan, progress=shown.advance)
     if report:
         write_report("model_report", "write_model_report", report, [path], result)
     show(result, fmt, output, [path], columns=columns)

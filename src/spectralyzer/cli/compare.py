@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from ..render import csv_text
-from ..series import RANK_METRICS, compare
+from ..choices import RANK_METRICS
 from .errors import handle_errors
 from .options import analysis_options, build_options, comma_list, output_options, report_option
 from .output import emit, existing, show, write_report
+from .progress import progress
 
 
 @click.command(name="compare")
@@ -53,13 +53,20 @@ def compare_command(
     **options: Any,
 ) -> None:
     """Compare a series of models: summaries, ranking, and agreement with accuracy."""
-    series = compare(
-        list(models),
-        labels=labels,
-        accuracy=accuracy_csv,
-        rank_by=rank_by,
-        options=build_options(**options),
-    )
+    from ..render import csv_text  # on use: --help stays light
+    from ..series import compare
+
+    settings = build_options(**options)
+    with progress(quiet, models=len(models)) as shown:
+        series = compare(
+            list(models),
+            labels=labels,
+            accuracy=accuracy_csv,
+            rank_by=rank_by,
+            options=settings,
+            on_plan=shown.on_plan,
+            progress=shown.advance,
+        )
     inputs = existing([*models, accuracy_csv])
     if layers_out:
         emit(csv_text(series.layers), layers_out, inputs)

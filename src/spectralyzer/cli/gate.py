@@ -9,13 +9,10 @@ from typing import Any
 
 import click
 
-from ..gate_policy import gate, to_junit
-from ..layer_diff import diff
-from ..outputs import append_text, resolve_inputs
-from ..render import render
 from .errors import handle_errors
 from .options import analysis_options, build_options, output_options, report_option
 from .output import emit, existing, show, write_report
+from .progress import progress
 
 
 @click.command(name="diff")
@@ -28,7 +25,11 @@ def diff_command(
     base: Path, candidate: Path, fmt: str, output: str | None, quiet: bool, **options: Any
 ) -> None:
     """Per-layer changes from BASE to CANDIDATE (matched by name and shape)."""
-    result = diff(base, candidate, build_options(**options))
+    from ..layer_diff import diff  # on use: --help stays light
+
+    settings = build_options(**options)
+    with progress(quiet, models=2) as shown:
+        result = diff(base, candidate, settings, on_plan=shown.on_plan, progress=shown.advance)
     show(result, fmt, output, [base, candidate])
 
 
@@ -63,7 +64,20 @@ def gate_command(
 
     Appends the Markdown summary to $GITHUB_STEP_SUMMARY when that is set.
     """
-    verdict = gate(base, candidate, policy_path, build_options(**options))
+    from ..gate_policy import gate, to_junit  # on use: --help stays light
+    from ..outputs import append_text, resolve_inputs
+    from ..render import render
+
+    settings = build_options(**options)
+    with progress(quiet, models=2) as shown:
+        verdict = gate(
+            base,
+            candidate,
+            policy_path,
+            settings,
+            on_plan=shown.on_plan,
+            progress=shown.advance,
+        )
     inputs = existing([base, candidate, policy_path])
     if report:
         write_report(

@@ -1,6 +1,7 @@
 """The options several commands share, one set of defaults, and the field -> flag table.
 
-Options are parsed here, not checked: the library's records
+Nothing heavy is imported here: the choices come from :mod:`spectralyzer.choices`,
+so ``--help`` and usage errors need neither torch nor pandas.  Options are parsed here, not checked: the library's records
 (:class:`~spectralyzer.pipeline.AnalysisOptions`, its
 :class:`~spectralyzer.layers.Selection`, the probe's options) check their own
 values and raise :class:`~spectralyzer.errors.OptionError` naming the field;
@@ -10,15 +11,14 @@ values and raise :class:`~spectralyzer.errors.OptionError` naming the field;
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..engine import DEVICES
-from ..layers import CONV_MODES, LAYER_TYPES
-from ..pipeline import AnalysisOptions, make_options
+from ..choices import CONV_MODES, DEVICES, FORMATS, LAYER_TYPES
 
-FORMATS = ("table", "csv", "json", "markdown")
+if TYPE_CHECKING:
+    from ..pipeline import AnalysisOptions
 
 #: Library field -> command-line flag, where the flag is not ``--`` + the field with dashes.
 FLAGS = {"trust_pickle": "--trust-code"}
@@ -136,7 +136,12 @@ def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def build_options(**values: Any) -> AnalysisOptions:
-    """AnalysisOptions from the values of :func:`analysis_options` (the record checks them)."""
+    """AnalysisOptions from the values of :func:`analysis_options` (the record checks them).
+
+    The library is imported here, when a command runs, not when the CLI loads (fast --help).
+    """
+    from ..pipeline import make_options
+
     return make_options(**values)
 
 
@@ -156,7 +161,12 @@ def output_options(what: str, formats: tuple[str, ...] = FORMATS) -> Decorator:
                 click.option(
                     "-o", "--output", metavar="FILE", help=f"Write {what} here instead of stdout."
                 ),
-                click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+                click.option(
+                    "-q",
+                    "--quiet",
+                    is_flag=True,
+                    help="No progress (a bar on a terminal, else a line every 15 s).",
+                ),
             ],
             command,
         )

@@ -1,6 +1,6 @@
 """Where a command's output goes: stdout (the one helper), files via :mod:`spectralyzer.outputs`.
 
-Also the progress bar on stderr, the terminal's width and colour for the
+Also the terminal's width and colour for the
 renderer, and the one check that the plotting extra is installed.
 """
 
@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 from collections.abc import Iterable
-from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,7 +21,6 @@ import click
 from .. import interrupts
 from ..errors import SpectralyzerError
 from ..outputs import resolve_inputs, write_file, write_report_folder
-from ..render import render
 
 
 def existing(paths: Iterable[str | os.PathLike[str] | None]) -> list[Path]:
@@ -55,6 +53,8 @@ def show(
     to_terminal = (output is None or output == "-") and sys.stdout.isatty()
     width = shutil.get_terminal_size().columns if to_terminal else None
     color = to_terminal and "NO_COLOR" not in os.environ
+    from ..render import render  # pandas: imported when there is a result to show
+
     emit(render(result, fmt, columns=columns, width=width, color=color), output, inputs)
 
 
@@ -74,27 +74,3 @@ def write_report(
     """A report folder written by ``spectralyzer.report.<module>.<writer>(*args, folder)``."""
     write = getattr(plotting(module), writer)
     write_report_folder(lambda staging: write(*args, staging), folder, list(inputs))
-
-
-@contextmanager
-def progress_bar(quiet: bool):
-    """Yields (on_plan, advance) callbacks drawing a bar on stderr when it is a terminal."""
-    state: dict[str, Any] = {}
-    show_bar = not quiet and sys.stderr.isatty()
-
-    def on_plan(total: int) -> None:
-        if show_bar:
-            state["bar"] = click.progressbar(
-                length=total, label="layers", file=sys.stderr, show_eta=True
-            )
-            state["bar"].__enter__()
-
-    def advance(n: int) -> None:
-        if "bar" in state:
-            state["bar"].update(n)
-
-    try:
-        yield on_plan, advance
-    finally:
-        if "bar" in state:
-            state["bar"].__exit__(None, None, None)

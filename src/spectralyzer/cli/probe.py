@@ -11,9 +11,8 @@ from typing import Any
 
 import click
 
+from ..choices import LOSS_NAMES, PRECISION_NAMES
 from ..demo import probe_demo
-from ..probe_pipeline import probe_files
-from ..probe_records import LOSSES, PRECISIONS, ProbeOptions
 from .errors import handle_errors
 from .options import device_option, output_options, seed_option, trust_option
 from .output import existing, show
@@ -48,7 +47,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
     is_flag=True,
     help="Probe the built-in demo (a digits CNN, data/digits/, with its Adam state) with every probe on.",
 )
-@click.option("--loss", type=click.Choice(list(LOSSES)), default="cross_entropy", show_default=True)
+@click.option("--loss", type=click.Choice(LOSS_NAMES), default="cross_entropy", show_default=True)
 @click.option("--top-k", default=5, show_default=True, help="Top eigenvalues to report.")
 @click.option(
     "--steps", default=40, show_default=True, help="Lanczos steps for the top eigenvalues."
@@ -109,7 +108,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
 @seed_option
 @device_option
 @click.option(
-    "--precision", type=click.Choice(list(PRECISIONS)), default="float64", show_default=True
+    "--precision", type=click.Choice(PRECISION_NAMES), default="float64", show_default=True
 )
 @trust_option
 @output_options("the report")
@@ -140,6 +139,9 @@ def probe_command(
         opts["batch_sizes"] = opts["batch_sizes"] or (16, 32, 64, 128, 256, 512)
     elif data is None:
         raise click.UsageError("probe needs --data (a batch of inputs and targets)")
+    from ..probe_pipeline import probe_files  # on use: --help stays light
+    from ..probe_records import ProbeOptions
+
     options = ProbeOptions(**opts)  # validated before any file is read or code run
     result = probe_files(
         model,
