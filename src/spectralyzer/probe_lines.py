@@ -207,4 +207,5 @@ def _header(result: ProbeResult) -> list[str]:
         f"{number(result.loss, 6)}, gradient norm {number(result.gradient_norm)}; {o.precision} on "
         f"{result.device}, seed {o.seed}",
         EVAL_MODE,
+        *([result.attention] if result.attention else []),
     ]

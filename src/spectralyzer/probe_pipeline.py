@@ -39,6 +39,7 @@ from .engine import resolve_device
 from .errors import InputError
 from .hessian import step_sizes as ss
 from .hessian.adam_state import AdamState, adam_stability, adam_state, preconditioned_top
+from .hessian.attention import NOTE
 from .hessian.batch_scaling import ProbedBatch, ScalingPlan, batch_scaling
 from .hessian.ggn import GGNOperator
 from .hessian.lanczos import top_eigenpairs, top_eigenvalues
@@ -59,7 +60,9 @@ from .probe_records import (
     ProbeResult,
     check_batch,
     effective_rank,
+    first_line,
     micro_batch,
+    model_boundary,
 )
 
 MATRICES = ("hessian", "ggn")
@@ -241,6 +244,7 @@ def layer_table(
     return weights.merge(pd.DataFrame(rows), on="name", how="inner")
 
 
+@model_boundary  # an operation without double backward: one line naming it
 def run_probe(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -276,17 +280,18 @@ def run_probe(
             raise InputError(
                 data_label,
                 f"the model cannot compute the {options.loss} loss on this batch "
-                f"({_first_line(err)})",
+                f"({first_line(err)})",
             ) from err
         except SystemExit as err:
             raise InputError(model_label, f"the model exited (SystemExit {err.code})") from err
         except Exception as err:  # AssertionError, KeyError, ...: the boundary to user code
             raise InputError(
-                model_label, f"the model raised {_first_line(err)} on {data_label}"
+                model_label, f"the model raised {first_line(err)} on {data_label}"
             ) from err
 
     op = operator(HessianOperator)
     loss, gradient_norm, parameters = op.loss, float(op.gradient.norm()), op.dim
+    attention = NOTE if op.math_attention else None
     if not math.isfinite(loss):
         raise InputError(data_label, f"the loss on this batch is not finite ({loss})")
     hessian, top_vector = curvature(op, "hessian", options, generator)
@@ -347,16 +352,8 @@ def run_probe(
         if options.lr
         else None,
         timings=timings,
+        attention=attention,
     )
-
-
-def _first_line(err: BaseException) -> str:
-    """The informative line of an error; TorchScript puts the cause on its last line."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if not lines:
-        return type(err).__name__
-    line = lines[-1] if "TorchScript interpreter" in lines[0] else lines[0]
-    return f"{type(err).__name__}: {line[:160]}"
 
 
 def probe(

@@ -8,7 +8,9 @@ in :mod:`.hessian.batch_scaling`, a stable interface), ``tables()`` and
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,8 +20,9 @@ import torch
 from torch import nn
 
 from .choices import DEVICES, LOSS_NAMES, PRECISION_NAMES
-from .errors import OptionError
+from .errors import InputError, OptionError
 from .hessian.adam_state import AdamStability
+from .hessian.attention import NoDoubleBackward
 from .hessian.batch_scaling import BatchScaling
 from .hessian.operator import LossFn
 from .hessian.trace import TraceEstimate
@@ -245,6 +248,7 @@ class ProbeResult:
     adam: AdamStability | None = None
     epoch_noise: list[EpochNoise] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    attention: str | None = None  # the note when attention ran on the math backend
 
     def document(self) -> dict[str, Any]:
         """Everything, as plain data (NaN and infinities left for the renderer to null)."""
@@ -270,6 +274,7 @@ class ProbeResult:
             "epoch_noise": [asdict(r) for r in self.epoch_noise] if self.epoch_noise else None,
             "assumptions": assumptions(self),
             "timings": self.timings,
+            "attention": self.attention,
         }
 
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -317,3 +322,33 @@ def curvature_frame(curvatures: list[Curvature]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def first_line(err: BaseException) -> str:
+    """The informative line of an error; TorchScript puts the cause on its last line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    line = lines[-1] if "TorchScript interpreter" in lines[0] else lines[0]
+    return f"{type(err).__name__}: {line[:160]}"
+
+
+def model_boundary(run: Callable[..., ProbeResult]) -> Callable[..., ProbeResult]:
+    """``run`` (called with ``model_label=``), with a missing double backward as an InputError.
+
+    Curvature products differentiate twice; an operation of the model that
+    cannot be is the model's limit, told in one line with what to do.
+    """
+
+    @functools.wraps(run)
+    def bounded(*args: Any, **kwargs: Any) -> ProbeResult:
+        try:
+            return run(*args, **kwargs)
+        except NoDoubleBackward as err:
+            problem = (
+                f"{err}: curvature products need second derivatives; use an implementation "
+                f"of {err.operation} with a double backward"
+            )
+            raise InputError(kwargs.get("model_label", "<module>"), problem) from err
+
+    return bounded

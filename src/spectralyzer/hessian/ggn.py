@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .attention import math_attention, no_double_backward, once_differentiable
 from .operator import LossFn, ParameterBlock, differentiate
 
 
@@ -42,6 +43,15 @@ class GGNOperator(ParameterBlock):
         params: Sequence[str] | None = None,
     ) -> None:
         super().__init__(model, params)
+        with math_attention() as attention:  # the graphs are built here, once
+            self._build(model, loss_fn, inputs, targets)
+        self.math_attention = attention.called
+        self._blocked = once_differentiable(self._outputs.grad_fn, self._jtu)
+        self.gradient = self._vjp(self._loss_grad.detach())
+
+    def _build(
+        self, model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> None:
         self._outputs = model(inputs)
         # the loss as a function of the outputs alone: its gradient, kept with its graph, gives H_L
         self._leaf = self._outputs.detach().requires_grad_(True)
@@ -58,7 +68,6 @@ class GGNOperator(ParameterBlock):
             )
         ]
         self.loss = float(loss.detach())
-        self.gradient = self._vjp(self._loss_grad.detach())
 
     def _vjp(self, cotangent: torch.Tensor) -> torch.Tensor:
         """``J^T u`` as a flat vector."""
@@ -76,6 +85,7 @@ class GGNOperator(ParameterBlock):
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         """``G v = J^T (H_L (J v))`` for a flat vector ``v`` of length ``dim``."""
-        return self._vjp(self._loss_hvp(self._jvp(vector)))
+        with no_double_backward(self._blocked):
+            return self._vjp(self._loss_hvp(self._jvp(vector)))
 
     __call__ = matvec

@@ -8,7 +8,9 @@ Hessian, the GGN and Adam's preconditioned Hessian are ones.
 ``H v`` is Pearlmutter's trick done by double backward: the gradient is built
 once with ``create_graph=True`` and kept, and each product is one more
 backward pass through it, ``H v = d(g . v)/dw`` (about the cost of two
-backward passes; the forward pass is not repeated).  Double backward works on
+backward passes; the forward pass is not repeated).  Attention runs on the math
+backend while the graph is built (:mod:`.attention`: the fused kernels have no
+double backward); ``math_attention`` says whether the model called it.  Double backward works on
 plain modules and on TorchScript ones alike (``torch.func.functional_call``
 refuses scripted modules).
 
@@ -28,6 +30,8 @@ from typing import Protocol
 
 import torch
 from torch import nn
+
+from .attention import math_attention, no_double_backward, once_differentiable
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MatVec = Callable[[torch.Tensor], torch.Tensor]
@@ -142,17 +146,21 @@ class HessianOperator(ParameterBlock):
         params: Sequence[str] | None = None,
     ) -> None:
         super().__init__(model, params)
-        loss = loss_fn(model(inputs), targets)
-        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        with math_attention() as attention:  # the graph is built here, once
+            loss = loss_fn(model(inputs), targets)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        self.math_attention = attention.called
         self._grads = [
             g if g is not None else torch.zeros_like(p)
             for g, p in zip(grads, self.params, strict=True)
         ]
+        self._blocked = once_differentiable(loss.grad_fn, self._grads)
         self.loss = float(loss.detach())
         self.gradient = self.flatten([g.detach() for g in self._grads])
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         """``H v`` for a flat vector ``v`` of length ``dim``."""
-        return self.flatten(differentiate(self._grads, self.params, self.unflatten(vector)))
+        with no_double_backward(self._blocked):
+            return self.flatten(differentiate(self._grads, self.params, self.unflatten(vector)))
 
     __call__ = matvec
