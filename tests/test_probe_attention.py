@@ -79,6 +79,17 @@ def test_sdpa_model_probes_like_explicit_softmax_attention():
     assert b.attention is None and NOTE not in b.summary_lines()
 
 
+@pytest.mark.filterwarnings("ignore")  # torch.jit.trace's deprecation and tracer warnings
+def test_traced_sdpa_model_probes_like_explicit_attention_and_says_so():
+    fused, explicit = pair()
+    x, y = batch(8)
+    traced = torch.jit.trace(fused, (x,))
+    a = spectralyzer.probe(traced, x, y, top_k=1, steps=30)
+    b = spectralyzer.probe(explicit, x, y, top_k=1, steps=30)
+    assert a.curvatures[0].lambda_1 == pytest.approx(b.curvatures[0].lambda_1, rel=1e-8)
+    assert a.attention == NOTE
+
+
 def test_sdpa_model_lambda_1_matches_the_exact_hessian():
     fused, explicit = pair(embed=4)
     x, y = batch(4, n=4, seq=3)

@@ -11,9 +11,9 @@ first backward with ``create_graph``); the products only walk that graph.
 
 Whether the model called the function at all is seen by a torch function
 mode (one Python check per torch call in that forward, nothing afterwards),
-so the probe reports the substitution only when it happened.  A scripted
-(TorchScript) model bypasses function modes: the backend applies to it, the
-note does not.
+so the probe reports the substitution only when it happened.  A TorchScript
+model bypasses function modes (the backend applies to it all the same): its
+inlined graph is searched for the call instead.
 
 An operation with no double backward still raises a ``RuntimeError`` in the
 first product; :func:`no_double_backward` turns it into
@@ -60,9 +60,10 @@ class _SeeAttention(TorchFunctionMode):
 
 
 @contextmanager
-def math_attention() -> Iterator[AttentionUse]:
+def math_attention(model: torch.nn.Module) -> Iterator[AttentionUse]:
     """Attention on PyTorch's math backend (twice differentiable) while active; records its use."""
-    use = AttentionUse()
+    scripted = isinstance(model, torch.jit.ScriptModule)  # its graph is there to read
+    use = AttentionUse(scripted and "scaled_dot_product_attention" in str(model.inlined_graph))
     with sdpa_kernel(SDPBackend.MATH), _SeeAttention(use):
         yield use
 

@@ -43,7 +43,7 @@ class GGNOperator(ParameterBlock):
         params: Sequence[str] | None = None,
     ) -> None:
         super().__init__(model, params)
-        with math_attention() as attention:  # the graphs are built here, once
+        with math_attention(model) as attention:  # the graphs are built here, once
             self._build(model, loss_fn, inputs, targets)
         self.math_attention = attention.called
         self._blocked = once_differentiable(self._outputs.grad_fn, self._jtu)

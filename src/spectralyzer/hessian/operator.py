@@ -146,7 +146,7 @@ class HessianOperator(ParameterBlock):
         params: Sequence[str] | None = None,
     ) -> None:
         super().__init__(model, params)
-        with math_attention() as attention:  # the graph is built here, once
+        with math_attention(model) as attention:  # the graph is built here, once
             loss = loss_fn(model(inputs), targets)
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         self.math_attention = attention.called
