@@ -4,6 +4,8 @@ Imports nothing outside this folder; the pipeline that uses it is :mod:`spectral
 - :mod:`.operator`: the :class:`~.operator.CurvatureOperator` interface every estimator
   takes, and the Hessian of a loss as one (double backward).
 - :mod:`.ggn`: the Generalised Gauss-Newton matrix ``J^T H_L J``, same interface.
+- :mod:`.attention`: the math attention backend while a graph is built (fused kernels have
+  no double backward), and :class:`~.attention.NoDoubleBackward` naming an operation without one.
 - :mod:`.lanczos`: Lanczos with full re-orthogonalisation; top eigenpairs.
 - :mod:`.trace`: Hutchinson's and Hutch++ trace estimators with standard errors.
 - :mod:`.slq`: stochastic Lanczos quadrature for the spectral density.
