@@ -199,6 +199,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # the floor runs with the CLI's thread count
     print(
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads "
         f"{torch.get_num_threads()}, device {args.device}, repeats {args.repeats}"
