@@ -21,7 +21,7 @@ MAX_LINES = 400
 
 # Lowest first. The first dotted part below spectralyzer decides a module's layer.
 LAYERS = (
-    {"errors", "escaping", "budget", "interrupts", "choices"},  # no spectralyzer imports
+    {"errors", "escaping", "budget", "interrupts", "choices", "threads"},  # no spectralyzer imports
     {"io", "outputs", "render", "render_table", "hessian"},  # files in and out; text; math
     {"layers", "fit"},  # tensors -> matrices; ESD math
     {"engine", "metrics", "flow"},  # matrices -> ESDs -> rows

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 import spectralyzer
@@ -36,6 +37,7 @@ AGREEING = {
     "normalize": ({"normalize": True}, ["--normalize"]),
     "fix_fingers": ({"fix_fingers": True}, ["--fix-fingers"]),
     "tail_tests": ({"tail_tests": True}, ["--tail-tests"]),
+    "threads": ({"threads": 1}, ["--threads", "1"]),
 }
 
 #: (field, bad library value, flag, bad command-line value or None for a flag without one)
@@ -55,6 +57,9 @@ REFUSED = [
     ("normalize", 1, "--normalize", None),
     ("fix_fingers", "no", "--fix-fingers", None),
     ("tail_tests", None, "--tail-tests", None),
+    ("threads", 0, "--threads", "0"),
+    ("threads", 1.5, "--threads", "1.5"),
+    ("threads", True, "--threads", "-2"),
 ]
 
 
@@ -128,6 +133,23 @@ def test_bad_value_names_the_field_in_the_library_and_the_flag_on_the_cli(field,
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("spectralyzer: error: ") and flag in line, line
     assert "_" not in field or f"{field}:" not in line, line  # the flag, not the field
+
+
+def test_threads_apply_during_the_run_and_are_restored_after(monkeypatch):
+    import spectralyzer.pipeline as pipeline
+
+    before, seen = torch.get_num_threads(), []
+    wanted = 2 if before == 1 else 1  # differs from the current count, so the check bites
+    original = pipeline.compute_spectra
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "compute_spectra", spy)
+    library_json(threads=wanted)
+    assert seen == [wanted]
+    assert torch.get_num_threads() == before
 
 
 def test_options_records_check_themselves():

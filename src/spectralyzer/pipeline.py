@@ -26,6 +26,7 @@ from .layers import LayerSpec, Selection, Skipped, plan
 from .metrics import layer_metrics
 from .render import number
 from .tables import SUMMARY_MEANS, details_frame, layers_table, summarize
+from .threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class AnalysisOptions:
     tail_tests: bool = False  # test the power-law tail against its alternatives
     device: str = "auto"
     trust_pickle: bool = False
+    threads: int | None = None  # torch.set_num_threads for the run; None: torch's choice
 
     def __post_init__(self) -> None:
         if not isinstance(self.selection, Selection):
@@ -56,6 +58,10 @@ class AnalysisOptions:
             raise OptionError("seed", f"must be an integer, not {self.seed!r}")
         if self.device not in DEVICES:
             raise OptionError("device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.threads is not None and (
+            not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
+        ):
+            raise OptionError("threads", f"must be an integer >= 1, not {self.threads!r}")
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,16 @@ def run_analysis(
     Raises :class:`InputError` for a file that cannot be read or holds no
     analysable matrix.
     """
+    with torch_threads(options.threads):
+        return _run_analysis(source, options, on_plan, progress)
+
+
+def _run_analysis(
+    source: Source,
+    options: AnalysisOptions,
+    on_plan: OnPlan | None,
+    progress: OnProgress | None,
+) -> Analysis:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     device = resolve_device(options.device)
@@ -200,6 +216,7 @@ def analyze(
     tail_tests: bool = False,
     device: str = "auto",
     trust_pickle: bool = False,
+    threads: int | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-layer metrics (one row per analysed matrix) and the model summary.
 
@@ -223,6 +240,7 @@ def analyze(
         tail_tests=tail_tests,
         device=device,
         trust_pickle=trust_pickle,
+        threads=threads,
     )
     result = run_analysis(source, options)
     return result.details, result.summary

@@ -129,6 +129,12 @@ def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
                 "power law (likelihood ratios).",
             ),
             device_option,
+            click.option(
+                "--threads",
+                type=int,
+                metavar="N",
+                help="CPU threads torch uses for the run (default: torch's choice, one per core).",
+            ),
             trust_option,
         ],
         command,
