@@ -60,6 +60,7 @@ REFUSED = [
     ("threads", 0, "--threads", "0"),
     ("threads", 1.5, "--threads", "1.5"),
     ("threads", True, "--threads", "-2"),
+    ("threads", 2**63, "--threads", str(2**63)),  # overflowed torch.set_num_threads: exit 3
 ]
 
 

@@ -26,7 +26,7 @@ from .layers import LayerSpec, Selection, Skipped, plan
 from .metrics import layer_metrics
 from .render import number
 from .tables import SUMMARY_MEANS, details_frame, layers_table, summarize
-from .threads import torch_threads
+from .threads import MAX_THREADS, torch_threads
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,13 @@ class AnalysisOptions:
         if self.device not in DEVICES:
             raise OptionError("device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.threads is not None and (
-            not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
+            not isinstance(self.threads, int)
+            or isinstance(self.threads, bool)
+            or not 1 <= self.threads <= MAX_THREADS
         ):
-            raise OptionError("threads", f"must be an integer >= 1, not {self.threads!r}")
+            raise OptionError(
+                "threads", f"must be an integer from 1 to {MAX_THREADS}, not {self.threads!r}"
+            )
 
 
 @dataclass(frozen=True)

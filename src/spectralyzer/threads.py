@@ -14,6 +14,10 @@ from contextlib import contextmanager
 
 import torch
 
+#: Upper bound of ``--threads``: far above any machine's cores, and inside the C int that
+#: ``torch.set_num_threads`` takes (a huge value overflowed there, found by the option fuzz).
+MAX_THREADS = 4096
+
 
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
