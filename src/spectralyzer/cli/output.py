@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import shutil
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -50,12 +49,12 @@ def show(
     columns: tuple[str, ...] | None = None,
 ) -> None:
     """Render a result (fitted to the terminal when stdout is one) and emit it."""
-    to_terminal = (output is None or output == "-") and sys.stdout.isatty()
-    width = shutil.get_terminal_size().columns if to_terminal else None
-    color = to_terminal and "NO_COLOR" not in os.environ
     from ..render import render  # pandas: imported when there is a result to show
+    from ..render_table import terminal_view
 
-    emit(render(result, fmt, columns=columns, width=width, color=color), output, inputs)
+    to_stdout = output is None or output == "-"
+    view = terminal_view(sys.stdout) if to_stdout else {"width": None, "color": False}
+    emit(render(result, fmt, columns=columns, **view), output, inputs)
 
 
 def plotting(module: str) -> ModuleType:
