@@ -23,7 +23,7 @@ MAX_LINES = 400
 LAYERS = (
     {"errors", "escaping", "budget", "interrupts", "choices", "threads"},  # no spectralyzer imports
     {"io", "outputs", "render", "render_table", "hessian"},  # files in and out; text; math
-    {"layers", "fit"},  # tensors -> matrices; ESD math
+    {"layers", "roles", "fit"},  # tensors -> matrices; what each does; ESD math
     {"engine", "metrics", "flow"},  # matrices -> ESDs -> rows
     {"tables"},  # rows -> DataFrame, summary
     {"pipeline"},  # the weight-analysis pipeline

@@ -172,6 +172,7 @@ def _run_analysis(
             timings=timings,
         )
         fmt = checkpoint.format
+        layout = checkpoint.notes()
     tic = time.perf_counter()
     rows = [
         layer_metrics(
@@ -199,6 +200,8 @@ def _run_analysis(
         device=device.type,
         spectralyzer_version=__version__,
     )
+    if layout:
+        summary["layout"] = layout
     timings["total"] = time.perf_counter() - start
     summary["timings"] = {stage: round(seconds, 3) for stage, seconds in timings.items()}
     return Analysis(details, summary, skipped, timings, spectra)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,6 +41,12 @@ class Checkpoint(abc.ABC):
     @abc.abstractmethod
     def load(self, name: str) -> torch.Tensor:
         """Read one tensor onto the CPU in its stored dtype."""
+
+    def notes(self) -> dict[str, Any]:
+        """What the reader did that the user must know (e.g. ``{"quantisation": "fp8, 128x128
+        block scales, dequantised"}``, ``{"ignored_files": [...]}``); the summary carries them
+        under ``layout``. Empty for a plain checkpoint."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles and memory maps."""
