@@ -64,6 +64,7 @@ class ESD:
     evals: np.ndarray  # float64, shape (num_slices * M,), >= 0
     finite: bool = True  # False when the weights held NaN or Inf (evals are then empty)
     overflow: bool = False  # eigenvalues beyond the float64 range (finite False, evals empty)
+    eps: float = float(torch.finfo(torch.float64).eps)  # unit roundoff of the solver's dtype
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,10 @@ class Shuffler:
 
     def __call__(self, stack: torch.Tensor) -> torch.Tensor:
         """The stack with its entries permuted (one permutation across its slices)."""
-        order = self.order(tuple(stack.shape)).to(stack.device)
+        shape = tuple(stack.shape)
+        order = self.order(shape)
+        if order.device != stack.device:  # moved once per shape, kept on the GPU
+            order = self._orders[shape] = order.to(stack.device)
         if stack.dtype not in _SHUFFLED_DTYPES:  # e.g. float8: index_select lacks kernels
             stack = stack.float()
         return stack.reshape(-1).index_select(0, order).reshape(stack.shape)
@@ -256,6 +260,7 @@ def _split(
     evals: torch.Tensor, specs: list[LayerSpec], scales: list[_Scale], common: bool = False
 ) -> list[ESD]:
     """Cut a ``(B, M)`` block of scaled eigenvalues back into one sorted ESD per layer."""
+    eps = float(torch.finfo(evals.dtype).eps)
     out, start = [], 0
     for spec, scale in zip(specs, scales, strict=True):
         block = evals[start : start + spec.num_slices]
@@ -265,7 +270,7 @@ def _split(
             continue
         values = scale.unscale(block, common).reshape(-1)
         if np.isfinite(values).all():
-            out.append(ESD(np.sort(values)))
+            out.append(ESD(np.sort(values), eps=eps))
         else:
             out.append(ESD(np.empty(0), finite=False, overflow=True))
     return out
@@ -281,6 +286,7 @@ def compute_spectra(
     batch_elements: int = 2**25,
     progress: Callable[[list[LayerSpec]], None] | None = None,
     timings: dict[str, float] | None = None,
+    precision: str = "float64",
 ) -> dict[str, LayerSpectra]:
     """ESDs (and randomised ESDs) of every spec, keyed by parameter name.
 
@@ -294,8 +300,20 @@ def compute_spectra(
     batches = list(_batches(specs, batch_elements))
     last_use = {shape: i for i, batch in enumerate(batches) for shape in map(_stack_shape, batch)}
     return _spectra_of_batches(
-        checkpoint, batches, device, randomize, Shuffler(seed), last_use, clock, progress
+        checkpoint,
+        batches,
+        device,
+        randomize,
+        Shuffler(seed),
+        last_use,
+        clock,
+        progress,
+        _GRAM_DTYPES[precision],
     )
+
+
+#: Gram products and eigensolver per ``--precision`` (docs/theory.md section 1.5)
+_GRAM_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def _stack_shape(spec: LayerSpec) -> tuple[int, int, int]:
@@ -311,19 +329,25 @@ def _spectra_of_batches(
     last_use: dict[tuple[int, int, int], int],
     clock: _Clock,
     progress: Callable[[list[LayerSpec]], None] | None,
+    gram_dtype: torch.dtype = torch.float64,
 ) -> dict[str, LayerSpectra]:
     result: dict[str, LayerSpectra] = {}
+    depth = PREFETCH_DEPTH if device.type == "cuda" else 0
+    stacks = _loaded([spec for batch in batches for spec in batch], checkpoint, device, depth)
     for index, batch in enumerate(batches):
         interrupts.check()
         matrices, size = sum(spec.num_slices for spec in batch), batch[0].M
-        grams = torch.zeros((matrices, size, size), dtype=torch.float64, device=device)
+        grams = torch.zeros((matrices, size, size), dtype=gram_dtype, device=device)
         shuffled = torch.zeros_like(grams, dtype=torch.float32) if randomize else None
         scales, start = [], 0
         for spec in batch:
             rows = slice(start, start + spec.num_slices)
             start += spec.num_slices
             randomized = (shuffled[rows], shuffle) if shuffled is not None else None
-            scales.append(_add_layer(checkpoint, spec, grams[rows], randomized, clock))
+            stack = next(stacks)
+            clock.lap("load")
+            scales.append(_add_layer(stack, grams[rows], randomized, clock))
+            del stack
         # on a worker the main thread can leave on SIGTERM/Ctrl-C (minutes for 8192 x 8192)
         esds = _split(interrupts.abandonable(symmetric_eigenvalues, grams), batch, scales)
         del grams
@@ -343,20 +367,49 @@ def _spectra_of_batches(
     return result
 
 
+#: Tensors read ahead of the GPU's work (each at most the largest layer, in its stored dtype)
+PREFETCH_DEPTH = 2
+
+
+def _loaded(
+    specs: list[LayerSpec], checkpoint: Checkpoint, device: torch.device, depth: int
+) -> Iterator[torch.Tensor]:
+    """The ``(slices, N, M)`` stack of each spec, in order, read from ``checkpoint``.
+
+    With ``depth > 0`` a reader thread keeps up to ``depth`` stacks read ahead, in pinned
+    memory and already on their way to ``device`` (asynchronous copies), so reading the
+    file and copying to the GPU overlap the GPU's products and eigensolver. Only the
+    reader thread touches ``checkpoint``.
+    """
+    if depth == 0:
+        for spec in specs:
+            yield to_matrices(checkpoint.load(spec.name), spec)
+        return
+
+    def read(spec: LayerSpec) -> torch.Tensor:
+        stack = to_matrices(checkpoint.load(spec.name), spec).contiguous()
+        return stack.pin_memory().to(device, non_blocking=True)
+
+    with ThreadPoolExecutor(1) as reader:
+        pending = [reader.submit(read, spec) for spec in specs[:depth]]
+        for i in range(len(specs)):
+            stack = pending.pop(0).result()
+            if i + depth < len(specs):
+                pending.append(reader.submit(read, specs[i + depth]))
+            yield stack
+
+
 def _add_layer(
-    checkpoint: Checkpoint,
-    spec: LayerSpec,
+    stack: torch.Tensor,
     grams: torch.Tensor,
     randomized: tuple[torch.Tensor, Shuffler] | None,
     clock: _Clock,
 ) -> _Scale:
-    """Load one layer and add its (scaled) Gram matrices into ``grams`` and, when asked,
-    those of its shuffled copy into ``randomized[0]``; the tensor is released on return.
+    """Add the (scaled) Gram matrices of one layer's ``stack`` into ``grams`` and, when asked,
+    those of its shuffled copy into ``randomized[0]``.
 
     A layer with non-finite weights adds nothing (its Gram matrices stay 0).
     """
-    stack = to_matrices(checkpoint.load(spec.name), spec)
-    clock.lap("load")
     scale = _Scale.of(stack)
     if scale.finite:
         accumulate_gram(grams, stack, scale.exponents)

@@ -49,7 +49,6 @@ ALPHA_UNDER_TRAINED = 6.0  # alpha above: under-trained / random-like (docs/theo
 ALPHA_OVER_TRAINED = 2.0  # alpha below: over-trained, very heavy-tailed
 FEW_EVALS = 50  # below this many eigenvalues the alpha estimator is biased (Clauset et al. 3.3)
 _EPS64 = float(np.finfo(np.float64).eps)
-_EPS32 = float(np.finfo(np.float32).eps)
 
 COUNTS = ("n_tail", "num_fingers", "rank_loss", "num_spikes")  # integer columns, 0 when undefined
 WARNINGS = (
@@ -112,7 +111,11 @@ class LayerMetrics:
 
 
 def zero_tolerance(lambda_max: float, M: int, dtype: str) -> float:
-    """Eigenvalues at or below this are numerical zeros (see module docstring)."""
+    """Eigenvalues at or below this are numerical zeros (see module docstring).
+
+    Set for the float64 eigensolver also under ``--precision float32``, whose eigenvalues
+    below about ``M eps32 lambda_max`` are rounding noise (docs/theory.md section 1.5).
+    """
     try:
         eps_dtype = float(torch.finfo(getattr(torch, dtype)).eps)
     except (AttributeError, TypeError):
@@ -166,7 +169,7 @@ def trap_metrics(esd: ESD, randomized: ESD | None, N: int, M: int) -> tuple[floa
         return math.nan, math.nan
     if not randomized.finite or randomized.evals.size == 0:
         return math.nan, math.nan
-    tol = float(randomized.evals[-1]) * 10 * M * _EPS32
+    tol = float(randomized.evals[-1]) * 10 * M * randomized.eps
     traps = fit_mp(randomized.evals, N, M, zero_tol=tol).num_spikes
     return float(traps), ks_distance(esd.evals, randomized.evals)
 

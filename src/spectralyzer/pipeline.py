@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from . import __version__, interrupts
+from .choices import PRECISION_NAMES
 from .engine import DEVICES, LayerSpectra, compute_spectra, resolve_device
 from .errors import InputError, OptionError
 from .fit.tail_tests import SIGNIFICANCE as TAIL_SIGNIFICANCE
@@ -47,6 +48,7 @@ class AnalysisOptions:
     device: str = "auto"
     trust_pickle: bool = False
     threads: int | None = None  # torch.set_num_threads for the run; None: torch's choice
+    precision: str = "float64"  # Gram products and eigensolver (docs/theory.md section 1.5)
 
     def __post_init__(self) -> None:
         if not isinstance(self.selection, Selection):
@@ -56,6 +58,11 @@ class AnalysisOptions:
                 raise OptionError(key, f"must be True or False, not {getattr(self, key)!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise OptionError("seed", f"must be an integer, not {self.seed!r}")
+        if self.precision not in PRECISION_NAMES:
+            raise OptionError(
+                "precision",
+                f"must be one of {', '.join(PRECISION_NAMES)}, not {self.precision!r}",
+            )
         if self.device not in DEVICES:
             raise OptionError("device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.threads is not None and (
@@ -170,6 +177,7 @@ def _run_analysis(
             seed=options.seed,
             progress=_reporter(progress),
             timings=timings,
+            precision=options.precision,
         )
         fmt = checkpoint.format
         layout = checkpoint.notes()
@@ -198,6 +206,7 @@ def _run_analysis(
         tail_tests=options.tail_tests,
         seed=options.seed,
         device=device.type,
+        precision=options.precision,
         spectralyzer_version=__version__,
     )
     if layout:
@@ -224,6 +233,7 @@ def analyze(
     device: str = "auto",
     trust_pickle: bool = False,
     threads: int | None = None,
+    precision: str = "float64",
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-layer metrics (one row per analysed matrix) and the model summary.
 
@@ -248,6 +258,7 @@ def analyze(
         device=device,
         trust_pickle=trust_pickle,
         threads=threads,
+        precision=precision,
     )
     result = run_analysis(source, options)
     return result.details, result.summary

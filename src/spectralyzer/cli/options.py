@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..choices import CONV_MODES, DEVICES, FORMATS, LAYER_TYPES
+from ..choices import CONV_MODES, DEVICES, FORMATS, LAYER_TYPES, PRECISION_NAMES
 
 if TYPE_CHECKING:
     from ..pipeline import AnalysisOptions
@@ -129,6 +129,15 @@ def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
                 "power law (likelihood ratios).",
             ),
             device_option,
+            click.option(
+                "--precision",
+                type=click.Choice(PRECISION_NAMES),
+                default="float64",
+                show_default=True,
+                help="Gram products and eigensolver. float32: about half the time; eigenvalues "
+                "within about M*1.2e-7*lambda_max (alpha moves by < 1e-4 on MiniLM), and rank_loss "
+                "can miss numerical zeros (docs/theory.md section 1.5).",
+            ),
             click.option(
                 "--threads",
                 type=int,
