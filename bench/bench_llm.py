@@ -1,7 +1,8 @@
 """Time `analyze` on LLM-sized synthetic Hugging Face folders.  A benchmark, not a test.
 
-    python bench/bench_llm.py [--sizes 167m,7b-layer] [--repeats 1] [--device cpu|cuda|auto]
-                              [--cache DIR] [--threads N]
+    python bench/bench_llm.py [--sizes 167m,7b-layer,7b] [--repeats 1] [--device cpu|cuda|auto]
+                              [--precisions float64,float32] [--modes plain,randomize]
+                              [--no-floor] [--compare-cpu] [--cache DIR] [--threads N]
 
 Builds once (cached outside the repo, default ``~/.cache/spectralyzer-bench/``) sharded
 bf16 folders -- safetensors shards plus ``model.safetensors.index.json`` -- with random
@@ -50,6 +51,8 @@ class Size:
 SIZES = {
     "167m": Size("167m", 1024, 2816, 8),
     "7b-layer": Size("7b-layer", 4096, 11008, 1),
+    "7b": Size("7b", 4096, 11008, 32),  # 6.7e9 parameters, 13.5 GB of bf16: for a GPU machine
+    "tiny": Size("tiny", 128, 256, 2),  # a smoke run of the script itself
 }
 LAYERS_7B = 32
 
@@ -68,15 +71,16 @@ def layer_shapes(size: Size, i: int) -> dict[str, tuple[int, int]]:
 
 
 def gaussian_bf16(shape: tuple[int, int], gen):
-    """A bf16 N(0, 1/cols) matrix, generated CHUNK_ROWS rows at a time (bounded memory)."""
+    """A bf16 N(0, 1/cols) matrix, generated CHUNK_ROWS rows at a time (bounded memory),
+    on the generator's device (a GPU makes the 7B folder in seconds)."""
     import torch
 
     out = torch.empty(shape, dtype=torch.bfloat16)
     scale = shape[1] ** -0.5
     for start in range(0, shape[0], CHUNK_ROWS):
         rows = min(CHUNK_ROWS, shape[0] - start)
-        chunk = torch.randn((rows, shape[1]), generator=gen, dtype=torch.float32)
-        out[start : start + rows] = (chunk * scale).to(torch.bfloat16)
+        chunk = torch.randn((rows, shape[1]), generator=gen, device=gen.device)
+        out[start : start + rows] = (chunk * scale).to(torch.bfloat16).cpu()
     return out
 
 
@@ -89,7 +93,8 @@ def build(size: Size, folder: Path) -> Path:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(1234)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator(device).manual_seed(1234)
     groups = [{"model.embed_tokens.weight": (VOCAB, size.hidden)}]
     groups += [layer_shapes(size, i) for i in range(size.layers)]
     groups += [{"lm_head.weight": (VOCAB, size.hidden)}]
@@ -109,12 +114,15 @@ def build(size: Size, folder: Path) -> Path:
     return folder
 
 
-def run_cli(folder: Path, device: str, randomize: bool, threads: int | None) -> dict:
-    """One CLI process: its summary timings, wall time and peak RSS (MiB)."""
+def run_cli(
+    folder: Path, device: str, randomize: bool, threads: int | None, precision: str = "float64"
+) -> dict:
+    """One CLI process: its summary timings, wall time, peak RSS (MiB) and alphas by layer."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
         cmd = [sys.executable, "-m", "spectralyzer.cli", "analyze", str(folder)]
         cmd += ["--format", "json", "-q", "-o", str(out), "--device", device]
+        cmd += ["--precision", precision]
         if randomize:
             cmd.append("--randomize")
         if threads is not None:
@@ -130,9 +138,18 @@ def run_cli(folder: Path, device: str, randomize: bool, threads: int | None) -> 
             [sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True
         )
         wall = time.perf_counter() - start
-        summary = json.loads(out.read_text())["summary"]
+        document = json.loads(out.read_text())
+    summary = document["summary"]
+    alphas = {row["name"]: row["alpha"] for row in document["layers"]}
     rss_mib = int(done.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
-    return {"wall": wall, "timings": summary.get("timings", {}), "rss": rss_mib}
+    return {"wall": wall, "timings": summary.get("timings", {}), "rss": rss_mib, "alphas": alphas}
+
+
+def max_difference(a: dict[str, float], b: dict[str, float]) -> float:
+    """Largest |alpha_a - alpha_b| over the layers of both runs (NaN pairs agree)."""
+    assert a.keys() == b.keys(), "the runs analysed different layers"
+    diffs = [abs(a[k] - b[k]) for k in a if not (a[k] != a[k] and b[k] != b[k])]
+    return max(diffs, default=0.0)
 
 
 def matrix_shapes(folder: Path) -> dict[str, tuple[int, int]]:
@@ -191,20 +208,31 @@ def report_7b(shapes: dict[str, tuple[int, int]], per_matrix: dict[str, float], 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="167m,7b-layer")
+    parser.add_argument("--sizes", default="167m,7b-layer", help=f"of {', '.join(SIZES)}")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--threads", type=int, help="pass --threads N to the CLI")
+    parser.add_argument("--precisions", default="float64", help="e.g. float64,float32")
+    parser.add_argument("--modes", default="plain,randomize", help="plain and/or randomize")
+    parser.add_argument("--no-floor", action="store_true", help="skip the in-process floor")
+    parser.add_argument(
+        "--compare-cpu",
+        action="store_true",
+        help="also run the CLI with --device cpu and print the largest alpha difference",
+    )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "spectralyzer-bench")
     args = parser.parse_args()
     import torch
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # the floor runs with the CLI's thread count
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     print(
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads "
-        f"{torch.get_num_threads()}, device {args.device}, repeats {args.repeats}"
+        f"{torch.get_num_threads()}, GPU {gpu}, device {args.device}, repeats {args.repeats}"
     )
+    precisions = [p for p in args.precisions.split(",") if p]
+    modes = [m == "randomize" for m in args.modes.split(",") if m]
     rows = []
     for name in [s.strip() for s in args.sizes.split(",") if s.strip()]:
         size = SIZES[name]
@@ -212,19 +240,30 @@ def main() -> None:
         folder = build(size, args.cache / name)
         print(f"[{name}] folder {folder} ready in {time.perf_counter() - tic:.1f} s", flush=True)
         runs = {}
-        for randomize in (False, True):
-            best = None
-            for _ in range(args.repeats):
-                res = run_cli(folder, args.device, randomize, args.threads)
-                if best is None or res["timings"]["total"] < best["timings"]["total"]:
-                    best = res
-            runs[randomize] = best
-            flag = "--randomize" if randomize else "plain"
-            print(
-                f"[{name}] {flag}: wall {best['wall']:.1f} s, peak RSS {best['rss']:.0f} MiB, "
-                f"{fmt_stages(best['timings'])}",
-                flush=True,
-            )
+        for precision in precisions:
+            for randomize in modes:
+                best = None
+                for _ in range(args.repeats):
+                    res = run_cli(folder, args.device, randomize, args.threads, precision)
+                    if best is None or res["timings"]["total"] < best["timings"]["total"]:
+                        best = res
+                runs[precision, randomize] = best
+                flag = "--randomize" if randomize else "plain"
+                print(
+                    f"[{name}] {precision} {flag}: wall {best['wall']:.1f} s, peak RSS "
+                    f"{best['rss']:.0f} MiB, {fmt_stages(best['timings'])}",
+                    flush=True,
+                )
+                if args.compare_cpu and args.device != "cpu":
+                    cpu = run_cli(folder, "cpu", randomize, args.threads, precision)
+                    print(
+                        f"[{name}] {precision} {flag}: --device cpu wall {cpu['wall']:.1f} s; "
+                        f"largest |alpha_gpu - alpha_cpu| = "
+                        f"{max_difference(best['alphas'], cpu['alphas']):.2e}",
+                        flush=True,
+                    )
+        if args.no_floor:
+            continue
         per_matrix = min(
             (floor(folder, args.device) for _ in range(args.repeats)), key=lambda d: sum(d.values())
         )
@@ -233,24 +272,23 @@ def main() -> None:
             f"[{name}] float64 floor {total_floor:.1f} s over {len(per_matrix)} matrices",
             flush=True,
         )
-        plain, rand = runs[False]["timings"]["total"], runs[True]["timings"]["total"]
-        rows.append((name, plain, rand, total_floor))
-        if name == "7b-layer":
+        for (precision, randomize), res in runs.items():
+            rows.append((name, precision, randomize, res["timings"]["total"], total_floor))
+        if name == "7b-layer" and (precisions[0], False) in runs:
+            plain = runs[precisions[0], False]["timings"]["total"]
             shapes = matrix_shapes(folder)
             est = report_7b(shapes, per_matrix, "floor")
             print(
                 f"  extrapolated 7B ({LAYERS_7B} layers): floor {est / 60:.1f} min; "
-                f"analyze ~{est * plain / total_floor / 60:.1f} min, --randomize "
-                f"~{est * rand / total_floor / 60:.1f} min (scaled by this folder's ratios)"
+                f"{precisions[0]} analyze ~{est * plain / total_floor / 60:.1f} min "
+                f"(scaled by this folder's ratio)"
             )
     print()
-    print("| case | analyze | --randomize | floor | analyze/floor | randomize/analyze |")
+    print("| case | precision | mode | analyze | floor | ratio to floor |")
     print("|---|---|---|---|---|---|")
-    for name, plain, rand, fl in rows:
-        print(
-            f"| {name} | {plain:.1f} s | {rand:.1f} s | {fl:.1f} s | "
-            f"{plain / fl:.2f} | {rand / plain:.2f} |"
-        )
+    for name, precision, randomize, total, fl in rows:
+        mode = "--randomize" if randomize else "plain"
+        print(f"| {name} | {precision} | {mode} | {total:.1f} s | {fl:.1f} s | {total / fl:.2f} |")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ table of the CPU path.
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
 
@@ -20,14 +19,18 @@ from spectralyzer.errors import OptionError
 from spectralyzer.pipeline import make_options, run_analysis
 
 
-def _facenet() -> list[str]:
+def _model(name: str) -> str:
+    """MiniLM (the demo) or one of the MTCNN nets of facenet-pytorch (installed by .ci/setup)."""
+    if name == "minilm":
+        return str(demo_model_path())
     spec = importlib.util.find_spec("facenet_pytorch")
     assert spec is not None, "facenet-pytorch is installed by .ci/setup"
-    return sorted(glob.glob(os.path.join(os.path.dirname(spec.origin), "data", "*.pt")))
+    return os.path.join(os.path.dirname(spec.origin), "data", f"{name}.pt")
 
 
-@pytest.mark.parametrize("source", [demo_model_path(), *_facenet()], ids=os.path.basename)
-def test_float32_keeps_alphas_xmins_and_phases(source):
+@pytest.mark.parametrize("name", ["minilm", "pnet", "rnet", "onet"])
+def test_float32_keeps_alphas_xmins_and_phases(name):
+    source = _model(name)
     ref = run_analysis(source, make_options())
     f32 = run_analysis(source, make_options(precision="float32"))
     a, b = ref.details, f32.details
@@ -59,10 +62,23 @@ def test_precision_is_validated():
         make_options(precision="float16")
 
 
+def _trained_like() -> dict[str, torch.Tensor]:
+    """Matrices with heavy tails, a low-rank signal and a planted trap (one huge entry)."""
+    gen = torch.Generator().manual_seed(11)
+    out = {}
+    for i, (n, m) in enumerate([(512, 256), (512, 256), (300, 300), (1024, 128)]):
+        noise = torch.distributions.StudentT(3.0).sample((n, m)) / m**0.5
+        signal = torch.randn(n, 4, generator=gen) @ torch.randn(4, m, generator=gen) * 0.3
+        out[f"blocks.{i}.weight"] = noise + signal
+    out["blocks.0.weight"][3, 7] = 40.0  # a correlation trap in the shuffled copy
+    return out
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 def test_cuda_pipeline_gives_the_cpu_table(precision):
-    source = demo_model_path()
+    torch.manual_seed(0)
+    source = _trained_like()
     cpu = run_analysis(source, make_options(device="cpu", precision=precision, randomize=True))
     gpu = run_analysis(source, make_options(device="cuda", precision=precision, randomize=True))
     assert gpu.summary["device"] == "cuda"
