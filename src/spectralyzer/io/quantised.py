@@ -211,6 +211,8 @@ def _scaled_kind(weight: TensorInfo, scale: TensorInfo, block: tuple[int, int]) 
 def _packed_plan(path: Path, infos: dict[str, TensorInfo], quant: dict[str, Any]) -> Plan:
     """GPTQ or AWQ: ``qweight``/``qzeros``/``scales`` (and GPTQ's ``g_idx``) per module."""
     bits = quant.get("bits", quant.get("w_bit", 4))
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits not in (2, 4, 8):
+        raise InputError(path, f"quantised checkpoint ({bits}-bit packed weights), not supported")
     plan = Plan(scheme="")
     schemes = set()
     for name, info in infos.items():
@@ -236,8 +238,6 @@ def _packed_method(
     path: Path, quant: dict[str, Any], qweight: TensorInfo, scales: TensorInfo, bits: object
 ) -> str:
     """ "gptq" or "awq": from the config, else from the shapes (AWQ packs the output dim)."""
-    if not isinstance(bits, int) or isinstance(bits, bool) or bits not in (2, 4, 8):
-        raise InputError(path, f"quantised checkpoint ({bits}-bit packed weights), not supported")
     method = quant.get("quant_method")
     if method in ("gptq", "awq"):
         return method
