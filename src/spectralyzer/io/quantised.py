@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from . import dequant
 from .base import Checkpoint, TensorInfo
+from .dequant import block_size, dequantise_awq, dequantise_gptq, dequantise_scaled
 
 #: ``quantization_config.quant_method`` values read here; any other is refused.
 SUPPORTED_METHODS = ("fp8", "fbgemm_fp8", "compressed-tensors", "gptq", "awq")
@@ -170,7 +170,7 @@ def _scaled_plan(path: Path, infos: dict[str, TensorInfo], quant: dict[str, Any]
             continue  # a float weight with a scale beside it is not quantised storage
         if weight is None or len(weight.shape) != 2:
             raise InputError(path, f"{name!r} scales no 2-D tensor {prefix + '.weight'!r}")
-        block = dequant.block_size(weight.shape, info.shape, int(preferred))
+        block = block_size(weight.shape, info.shape, int(preferred))
         if block is None:
             raise InputError(
                 path, f"scales {name!r} {info.shape} do not tile {weight.name!r} {weight.shape}"
@@ -193,7 +193,7 @@ def _scaled_plan(path: Path, infos: dict[str, TensorInfo], quant: dict[str, Any]
 
 def _scaled_builder(block: tuple[int, int]) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     def build(t: dict[str, torch.Tensor]) -> torch.Tensor:
-        return dequant.dequantise_scaled(t["weight"], t["scale"], block, t.get("zero_point"))
+        return dequantise_scaled(t["weight"], t["scale"], block, t.get("zero_point"))
 
     return build
 
@@ -279,7 +279,7 @@ def _packed_layout(
             path, f"{qweight.name!r} {qweight.shape} does not match its scales {(groups, out)}"
         )
     if method == "awq":
-        return (out, rows), lambda t: dequant.dequantise_awq(
+        return (out, rows), lambda t: dequantise_awq(
             t["qweight"], t["qzeros"], t["scales"], bits, group
         )
     offset = 0 if str(quant.get("checkpoint_format", "gptq")).lower() == "gptq_v2" else 1
@@ -288,7 +288,7 @@ def _packed_layout(
         g_idx = t.get("g_idx")
         if g_idx is None or g_idx.shape != (rows,) or not _valid_groups(g_idx, groups):
             g_idx = torch.arange(rows) // group
-        return dequant.dequantise_gptq(t["qweight"], t["qzeros"], t["scales"], g_idx, bits, offset)
+        return dequantise_gptq(t["qweight"], t["qzeros"], t["scales"], g_idx, bits, offset)
 
     return (out, rows), build
 
