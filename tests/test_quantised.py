@@ -405,3 +405,20 @@ def test_exact_rank_deficiency_is_still_rank_loss(cast):
     w[:, 200:] = w[:, :100]  # 100 repeated columns stay repeated after any rounding
     details, _ = spectralyzer.analyze({"a.weight": torch.from_numpy(w).to(cast)})
     assert details.loc[0, "rank_loss"] == 100
+
+
+def test_a_scaled_3d_fp8_tensor_is_skipped_with_its_reason(tmp_path):
+    w = dense(64, 48, 17)
+    tensors = {
+        "experts.weight": torch.zeros(4, 64, 32, dtype=torch.float8_e4m3fn),
+        "experts.weight_scale_inv": torch.ones(4, 1, 1),
+        "fc.weight": torch.from_numpy(w).to(torch.float8_e4m3fn),
+        "fc.weight_scale_inv": torch.ones(1, 1),
+    }
+    analysis, rows = analysed(folder(tmp_path, tensors, {"quant_method": "fp8"}))
+    assert list(rows.index) == ["fc.weight"]
+    skipped = {s.name: s.reason for s in analysis.skipped}
+    assert skipped["experts.weight"] == (
+        "float8_e4m3fn tensor of 3 dimensions with scales: not dequantised"
+    )
+    assert "experts.weight_scale_inv" in skipped  # as "not a layer weight matrix": 3-D, no .weight

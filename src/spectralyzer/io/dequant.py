@@ -35,11 +35,11 @@ def expand_blocks(
 
 
 def block_size(
-    shape: tuple[int, int], grid: tuple[int, ...], preferred: int = 128
+    shape: tuple[int, int], grid: tuple[int, ...], preferred: tuple[int, int] = (128, 128)
 ) -> tuple[int, int] | None:
     """The block ``(rows, cols)`` each entry of a ``grid`` of scales covers, or None.
 
-    A dimension's block is ``preferred`` when ``ceil(dim / preferred)`` matches the
+    A dimension's block is its ``preferred`` size when ``ceil(dim / preferred)`` matches the
     grid (DeepSeek-V3's 128 x 128, also when the dimension is not a multiple of
     it), else ``ceil(dim / grid)`` when that tiles it; a missing or unit grid
     dimension covers the whole dimension.
@@ -48,11 +48,11 @@ def block_size(
     if len(dims) != 2:
         return None
     sizes = []
-    for dim, count in zip(shape, dims, strict=True):
+    for dim, count, wanted in zip(shape, dims, preferred, strict=True):
         if count == 1:
             sizes.append(dim)
-        elif math.ceil(dim / preferred) == count:
-            sizes.append(preferred)
+        elif math.ceil(dim / wanted) == count:
+            sizes.append(wanted)
         elif count > 0 and math.ceil(dim / math.ceil(dim / count)) == count:
             sizes.append(math.ceil(dim / count))
         else:

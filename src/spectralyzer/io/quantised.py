@@ -155,8 +155,7 @@ def _method_name(quant: dict[str, Any]) -> str:
 
 def _scaled_plan(path: Path, infos: dict[str, TensorInfo], quant: dict[str, Any]) -> Plan | None:
     """fp8 / int8 weights with ``weight_scale_inv`` (blocks) or ``weight_scale`` (per channel)."""
-    preferred = quant.get("weight_block_size")
-    preferred = preferred[0] if isinstance(preferred, list) and preferred else 128
+    preferred = _block_setting(quant.get("weight_block_size"))
     plan = Plan(scheme="")
     kinds = set()
     for name, info in infos.items():
@@ -168,9 +167,16 @@ def _scaled_plan(path: Path, infos: dict[str, TensorInfo], quant: dict[str, Any]
         weight = infos.get(f"{prefix}.weight")
         if weight is not None and weight.dtype not in QUANTISED_DTYPES:
             continue  # a float weight with a scale beside it is not quantised storage
-        if weight is None or len(weight.shape) != 2:
-            raise InputError(path, f"{name!r} scales no 2-D tensor {prefix + '.weight'!r}")
-        block = block_size(weight.shape, info.shape, int(preferred))
+        if weight is None:
+            raise InputError(path, f"{name!r} scales no tensor {prefix + '.weight'!r}")
+        if len(weight.shape) != 2:
+            dims = len(weight.shape)
+            plan.helpers[name] = f"quantisation scales of {weight.name}"
+            plan.helpers[weight.name] = (
+                f"{weight.dtype} tensor of {dims} dimensions with scales: not dequantised"
+            )
+            continue
+        block = block_size(weight.shape, info.shape, preferred)
         if block is None:
             raise InputError(
                 path, f"scales {name!r} {info.shape} do not tile {weight.name!r} {weight.shape}"
@@ -188,7 +194,14 @@ def _scaled_plan(path: Path, infos: dict[str, TensorInfo], quant: dict[str, Any]
         )
         kinds.add(_scaled_kind(weight, info, block))
     plan.scheme = "; ".join(sorted(kinds))
-    return plan if plan.weights else None
+    return plan if plan.weights or plan.helpers else None
+
+
+def _block_setting(value: object) -> tuple[int, int]:
+    """The config's ``weight_block_size`` as (rows, cols); DeepSeek-V3's 128 x 128 otherwise."""
+    ok = isinstance(value, list) and len(value) == 2
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    return (value[0], value[1]) if ok else (128, 128)
 
 
 def _scaled_builder(block: tuple[int, int]) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
@@ -200,7 +213,7 @@ def _scaled_builder(block: tuple[int, int]) -> Callable[[dict[str, torch.Tensor]
 
 def _scaled_kind(weight: TensorInfo, scale: TensorInfo, block: tuple[int, int]) -> str:
     """``fp8 e4m3, 128x128 block scales`` and the like, for the notes."""
-    stored = weight.dtype.replace("float8_", "fp8 ").replace("fn", "")
+    stored = weight.dtype.replace("float8_", "fp8 ").replace("fnuz", "").replace("fn", "")
     if math.prod(scale.shape) == 1:
         return f"{stored}, per-tensor scale"
     if block[1] == weight.shape[1] and block[0] == 1:
