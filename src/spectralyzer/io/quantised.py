@@ -358,6 +358,10 @@ class DequantisedCheckpoint(Checkpoint):
         stored = {role: self._inner.load(part) for role, part in quantised.parts.items()}
         return quantised.build(stored)
 
+    def config(self) -> dict[str, Any]:
+        """The wrapped checkpoint's ``config.json`` (:func:`read_config`)."""
+        return read_config(self._inner)
+
     def notes(self) -> dict[str, Any]:
         count = len(self._plan.weights)
         what = f"{self._plan.scheme}; {count} weight{'s' * (count != 1)} dequantised to float32"
