@@ -381,3 +381,12 @@ def test_sniffing_does_not_mistake_other_files(tmp_path):
     broken.write_bytes(b"garbage that is no protobuf \xff\xff")
     result = CliRunner().invoke(main, ["analyze", os.fspath(broken)])
     assert result.exit_code == 2 and "cannot read ONNX model" in result.output
+
+
+def test_a_truncated_gguf_is_one_line_and_exit_2(tmp_path, gguf_file):
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(gguf_file[0].read_bytes()[:300])
+    result = CliRunner().invoke(main, ["analyze", os.fspath(path)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"spectralyzer: error: {path}: cannot read GGUF file (")
