@@ -37,13 +37,11 @@ HF_TORCH_GLOB = "pytorch_model*.bin"
 HF_TORCH_INDEX = "pytorch_model.bin.index.json"
 
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # local file header, empty archive
-_PICKLE_PROTO = b"\x80"
+_PICKLE_PROTO = b"\x80"  # torch's legacy format starts with a pickled magic number
 _GGUF_MAGIC = b"GGUF"
 #: An ONNX ModelProto starts with field 1 (ir_version, a small varint), then one of
 #: fields 2-14 (producer, domain, graph, opset_import, ...) as varint or bytes.
-_ONNX_FIELD_TAGS = frozenset(
-    (field << 3) | wire for field in range(2, 15) for wire in (0, 2)
-)  # torch's legacy format starts with a pickled magic number
+_ONNX_FIELD_TAGS = frozenset((field << 3) | wire for field in range(2, 15) for wire in (0, 2))
 _HEAD_BYTES = 16
 
 
@@ -69,9 +67,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "gguf"
     if looks_like_onnx(head):
         return "onnx"
-    if path.suffix.lower() in (".safetensors", ".onnx"):
-        # let the reader say what is wrong with it
-        return "onnx" if path.suffix.lower() == ".onnx" else "safetensors"
+    by_suffix = {".safetensors": "safetensors", ".onnx": "onnx"}.get(path.suffix.lower())
+    if by_suffix:
+        return by_suffix  # let that format's reader say what is wrong with the file
     raise InputError(path, UNKNOWN_FORMAT)
 
 
