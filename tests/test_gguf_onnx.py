@@ -390,3 +390,64 @@ def test_a_truncated_gguf_is_one_line_and_exit_2(tmp_path, gguf_file):
     assert result.exit_code == 2, result.output
     (line,) = result.output.strip().splitlines()
     assert line.startswith(f"spectralyzer: error: {path}: cannot read GGUF file (")
+
+
+def test_onnx_qdq_weights_are_dequantised_then_oriented(tmp_path):
+    """onnxruntime's QDQ format: int8 W (in, out), per-output-channel scale on axis 1,
+    DequantizeLinear -> MatMul; and a uint8 Conv kernel with one scale and zero point."""
+    rng = np.random.default_rng(20)
+    q = rng.integers(-127, 128, size=(24, 16), dtype=np.int8)
+    scale = rng.uniform(0.01, 0.02, size=16).astype(np.float32)
+    kq = rng.integers(0, 256, size=(16, 8, 3), dtype=np.uint8)
+    kscale, kzero = np.float32(0.05), np.uint8(128)
+    init = [
+        numpy_helper.from_array(q, "w_quantized"),
+        numpy_helper.from_array(scale, "w_scale"),
+        numpy_helper.from_array(np.zeros(16, dtype=np.int8), "w_zero"),
+        numpy_helper.from_array(kq, "k_quantized"),
+        numpy_helper.from_array(np.array(kscale), "k_scale"),
+        numpy_helper.from_array(np.array(kzero), "k_zero"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_quantized", "w_scale", "w_zero"], ["w"], axis=1),
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="/fc/MatMul"),
+        helper.make_node("DequantizeLinear", ["k_quantized", "k_scale", "k_zero"], ["k"]),
+        helper.make_node("Conv", ["img", "k"], ["c"], name="/conv/Conv"),
+    ]
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "qdq",
+        [
+            helper.make_tensor_value_info("x", f, [1, 24]),
+            helper.make_tensor_value_info("img", f, [1, 8, 10]),
+        ],
+        [helper.make_tensor_value_info(n, f, None) for n in ("y", "c")],
+        init,
+    )
+    path = tmp_path / "qdq.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    w = (q.astype(np.float32) * scale).T  # (out, in)
+    kernel = (kq.astype(np.float32) - 128) * kscale
+    with open_checkpoint(path) as ckpt:
+        infos = {i.name: i for i in ckpt.tensors()}
+        assert (infos["/fc/MatMul.weight"].shape, infos["/fc/MatMul.weight"].dtype) == (
+            (16, 24),
+            "float32",
+        )
+        np.testing.assert_allclose(ckpt.load("/fc/MatMul.weight").numpy(), w, rtol=1e-6)
+        np.testing.assert_allclose(ckpt.load("/conv/Conv.weight").numpy(), kernel, rtol=1e-6)
+        assert infos["w_scale"].problem == "quantisation scales of /fc/MatMul.weight"
+        assert infos["k_zero"].problem == "quantisation zero points of /conv/Conv.weight"
+        assert ckpt.notes() == {
+            "quantisation": "ONNX DequantizeLinear; 2 weights dequantised to float32"
+        }
+    analysis = run_analysis(path)
+    assert set(analysis.details["name"]) == {"/fc/MatMul.weight", "/conv/Conv.weight"}
+    s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(
+        np.sort(analysis.spectra["/fc/MatMul.weight"].esd.evals),
+        np.sort(s**2),
+        rtol=1e-9,
+        atol=1e-12 * s.max() ** 2,
+    )
