@@ -25,9 +25,10 @@ tpl_alpha, tpl_lambda  exponential, lognormal and truncated power law
                        (``tail_tests``; :mod:`spectralyzer.fit.tail_tests`)
 =====================  =====================================================
 
-Numerical zero: ``lambda <= lambda_max * max(10 M eps64, eps_dtype^2)``, i.e. the
-float64 Gram rounding floor, or a singular value below ``eps`` of the stored
-dtype times the largest (bfloat16 weights cannot resolve smaller ones).
+Numerical zero: ``lambda <= 10 M eps64 lambda_max``, the float64 rounding floor
+of the Gram matrix's eigenvalues (docs/theory.md section 1.6).  The storage
+dtype plays no part: rounding weights to bfloat16, fp8 or int8 adds noise of
+full rank, which is not rank loss.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy.special import logsumexp
 
 from .engine import ESD, LayerSpectra
@@ -110,17 +110,18 @@ class LayerMetrics:
     warning: str  # ";"-joined codes from WARNINGS, "" when none
 
 
-def zero_tolerance(lambda_max: float, M: int, dtype: str) -> float:
-    """Eigenvalues at or below this are numerical zeros (see module docstring).
+def zero_tolerance(lambda_max: float, M: int) -> float:
+    """Eigenvalues at or below this are numerical zeros (docs/theory.md section 1.6).
 
-    Set for the float64 eigensolver also under ``--precision float32``, whose eigenvalues
-    below about ``M eps32 lambda_max`` are rounding noise (docs/theory.md section 1.5).
+    The bound is the float64 eigensolver's: each eigenvalue of the ``M x M`` Gram
+    matrix is within about ``M eps64 lambda_max`` of the exact one (factor 10 of
+    margin), whatever dtype the weights were stored in.  A floor set by the
+    storage epsilon (``eps_dtype^2 lambda_max``, lambda_max/64 for fp8 e4m3) made
+    the full-rank rounding noise of a quantised matrix count as rank loss.  It stays
+    the float64 one under ``--precision float32``, whose eigenvalues below about
+    ``M eps32 lambda_max`` are rounding noise (docs/theory.md section 1.5).
     """
-    try:
-        eps_dtype = float(torch.finfo(getattr(torch, dtype)).eps)
-    except (AttributeError, TypeError):
-        eps_dtype = _EPS64
-    return lambda_max * max(10 * M * _EPS64, eps_dtype**2)
+    return lambda_max * 10 * M * _EPS64
 
 
 def norm_metrics(evals: np.ndarray, alpha: float, tol: float) -> dict[str, float]:
@@ -220,7 +221,7 @@ def layer_metrics(
             base, "eigenvalue-overflow" if spectra.esd.overflow else "nonfinite-weights"
         )
     evals = spectra.esd.evals * scale
-    tol = zero_tolerance(float(evals[-1]), spec.M, spec.dtype)
+    tol = zero_tolerance(float(evals[-1]), spec.M)
     # numerical zeros are not part of the tail: the fit's floor is the zero
     # tolerance (relative to lambda_max), never below powerlaw's absolute 1e-10
     floor = max(XMIN_FLOOR, tol)

@@ -286,6 +286,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"layers analysed: {summary['num_layers']}, skipped: {summary['num_skipped']}, "
         f"fit failed (left out of means): {summary['num_fit_failed']}",
     ]
+    if quantisation := summary.get("layout", {}).get("quantisation"):
+        lines.append(f"quantisation: {quantisation}")
     lines.append(
         "means: " + ", ".join(f"{k} {number(summary[k])}" for k in SUMMARY_MEANS if k in summary)
     )

@@ -1,4 +1,5 @@
-"""Checkpoint readers: safetensors, PyTorch (zip, legacy, TorchScript), .npz, HF folders.
+"""Checkpoint readers: safetensors, PyTorch (zip, legacy, TorchScript), .npz, GGUF, ONNX and
+Hugging Face folders; quantised weights (fp8 with scales, GPTQ, AWQ) are read dequantised.
 
 >>> from spectralyzer.io import open_checkpoint
 >>> with open_checkpoint("model.safetensors") as ckpt:  # doctest: +SKIP

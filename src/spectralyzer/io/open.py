@@ -8,8 +8,11 @@ from pathlib import Path
 
 from ..errors import InputError
 from .base import Checkpoint
+from .gguf_file import GGUFCheckpoint
 from .hf_folder import HFFolderCheckpoint
 from .npz_file import NpzCheckpoint
+from .onnx_file import OnnxCheckpoint
+from .quantised import dequantised
 from .safetensors_file import SafetensorsCheckpoint
 from .sniff import detect_format
 from .torch_file import TorchCheckpoint
@@ -22,12 +25,15 @@ def open_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False)
     The format is detected from the content. Pickled PyTorch files are read
     with ``weights_only=True`` unless ``trust_pickle``. Every problem with the
     input (missing, corrupt, truncated, unsupported, unsafe) is an ``InputError``.
+    Quantised weights (fp8 with scales, GPTQ, AWQ) are listed and loaded dequantised
+    (:mod:`spectralyzer.io.quantised`); shards of a folder are dequantised together,
+    since a weight's scales may lie in another shard.
     """
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "hf-folder":
-        return HFFolderCheckpoint(path, partial(open_file, trust_pickle=trust_pickle))
-    return open_file(path, fmt, trust_pickle=trust_pickle)
+        return dequantised(HFFolderCheckpoint(path, partial(open_file, trust_pickle=trust_pickle)))
+    return dequantised(open_file(path, fmt, trust_pickle=trust_pickle))
 
 
 def open_file(
@@ -44,4 +50,8 @@ def open_file(
         return TorchScriptCheckpoint(path, trust_code=trust_pickle)
     if fmt == "npz":
         return NpzCheckpoint(path)
+    if fmt == "gguf":
+        return GGUFCheckpoint(path)
+    if fmt == "onnx":
+        return OnnxCheckpoint(path)
     raise InputError(path, f"expected a checkpoint file, found format {fmt!r}")

@@ -11,11 +11,20 @@ from pathlib import Path, PurePosixPath
 from ..errors import InputError
 from ._common import describe
 
-FORMATS = ("safetensors", "torch-zip", "torchscript", "torch-legacy", "npz", "hf-folder")
+FORMATS = (
+    "safetensors",
+    "torch-zip",
+    "torchscript",
+    "torch-legacy",
+    "npz",
+    "gguf",
+    "onnx",
+    "hf-folder",
+)
 
 UNKNOWN_FORMAT = (
     "not a recognised checkpoint format (expected .safetensors, torch .pt/.pth/.bin, "
-    "TorchScript, .npz or a Hugging Face folder)"
+    "TorchScript, .npz, .gguf, .onnx or a Hugging Face folder)"
 )
 
 #: safetensors refuses headers above 100 MB; anything larger is not a header.
@@ -29,6 +38,10 @@ HF_TORCH_INDEX = "pytorch_model.bin.index.json"
 
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # local file header, empty archive
 _PICKLE_PROTO = b"\x80"  # torch's legacy format starts with a pickled magic number
+_GGUF_MAGIC = b"GGUF"
+#: An ONNX ModelProto starts with field 1 (ir_version, a small varint), then one of
+#: fields 2-14 (producer, domain, graph, opset_import, ...) as varint or bytes.
+_ONNX_FIELD_TAGS = frozenset((field << 3) | wire for field in range(2, 15) for wire in (0, 2))
 _HEAD_BYTES = 16
 
 
@@ -50,8 +63,13 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "safetensors"
     if head.startswith(_PICKLE_PROTO):
         return "torch-legacy"
-    if path.suffix.lower() == ".safetensors":
-        return "safetensors"  # let the safetensors reader say what is wrong with it
+    if head.startswith(_GGUF_MAGIC):
+        return "gguf"
+    if looks_like_onnx(head):
+        return "onnx"
+    by_suffix = {".safetensors": "safetensors", ".onnx": "onnx"}.get(path.suffix.lower())
+    if by_suffix:
+        return by_suffix  # let that format's reader say what is wrong with the file
     raise InputError(path, UNKNOWN_FORMAT)
 
 
@@ -61,6 +79,17 @@ def looks_like_safetensors(head: bytes) -> bool:
         return False
     (length,) = struct.unpack("<Q", head[:8])
     return 2 <= length <= MAX_SAFETENSORS_HEADER and head[8:9] == b"{"
+
+
+def looks_like_onnx(head: bytes) -> bool:
+    """``ir_version`` (field 1, a varint of 1 to 127) followed by another ModelProto field.
+
+    Protobuf has no magic number; ONNX writers serialise fields in number order,
+    so a model starts ``08 <ir_version> <tag>``.
+    """
+    return (
+        len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] < 0x80 and head[2] in _ONNX_FIELD_TAGS
+    )
 
 
 def _stat(path: Path) -> os.stat_result:
