@@ -23,6 +23,8 @@ LAYER_TYPES = (
 CONV_MODES = ("slices", "unfold")
 #: Where the spectra are computed (``--device``).
 DEVICES = ("auto", "cpu", "cuda")
+#: Named alpha estimators (``--estimator``), docs/theory.md section 6.1.
+ESTIMATORS = ("clauset", "hill", "xmin-peak")
 #: Output formats of every result (``--format``).
 FORMATS = ("table", "csv", "json", "markdown")
 #: Model means that can rank a series (``compare --rank-by``).

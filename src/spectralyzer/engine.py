@@ -74,6 +74,7 @@ class LayerSpectra:
     spec: LayerSpec
     esd: ESD
     randomized: ESD | None = None
+    farms: ESD | None = None  # pooled ESD of the FARMS windows (spectralyzer.farms), when asked
 
 
 def resolve_device(device: str) -> torch.device:
@@ -87,15 +88,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def gram_eigenvalues(stack: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def gram_eigenvalues(
+    stack: torch.Tensor, dtype: torch.dtype = torch.float64, device: torch.device | None = None
+) -> torch.Tensor:
     """Eigenvalues of ``W^T W`` for a finite ``(B, N, M)`` stack, ascending, clipped at 0.
 
-    The Gram matrices are accumulated in ``dtype`` over chunks of rows, each
-    matrix scaled by a power of two (module docstring); eigenvalues beyond the
-    float64 range come back as ``inf``.
+    The Gram matrices are accumulated in ``dtype`` on ``device`` (default CPU) over
+    chunks of rows, each matrix scaled by a power of two (module docstring);
+    eigenvalues beyond the float64 range come back as ``inf``.
     """
     scale = _Scale.of(stack)
-    gram = torch.zeros((stack.shape[0], stack.shape[2], stack.shape[2]), dtype=dtype)
+    gram = torch.zeros((stack.shape[0], stack.shape[2], stack.shape[2]), dtype=dtype, device=device)
     accumulate_gram(gram, stack, scale.exponents)
     return torch.from_numpy(scale.unscale(symmetric_eigenvalues(gram)))
 

@@ -26,7 +26,7 @@ import pandas as pd
 from .errors import InputError, OptionError, SpectralyzerError
 from .escaping import xml_text
 from .fit.phases import PHASES
-from .layer_diff import Diff, diff, scale_collapse
+from .layer_diff import Diff, diff, scale_collapse, small_end_warning
 from .pipeline import AnalysisOptions, OnPlan, OnProgress, Source
 
 #: Phase names a policy may list: the classifier's phases and its "unknown".
@@ -221,6 +221,9 @@ def evaluate(result: Diff, policy: Policy = Policy()) -> Verdict:  # noqa: B008
         notes.append(
             f"scale collapse: {', '.join(sorted(collapsed))} moved while most layers did not"
         )
+    lost = small_end_warning(layers)  # a warning only (docs/theory.md section 6.3)
+    if lost:
+        notes.append(lost)
     passed = not failures and not (policy.fail_on_unmatched and unmatched)
     return Verdict(passed, failures, list(layers["name"]), unmatched, notes, result)
 

@@ -4,7 +4,9 @@ Layers are matched by parameter name; a layer whose shape changed (pruned
 channels, factorised layers) is still compared and marked ``shape-changed``;
 layers present in only one model are listed, never dropped silently.
 ``log`` is base 10, so ``d_log_spectral_norm = 0.1`` means lambda_max grew by
-26% (docs/theory.md section 3.10, "scale collapse").
+26% (docs/theory.md section 3.10, "scale collapse").  An edit that removed
+eigenvalues below the MP lower edge (``num_small_outliers``, docs/theory.md
+section 6.3: an SVD truncation drops exactly those) is warned about, not failed.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ COLUMNS = (
     "new_traps",
     "phase_changed",
     "became_nonfinite",
+    "lost_small_outliers",
 )
 SCALE_COLLAPSE_QUIET = 0.02  # median |d log_spectral_norm| below which most layers "barely move"
 
@@ -74,11 +77,13 @@ class Diff:
             f"{k} {status.get(k, 0)}" for k in ("matched", "shape-changed", "unmatched")
         )
         changed = int(self.matched["phase_changed"].eq(True).sum())
-        return [
+        lines = [
             f"base: {self.base_summary.get('model', '?')}",
             f"candidate: {self.candidate_summary.get('model', '?')}",
             f"layers: {counts}; phase changed: {changed}",
         ]
+        lost = small_end_warning(self.matched)
+        return [*lines, lost] if lost else lines
 
 
 def diff(
@@ -137,8 +142,23 @@ def diff_frames(base: pd.DataFrame, cand: pd.DataFrame) -> pd.DataFrame:
         row["new_traps"] = rb["num_traps"] - ra["num_traps"]
         row["phase_changed"] = ra["phase"] != rb["phase"]
         row["became_nonfinite"] = became_nonfinite(ra, rb)
+        row["lost_small_outliers"] = max(
+            0, int(ra.get("num_small_outliers", 0)) - int(rb.get("num_small_outliers", 0))
+        )
         rows.append(row)
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def small_end_warning(layers: pd.DataFrame) -> str:
+    """``"warning: ..."`` naming the layers that lost small-end outliers, or ``""``."""
+    lost = pd.to_numeric(layers["lost_small_outliers"], errors="coerce").fillna(0)
+    names = list(layers.loc[lost > 0, "name"])
+    if not names:
+        return ""
+    return (
+        f"warning: {int(lost.sum())} eigenvalue(s) below the MP lower edge removed in "
+        f"{len(names)} layer(s) (small-end outliers carry information): {', '.join(names)}"
+    )
 
 
 def became_nonfinite(base: pd.Series, candidate: pd.Series) -> str:

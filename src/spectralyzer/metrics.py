@@ -7,6 +7,8 @@ divided by N, unless the caller normalised it).  ``log`` is base 10.
 alpha, xmin, xmax, D,  continuous power-law fit of the tail (Clauset et al. 2009),
 sigma, n_tail          sigma = (alpha - 1) / sqrt(n_tail)
 num_fingers            top eigenvalues clipped from the fit (``fix_fingers``)
+detx_num, erg_gap      SETOL's detX count and ``detx_num - n_tail`` (:mod:`~.fit.detx`),
+                       on the ESD the estimator fitted
 alpha_weighted         ``alpha * log10(lambda_max)`` (alpha-hat)
 log_norm               ``log10(sum lambda_i)`` = log10 ||W||_F^2
 log_spectral_norm      ``log10(lambda_max)`` = log10 ||W||_2^2
@@ -17,6 +19,7 @@ entropy                ``-sum p_i ln p_i / ln R``, ``p_i = lambda_i / sum lambda
 rank_loss              eigenvalues at or below the numerical-zero tolerance
 sigma_mp, lambda_plus, Marchenko-Pastur fit (:mod:`spectralyzer.fit.mp`)
 num_spikes, mp_softrank
+num_small_outliers     eigenvalues below the MP lower edge (:mod:`~.fit.small_end`)
 num_traps              spikes of the randomised ESD (correlation traps)
 rand_distance          Kolmogorov-Smirnov distance between the ESD and the
                        randomised ESD (scale-free, in [0, 1])
@@ -24,6 +27,9 @@ tail_law, R_*, p_*,    likelihood-ratio tests of the power-law tail against the
 tpl_alpha, tpl_lambda  exponential, lognormal and truncated power law
                        (``tail_tests``; :mod:`spectralyzer.fit.tail_tests`)
 =====================  =====================================================
+
+The estimator (``clauset`` by default) fits alpha on the layer's ESD or, with
+FARMS, on its windows' pooled ESD (docs/theory.md section 6.1).
 
 Numerical zero: ``lambda <= 10 M eps64 lambda_max``, the float64 rounding floor
 of the Gram matrix's eigenvalues (docs/theory.md section 1.6).  The storage
@@ -40,17 +46,28 @@ import numpy as np
 from scipy.special import logsumexp
 
 from .engine import ESD, LayerSpectra
+from .fit.detx import detx_num
+from .fit.estimators import Estimator
 from .fit.mp import MPFit, fit_mp
 from .fit.phases import classify_phase
-from .fit.powerlaw import XMIN_FLOOR, PowerLawFit, fit_power_law, fit_power_law_clipped
+from .fit.powerlaw import XMIN_FLOOR, PowerLawFit, fit_power_law_clipped
+from .fit.small_end import count_small_outliers
 from .fit.tail_tests import TailTests, compare_tail
+from .windows import FarmsSettings, window_grid
 
 ALPHA_UNDER_TRAINED = 6.0  # alpha above: under-trained / random-like (docs/theory.md section 3.5)
 ALPHA_OVER_TRAINED = 2.0  # alpha below: over-trained, very heavy-tailed
 FEW_EVALS = 50  # below this many eigenvalues the alpha estimator is biased (Clauset et al. 3.3)
 _EPS64 = float(np.finfo(np.float64).eps)
 
-COUNTS = ("n_tail", "num_fingers", "rank_loss", "num_spikes")  # integer columns, 0 when undefined
+COUNTS = (
+    "n_tail",
+    "num_fingers",
+    "detx_num",
+    "rank_loss",
+    "num_spikes",
+    "num_small_outliers",
+)  # integer columns, 0 when undefined
 WARNINGS = (
     "nonfinite-weights",
     "eigenvalue-overflow",  # finite weights whose eigenvalues exceed the float64 range
@@ -84,6 +101,8 @@ class LayerMetrics:
     sigma: float
     n_tail: int
     num_fingers: int  # top eigenvalues clipped from the fit (--fix-fingers), else 0
+    detx_num: int  # SETOL: top eigenvalues whose rescaled product reaches 1
+    erg_gap: float  # detx_num - n_tail (NaN when the fit failed)
     log_norm: float
     log_spectral_norm: float
     log_alpha_norm: float
@@ -94,6 +113,7 @@ class LayerMetrics:
     lambda_plus: float
     num_spikes: int
     mp_softrank: float
+    num_small_outliers: int  # eigenvalues below the MP lower edge (fit.small_end)
     num_traps: float  # NaN when the randomised check was not run
     rand_distance: float
     # likelihood-ratio tests of the tail (NaN and "" when not run): R > 0 favours the power law
@@ -197,13 +217,17 @@ def layer_metrics(
     scale: float = 1.0,
     fix_fingers: bool = False,
     tail_tests: bool = False,
+    estimator: Estimator = Estimator(),  # noqa: B008 - frozen, safe default
+    farms: FarmsSettings | None = None,
 ) -> LayerMetrics:
     """All metrics of one layer.
 
     ``scale`` multiplies the eigenvalues (1/N to normalise); ``fix_fingers``
     clips outsized top eigenvalues from the power-law fit
-    (:func:`spectralyzer.fit.powerlaw.fit_power_law_clipped`); ``tail_tests``
+    (:func:`spectralyzer.fit.powerlaw.fit_power_law_clipped`; clauset only); ``tail_tests``
     tests that fit against the alternatives (:mod:`spectralyzer.fit.tail_tests`).
+    ``estimator`` fits alpha; with ``farms`` (and ``spectra.farms``) it fits the
+    windows' pooled ESD, scaled by ``scale * N / r`` (window rows ``r``).
     """
     spec = spectra.spec
     base = {
@@ -224,18 +248,20 @@ def layer_metrics(
     tol = zero_tolerance(float(evals[-1]), spec.M)
     # numerical zeros are not part of the tail: the fit's floor is the zero
     # tolerance (relative to lambda_max), never below powerlaw's absolute 1e-10
-    floor = max(XMIN_FLOOR, tol)
+    fitted, fitted_tol = fit_esd(spectra, scale, farms, evals, tol)
+    floor = max(XMIN_FLOOR, fitted_tol)
     if fix_fingers:
-        pl, fingers = fit_power_law_clipped(evals, xmin_floor=floor)
+        pl, fingers = fit_power_law_clipped(fitted, xmin_floor=floor)
     else:
-        pl, fingers = fit_power_law(evals, xmin_floor=floor), 0
+        pl, fingers = estimator.fit(fitted, floor), 0
+    detx = detx_num(fitted, fitted_tol)
     mp = fit_mp(evals, spec.N, spec.M, zero_tol=tol)
     norms = norm_metrics(evals, pl.alpha, tol)
     # trap count and KS distance are invariant to a common scale: use the raw ESDs
     num_traps, rand_distance = trap_metrics(spectra.esd, spectra.randomized, spec.N, spec.M)
     tails = TailTests.undefined()
     if tail_tests and pl.ok:  # on the fit's own range: truncated at xmax when fingers were clipped
-        tails = compare_tail(evals, pl.xmin, pl.alpha, xmax=pl.xmax if fingers else None)
+        tails = compare_tail(fitted, pl.xmin, pl.alpha, xmax=pl.xmax if fingers else None)
     return LayerMetrics(
         **base,
         **norms,
@@ -246,13 +272,35 @@ def layer_metrics(
         sigma=pl.sigma,
         n_tail=pl.n_tail,
         num_fingers=fingers,
+        detx_num=detx,
+        erg_gap=detx - pl.n_tail if pl.ok else math.nan,
         **_mp_fields(mp),
+        num_small_outliers=count_small_outliers(evals, mp, spec.N, spec.M, tol),
         num_traps=num_traps,
         rand_distance=rand_distance,
         **tail_fields(tails),
         phase=classify_phase(evals, mp, pl.alpha, norms["rank_loss"]),
         warning=";".join(warnings_for(pl, spec.num_evals, num_traps)),
     )
+
+
+def fit_esd(
+    spectra: LayerSpectra,
+    scale: float,
+    farms: FarmsSettings | None,
+    evals: np.ndarray,
+    tol: float,
+) -> tuple[np.ndarray, float]:
+    """The ESD the estimator fits and its zero tolerance: the layer's (``evals``, ``tol``)
+    or, with FARMS, the windows' pooled ESD (docs/theory.md section 6.1)."""
+    if farms is None or spectra.farms is None:
+        return evals, tol
+    spec = spectra.spec
+    grid = window_grid(spec.N, spec.M, farms)
+    pooled = spectra.farms.evals * (scale * spec.N / grid.rows)
+    if pooled.size == 0:  # eigenvalues of the windows beyond the float64 range
+        return pooled, 0.0
+    return pooled, zero_tolerance(float(pooled[-1]), grid.cols, spec.dtype)
 
 
 def tail_fields(tails: TailTests) -> dict[str, float | str]:

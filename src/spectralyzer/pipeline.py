@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -18,6 +18,8 @@ from . import __version__, interrupts
 from .choices import PRECISION_NAMES
 from .engine import DEVICES, LayerSpectra, compute_spectra, resolve_device
 from .errors import InputError, OptionError
+from .farms import compute_farms_spectra, farms_cost
+from .fit.estimators import Estimator
 from .fit.tail_tests import SIGNIFICANCE as TAIL_SIGNIFICANCE
 from .flow import with_flow
 from .io import open_checkpoint
@@ -26,8 +28,9 @@ from .io.memory import MemoryCheckpoint
 from .layers import LayerSpec, Selection, Skipped, plan
 from .metrics import layer_metrics
 from .render import number
-from .tables import SUMMARY_MEANS, details_frame, layers_table, summarize
+from .tables import SUMMARY_MEANS, details_frame, estimator_text, layers_table, summarize
 from .threads import MAX_THREADS, torch_threads
+from .windows import FarmsSettings
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,14 @@ class AnalysisOptions:
     trust_pickle: bool = False
     threads: int | None = None  # torch.set_num_threads for the run; None: torch's choice
     precision: str = "float64"  # Gram products and eigensolver (docs/theory.md section 1.5)
+    # the alpha estimator and FARMS (docs/theory.md section 6.1)
+    estimator: str = "clauset"
+    hill_k: str | int = "median"  # hill: "median", "alphaq" or a tail size
+    xmin_peak_compat: bool = False  # xmin-peak: the released code's lower limit
+    farms: bool = False  # fit the pooled ESD of fixed-shape windows
+    farms_size: int = FarmsSettings.size  # n_req
+    farms_windows: int = FarmsSettings.windows  # K
+    farms_ratio: float = FarmsSettings.ratio  # Q'
 
     def __post_init__(self) -> None:
         if not isinstance(self.selection, Selection):
@@ -73,6 +84,36 @@ class AnalysisOptions:
             raise OptionError(
                 "threads", f"must be an integer from 1 to {MAX_THREADS}, not {self.threads!r}"
             )
+        object.__setattr__(self, "hill_k", self.fit_estimator.hill_k)  # checks the estimator
+        if self.fix_fingers and self.estimator != "clauset":
+            raise OptionError("fix_fingers", "applies to the clauset estimator only")
+        if not isinstance(self.farms, bool):
+            raise OptionError("farms", f"must be True or False, not {self.farms!r}")
+        windows = FarmsSettings(self.farms_size, self.farms_windows, self.farms_ratio)
+        if not self.farms and windows != FarmsSettings():
+            changed = next(
+                k
+                for k in ("size", "windows", "ratio")
+                if getattr(windows, k) != getattr(FarmsSettings(), k)
+            )
+            raise OptionError(f"farms_{changed}", "applies only with --farms")
+
+    @property
+    def fit_estimator(self) -> Estimator:
+        """The alpha estimator these options name (checked)."""
+        return Estimator(self.estimator, self.hill_k, self.xmin_peak_compat)
+
+    @property
+    def farms_settings(self) -> FarmsSettings | None:
+        """The FARMS windows, or None without ``farms``."""
+        if not self.farms:
+            return None
+        return FarmsSettings(self.farms_size, self.farms_windows, self.farms_ratio)
+
+    def estimator_record(self) -> dict[str, Any]:
+        """The estimator and FARMS settings as every output records them."""
+        farms = self.farms_settings
+        return {**self.fit_estimator.record(), "farms": farms.record() if farms else None}
 
 
 @dataclass(frozen=True)
@@ -90,7 +131,7 @@ class Analysis:
         return {"layers": self.details.to_dict(orient="records"), "summary": self.summary}
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {"layers": layers_table(self.details)}
+        return {"layers": layers_table(self.details, self.summary.get("estimator"))}
 
     def summary_lines(self) -> list[str]:
         return summary_lines(self.summary)
@@ -113,14 +154,19 @@ def cost(spec: LayerSpec) -> float:
     return float(spec.num_slices * (spec.N * spec.M**2 + spec.M**3))
 
 
-def _reporter(progress: OnProgress | None) -> Callable[[list[LayerSpec]], None] | None:
-    """The engine's per-batch callback, turned into running totals for ``progress``."""
+def _reporter(
+    progress: OnProgress | None,
+    weigh: Callable[[LayerSpec], float] = cost,
+    done: list | None = None,
+) -> Callable[[list[LayerSpec]], None] | None:
+    """The engine's per-batch callback, turned into running totals for ``progress``
+    (``done``: totals to continue from, shared between the ESDs and the FARMS windows)."""
     if progress is None:
         return None
-    done = [0.0, 0]
+    done = [0.0, 0] if done is None else done
 
     def finished(batch: list[LayerSpec]) -> None:
-        done[0] += sum(map(cost, batch))
+        done[0] += sum(map(weigh, batch))
         done[1] += len(batch)
         progress(done[0], done[1])
 
@@ -167,18 +213,25 @@ def _run_analysis(
         timings["open"] = time.perf_counter() - start
         if not specs:
             raise InputError(path, _nothing_to_analyse(skipped))
+        farms = options.farms_settings
+        weigh = (lambda s: cost(s) + farms_cost(s, farms)) if farms else cost
         if on_plan:
-            on_plan(sum(map(cost, specs)), len(specs))
+            on_plan(sum(map(weigh, specs)), len(specs) * (2 if farms else 1))
+        done = [0.0, 0]
         spectra = compute_spectra(
             checkpoint,
             specs,
             device=device,
             randomize=options.randomize,
             seed=options.seed,
-            progress=_reporter(progress),
+            progress=_reporter(progress, cost, done),
             timings=timings,
             precision=options.precision,
         )
+        if farms:
+            tic = time.perf_counter()
+            spectra = _with_farms(checkpoint, specs, spectra, farms, device, progress, done)
+            timings["farms"] = time.perf_counter() - tic
         fmt = checkpoint.format
         layout = checkpoint.notes()
     tic = time.perf_counter()
@@ -188,6 +241,8 @@ def _run_analysis(
             scale=1.0 / s.N if options.normalize else 1.0,
             fix_fingers=options.fix_fingers,
             tail_tests=options.tail_tests,
+            estimator=options.fit_estimator,
+            farms=options.farms_settings,
         )
         for s in interrupts.checked(specs)
     ]
@@ -204,6 +259,7 @@ def _run_analysis(
         randomized=options.randomize,
         fix_fingers=options.fix_fingers,
         tail_tests=options.tail_tests,
+        estimator=options.estimator_record(),
         seed=options.seed,
         device=device.type,
         precision=options.precision,
@@ -214,6 +270,24 @@ def _run_analysis(
     timings["total"] = time.perf_counter() - start
     summary["timings"] = {stage: round(seconds, 3) for stage, seconds in timings.items()}
     return Analysis(details, summary, skipped, timings, spectra)
+
+
+def _with_farms(
+    checkpoint: Checkpoint,
+    specs: list[LayerSpec],
+    spectra: dict[str, LayerSpectra],
+    farms: FarmsSettings,
+    device: torch.device,
+    progress: OnProgress | None,
+    done: list,
+) -> dict[str, LayerSpectra]:
+    """``spectra`` with the FARMS windows' ESD of every layer whose weights are finite."""
+    finite = [s for s in specs if spectra[s.name].esd.finite]
+    weigh = lambda s: farms_cost(s, farms)  # noqa: E731
+    pooled = compute_farms_spectra(
+        checkpoint, finite, farms, device=device, progress=_reporter(progress, weigh, done)
+    )
+    return {name: replace(ls, farms=pooled.get(name)) for name, ls in spectra.items()}
 
 
 def analyze(
@@ -234,12 +308,15 @@ def analyze(
     trust_pickle: bool = False,
     threads: int | None = None,
     precision: str = "float64",
+    **estimator: Any,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-layer metrics (one row per analysed matrix) and the model summary.
 
     ``source`` is a checkpoint path (file or Hugging Face folder), a state dict
     or an ``nn.Module``.  ``max_evals=0`` (or None) means no cap, as ``--max-evals 0``
     does; a bad value raises :class:`~spectralyzer.errors.OptionError` naming it.
+    ``estimator``: the AnalysisOptions fields ``estimator``, ``hill_k``,
+    ``xmin_peak_compat``, ``farms``, ``farms_size``, ``farms_windows``, ``farms_ratio``.
 
     >>> details, summary = analyze("model.safetensors")  # doctest: +SKIP
     """
@@ -259,6 +336,7 @@ def analyze(
         trust_pickle=trust_pickle,
         threads=threads,
         precision=precision,
+        **estimator,
     )
     result = run_analysis(source, options)
     return result.details, result.summary
@@ -296,6 +374,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     lines.append("phases: " + ", ".join(f"{k} {v}" for k, v in summary["phases"].items()))
     if summary.get("num_traps") is not None:
         lines.append(f"correlation traps: {summary['num_traps']}")
+    if summary.get("estimator"):
+        lines.append("estimator: " + estimator_text(summary["estimator"]))
     if summary.get("tail_laws"):
         laws = ", ".join(f"{k} {v}" for k, v in summary["tail_laws"].items())
         lines.append(f"tail laws (likelihood ratios, p < {TAIL_SIGNIFICANCE:g}): {laws}")

@@ -83,16 +83,29 @@ def summarize(details: pd.DataFrame, skipped: Sequence[Skipped], **context: Any)
     return summary
 
 
-def layers_table(details: pd.DataFrame) -> pd.DataFrame:
+def estimator_text(record: dict[str, Any]) -> str:
+    """One line for the summary's ``estimator`` record: ``hill(k=median)+farms(2000,15,1)``."""
+    settings = ",".join(f"{k}={v}" for k, v in record.items() if k not in ("name", "farms"))
+    text = record["name"] + (f"({settings})" if settings else "")
+    farms = record.get("farms")
+    if farms:
+        text += f"+farms(size={farms['size']},windows={farms['windows']},ratio={farms['ratio']:g})"
+    return text
+
+
+def layers_table(details: pd.DataFrame, estimator: dict[str, Any] | None = None) -> pd.DataFrame:
     """The per-layer table of an analysis: every column (CSV), people see TABLE_COLUMNS.
 
     Shapes as ``384x1536``; ``num_traps`` and ``tail_law`` are shown only when
-    the traps were checked and the tails tested.
+    the traps were checked and the tails tested.  ``estimator`` (the summary's
+    record) adds an ``estimator`` column, so a CSV says how its alphas were fitted.
     """
     # num_traps is a count, float only because it is NaN when not randomised
     frame = details.assign(
         shape=details["shape"].map(shape_text), num_traps=details["num_traps"].astype("Int64")
     )
+    if estimator:
+        frame["estimator"] = estimator_text(estimator)
     shown = [c for c in TABLE_COLUMNS if c in frame]
     if details["num_traps"].isna().all():
         shown.remove("num_traps")

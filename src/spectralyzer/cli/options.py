@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..choices import CONV_MODES, DEVICES, FORMATS, LAYER_TYPES, PRECISION_NAMES
+from ..choices import CONV_MODES, DEVICES, ESTIMATORS, FORMATS, LAYER_TYPES, PRECISION_NAMES
 
 if TYPE_CHECKING:
     from ..pipeline import AnalysisOptions
@@ -65,6 +65,65 @@ device_option = click.option(
 seed_option = click.option(
     "--seed", default=0, show_default=True, help="Seed of everything random."
 )
+
+
+#: ``--estimator`` and FARMS (docs/theory.md section 6.1); defaults: AnalysisOptions'.
+estimator_options = [
+    click.option(
+        "--estimator",
+        type=click.Choice(ESTIMATORS),
+        default="clauset",
+        show_default=True,
+        help="How alpha is fitted: clauset (xmin by minimum KS distance), hill (xmin fixed "
+        "at the median eigenvalue, TempBalance's alpha_mid) or xmin-peak (KS scan for xmin in "
+        "[0.95, 1.5] x the ESD's histogram peak, AlphaPruning's alpha_peak).",
+    ),
+    click.option(
+        "--hill-k",
+        default="median",
+        show_default=True,
+        metavar="median|alphaq|K",
+        help="Tail of --estimator hill: half the eigenvalues (median), AlphaQ's top "
+        "max(10, 0.1 N) (alphaq), or the top K.",
+    ),
+    click.option(
+        "--xmin-peak-compat",
+        is_flag=True,
+        help="--estimator xmin-peak with the released code's lower limit log10(0.95 peak) "
+        "compared with linear eigenvalues (it never binds); for published numbers.",
+    ),
+    click.option(
+        "--farms",
+        is_flag=True,
+        help="FARMS: fit the pooled ESD of fixed-shape windows of each matrix, so alphas of "
+        "different shapes compare (with any --estimator).",
+    ),
+    click.option(
+        "--farms-size",
+        type=int,
+        default=2000,
+        show_default=True,
+        metavar="N",
+        help="FARMS window size n_req (LLM setting 2000; vision setting 100 with "
+        "--farms-windows 9).",
+    ),
+    click.option(
+        "--farms-windows",
+        type=int,
+        default=15,
+        show_default=True,
+        metavar="K",
+        help="FARMS window positions per dimension (up to K^2 windows a matrix).",
+    ),
+    click.option(
+        "--farms-ratio",
+        type=float,
+        default=1.0,
+        show_default=True,
+        metavar="Q",
+        help="FARMS window aspect ratio rows/columns (>= 1).",
+    ),
+]
 
 
 def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -122,6 +181,7 @@ def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
                 is_flag=True,
                 help="Clip a few outsized top eigenvalues ('fingers') from the power-law fit.",
             ),
+            *estimator_options,
             click.option(
                 "--tail-tests",
                 is_flag=True,

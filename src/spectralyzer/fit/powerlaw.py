@@ -86,6 +86,7 @@ def fit_power_law(
     xmin_floor: float = XMIN_FLOOR,
     xmax: float | None = None,
     min_tail: int = 3,
+    xmin_range: tuple[float, float] | None = None,
 ) -> PowerLawFit:
     """Fit ``p(lambda) ~ lambda^-alpha`` above the KS-optimal ``xmin`` (CSN 2009, eqs 3.1, 3.9).
 
@@ -93,7 +94,8 @@ def fit_power_law(
     and with ``xmax`` only those ``<= xmax`` (fitted to the power law truncated
     at ``xmax``).  ``min_tail``: a candidate xmin must leave at least this many
     eigenvalues in the tail; the default 3 never binds (powerlaw's candidates
-    always leave 3 distinct values), so it matches powerlaw.
+    always leave 3 distinct values), so it matches powerlaw.  ``xmin_range=(lo, hi)``
+    keeps candidates in ``[lo, hi]`` only (powerlaw's ``xmin=(lo, hi)``; docs/theory.md 6.1).
 
     Never raises on a 1-D float array: an empty or degenerate ESD, non-finite
     values, or no acceptable candidate give ``status="failed"`` with NaN alpha
@@ -138,7 +140,11 @@ def fit_power_law(
     lu = np.log(u)
     alpha = _candidate_alphas(x, first[:n_cand], lu[:n_cand], n, xmax)
     valid = (n >= min_tail) & np.isfinite(alpha) & (alpha - ALPHA_MARGIN >= 1.0)
+    if xmin_range is not None:
+        valid &= (u[:n_cand] >= xmin_range[0]) & (u[:n_cand] <= xmin_range[1])
     if not valid.any():
+        if xmin_range is not None:
+            return PowerLawFit.failed(f"no valid candidate xmin in [lo, hi] = {xmin_range}")
         if not (n >= min_tail).any():
             return PowerLawFit.failed(f"no candidate xmin leaves min_tail={min_tail} eigenvalues")
         return PowerLawFit.failed(f"no candidate xmin gives alpha >= {1 + ALPHA_MARGIN}")
