@@ -145,9 +145,7 @@ def test_xmin_peak_and_hill_on_minilm_through_the_pipeline(minilm_path):
     for i, name in enumerate(peak.details["name"]):
         spectra = peak.spectra[name]
         evals = spectra.esd.evals
-        floor = max(
-            XMIN_FLOOR, zero_tolerance(float(evals[-1]), spectra.spec.M, spectra.spec.dtype)
-        )
+        floor = max(XMIN_FLOOR, zero_tolerance(float(evals[-1]), spectra.spec.M))
         for result, mode in ((peak, False), (compat, True)):
             alpha, xmin, _ = reference_xmin_peak(evals, floor, mode)
             assert result.details["alpha"].iloc[i] == pytest.approx(alpha, rel=1e-10, abs=1e-10)
@@ -171,7 +169,7 @@ def test_default_is_clauset_with_numbers_unchanged():
     w = rng.standard_t(2.5, size=(200, 80))
     result = run_analysis({"w.weight": torch.from_numpy(w.astype(np.float32))}, make_options())
     evals = result.spectra["w.weight"].esd.evals
-    floor = max(XMIN_FLOOR, zero_tolerance(float(evals[-1]), 80, "float32"))
+    floor = max(XMIN_FLOOR, zero_tolerance(float(evals[-1]), 80))
     assert result.details["alpha"].iloc[0] == fit_power_law(evals, xmin_floor=floor).alpha
     assert result.summary["estimator"] == {"name": "clauset", "farms": None}
     assert "estimator: clauset" in result.summary_lines()

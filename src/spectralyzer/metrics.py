@@ -300,7 +300,7 @@ def fit_esd(
     pooled = spectra.farms.evals * (scale * spec.N / grid.rows)
     if pooled.size == 0:  # eigenvalues of the windows beyond the float64 range
         return pooled, 0.0
-    return pooled, zero_tolerance(float(pooled[-1]), grid.cols, spec.dtype)
+    return pooled, zero_tolerance(float(pooled[-1]), grid.cols)
 
 
 def tail_fields(tails: TailTests) -> dict[str, float | str]:
