@@ -23,8 +23,8 @@ MAX_LINES = 400
 LAYERS = (
     {"errors", "escaping", "budget", "interrupts", "choices", "threads"},  # no spectralyzer imports
     {"io", "outputs", "render", "render_table", "hessian"},  # files in and out; text; math
-    {"layers", "roles", "fit"},  # tensors -> matrices; what each does; ESD math
-    {"engine", "metrics", "flow"},  # matrices -> ESDs -> rows
+    {"layers", "layouts", "roles", "fit"},  # tensors -> matrices; what each does; ESD math
+    {"engine", "batching", "metrics", "flow"},  # matrices -> ESDs -> rows
     {"tables"},  # rows -> DataFrame, summary
     {"pipeline"},  # the weight-analysis pipeline
     {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines"},  # on the pipelines

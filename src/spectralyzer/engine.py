@@ -24,7 +24,8 @@ underflow) the Gram matrix: weights near 1e200 gave a ``LinAlgError``.  When
 the eigenvalues themselves lie beyond the float64 range (``|w|`` above about
 1e154) the layer's ESD is marked ``overflow`` (no eigenvalues), not fatal.
 
-Memory: tensors are loaded one at a time, in their stored dtype, and
+Memory: tensors are loaded one at a time (a tensor several matrices are cut
+from, e.g. an expert stack, once, and held until its last matrix is done), in their stored dtype, and
 converted to float64 in chunks of rows (``budget.CHUNK_ELEMENTS`` entries)
 that are accumulated into the Gram matrix (``G += X_c^T X_c``), so a layer
 costs its stored size plus two float64 Gram matrices (``G`` and the
@@ -40,8 +41,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from math import prod
@@ -50,11 +50,12 @@ import numpy as np
 import torch
 
 from . import interrupts
+from .batching import Sources, batches_of
 from .budget import CHUNK_ELEMENTS
 from .choices import DEVICES
 from .errors import OptionError
 from .io.base import Checkpoint
-from .layers import LayerSpec, to_matrices
+from .layers import LayerSpec
 
 
 @dataclass(frozen=True)
@@ -233,25 +234,6 @@ class Shuffler:
 _SHUFFLED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
-def _batches(specs: list[LayerSpec], batch_elements: int) -> Iterable[list[LayerSpec]]:
-    """Groups of same-shaped layers holding at most ``batch_elements`` entries each."""
-    by_shape: dict[tuple[int, int], list[LayerSpec]] = defaultdict(list)
-    for spec in specs:
-        by_shape[(spec.N, spec.M)].append(spec)
-    for group in by_shape.values():
-        batch: list[LayerSpec] = []
-        size = 0
-        for spec in group:
-            n = spec.num_slices * spec.N * spec.M
-            if batch and size + n > batch_elements:
-                yield batch
-                batch, size = [], 0
-            batch.append(spec)
-            size += n
-        if batch:
-            yield batch
-
-
 def _split(
     evals: torch.Tensor, specs: list[LayerSpec], scales: list[_Scale], common: bool = False
 ) -> list[ESD]:
@@ -282,7 +264,7 @@ def compute_spectra(
     progress: Callable[[list[LayerSpec]], None] | None = None,
     timings: dict[str, float] | None = None,
 ) -> dict[str, LayerSpectra]:
-    """ESDs (and randomised ESDs) of every spec, keyed by parameter name.
+    """ESDs (and randomised ESDs) of every spec, keyed by its name (the row name).
 
     Each spec says how its tensor becomes matrices (``LayerSpec.view``, chosen by
     :func:`~spectralyzer.layers.plan`).  ``timings``, when given, accumulates seconds spent per stage
@@ -291,10 +273,11 @@ def compute_spectra(
     """
     device = device or torch.device("cpu")
     clock = _Clock(timings)
-    batches = list(_batches(specs, batch_elements))
+    batches = list(batches_of(specs, batch_elements))
     last_use = {shape: i for i, batch in enumerate(batches) for shape in map(_stack_shape, batch)}
+    sources = Sources(checkpoint, specs)
     return _spectra_of_batches(
-        checkpoint, batches, device, randomize, Shuffler(seed), last_use, clock, progress
+        sources, batches, device, randomize, Shuffler(seed), last_use, clock, progress
     )
 
 
@@ -303,7 +286,7 @@ def _stack_shape(spec: LayerSpec) -> tuple[int, int, int]:
 
 
 def _spectra_of_batches(
-    checkpoint: Checkpoint,
+    sources: Sources,
     batches: list[list[LayerSpec]],
     device: torch.device,
     randomize: bool,
@@ -323,7 +306,7 @@ def _spectra_of_batches(
             rows = slice(start, start + spec.num_slices)
             start += spec.num_slices
             randomized = (shuffled[rows], shuffle) if shuffled is not None else None
-            scales.append(_add_layer(checkpoint, spec, grams[rows], randomized, clock))
+            scales.append(_add_layer(sources, spec, grams[rows], randomized, clock))
         # on a worker the main thread can leave on SIGTERM/Ctrl-C (minutes for 8192 x 8192)
         esds = _split(interrupts.abandonable(symmetric_eigenvalues, grams), batch, scales)
         del grams
@@ -344,18 +327,19 @@ def _spectra_of_batches(
 
 
 def _add_layer(
-    checkpoint: Checkpoint,
+    sources: Sources,
     spec: LayerSpec,
     grams: torch.Tensor,
     randomized: tuple[torch.Tensor, Shuffler] | None,
     clock: _Clock,
 ) -> _Scale:
     """Load one layer and add its (scaled) Gram matrices into ``grams`` and, when asked,
-    those of its shuffled copy into ``randomized[0]``; the tensor is released on return.
+    those of its shuffled copy into ``randomized[0]``; the tensor is released on return
+    unless more specs are cut from it (:class:`Sources`).
 
     A layer with non-finite weights adds nothing (its Gram matrices stay 0).
     """
-    stack = to_matrices(checkpoint.load(spec.name), spec)
+    stack = sources.matrices(spec)
     clock.lap("load")
     scale = _Scale.of(stack)
     if scale.finite:

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from . import __version__, interrupts
+from .choices import EXPERT_MODES
 from .engine import DEVICES, LayerSpectra, compute_spectra, resolve_device
 from .errors import InputError, OptionError
 from .fit.tail_tests import SIGNIFICANCE as TAIL_SIGNIFICANCE
@@ -25,7 +26,14 @@ from .io.memory import MemoryCheckpoint
 from .layers import LayerSpec, Selection, Skipped, plan
 from .metrics import layer_metrics
 from .render import number
-from .tables import SUMMARY_MEANS, details_frame, layers_table, summarize
+from .tables import (
+    SUMMARY_MEANS,
+    details_frame,
+    expert_means,
+    layers_table,
+    layout_lines,
+    summarize,
+)
 from .threads import MAX_THREADS, torch_threads
 
 
@@ -47,15 +55,21 @@ class AnalysisOptions:
     device: str = "auto"
     trust_pickle: bool = False
     threads: int | None = None  # torch.set_num_threads for the run; None: torch's choice
+    split: bool = True  # fused q/k/v and gate/up tensors as their parts (spectralyzer.layouts)
+    experts: str = "each"  # expert matrices: "each" a row, "mean" a row per group, "skip"
 
     def __post_init__(self) -> None:
         if not isinstance(self.selection, Selection):
             raise OptionError("selection", f"must be a Selection, not {self.selection!r}")
-        for key in ("randomize", "normalize", "fix_fingers", "tail_tests", "trust_pickle"):
+        for key in ("randomize", "normalize", "fix_fingers", "tail_tests", "trust_pickle", "split"):
             if not isinstance(getattr(self, key), bool):
                 raise OptionError(key, f"must be True or False, not {getattr(self, key)!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise OptionError("seed", f"must be an integer, not {self.seed!r}")
+        if self.experts not in EXPERT_MODES:
+            raise OptionError(
+                "experts", f"must be one of {', '.join(EXPERT_MODES)}, not {self.experts!r}"
+            )
         if self.device not in DEVICES:
             raise OptionError("device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.threads is not None and (
@@ -156,7 +170,14 @@ def _run_analysis(
     device = resolve_device(options.device)
     with open_source(source, options.trust_pickle) as checkpoint:
         path = checkpoint.path
-        specs, skipped = plan(checkpoint.tensors(), options.selection, randomize=options.randomize)
+        specs, skipped = plan(
+            checkpoint.tensors(),
+            options.selection,
+            randomize=options.randomize,
+            config=checkpoint.config(),
+            split=options.split,
+            experts=options.experts,
+        )
         timings["open"] = time.perf_counter() - start
         if not specs:
             raise InputError(path, _nothing_to_analyse(skipped))
@@ -183,7 +204,10 @@ def _run_analysis(
         )
         for s in interrupts.checked(specs)
     ]
-    details = with_flow(details_frame(rows))  # correlation flow needs every layer's alpha
+    details = details_frame(rows)
+    if options.experts == "mean":
+        details = expert_means(details)
+    details = with_flow(details)  # correlation flow needs every layer's alpha
     timings["fits"] = time.perf_counter() - tic
     summary = summarize(
         details,
@@ -193,6 +217,8 @@ def _run_analysis(
         esd="eigenvalues of W^T W / N" if options.normalize else "eigenvalues of W^T W",
         normalize=options.normalize,
         conv_mode=options.selection.conv_mode,
+        split=options.split,
+        experts=options.experts,
         randomized=options.randomize,
         fix_fingers=options.fix_fingers,
         tail_tests=options.tail_tests,
@@ -200,6 +226,9 @@ def _run_analysis(
         device=device.type,
         spectralyzer_version=__version__,
     )
+    notes = {s.source: s.note for s in specs if s.note}
+    if notes:
+        layout = {**layout, "notes": notes}
     if layout:
         summary["layout"] = layout
     timings["total"] = time.perf_counter() - start
@@ -213,9 +242,12 @@ def analyze(
     layers: str | None = None,
     exclude: str | None = None,
     types: tuple[str, ...] | None = None,
+    roles: tuple[str, ...] | None = None,
     min_evals: int = 8,
     max_evals: int | None = 16384,
     conv_mode: str = "slices",
+    split: bool = True,
+    experts: str = "each",
     randomize: bool = False,
     seed: int = 0,
     normalize: bool = False,
@@ -237,9 +269,12 @@ def analyze(
         layers=layers,
         exclude=exclude,
         types=types,
+        roles=roles,
         min_evals=min_evals,
         max_evals=max_evals,
         conv_mode=conv_mode,
+        split=split,
+        experts=experts,
         randomize=randomize,
         seed=seed,
         normalize=normalize,
@@ -261,10 +296,11 @@ def make_options(
     min_evals: int = 8,
     max_evals: int | None = 16384,
     conv_mode: str = "slices",
+    roles: tuple[str, ...] | None = None,
     **rest: Any,
 ) -> AnalysisOptions:
     """AnalysisOptions from the flat keyword arguments of :func:`analyze` (validated)."""
-    selection = Selection(layers, exclude, types, min_evals, max_evals, conv_mode)
+    selection = Selection(layers, exclude, types, min_evals, max_evals, conv_mode, roles)
     return AnalysisOptions(selection=selection, **rest)
 
 
@@ -281,6 +317,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     warnings = {k: v for k, v in summary["warnings"].items() if v}
     lines.append("warnings: " + (", ".join(f"{k} {v}" for k, v in warnings.items()) or "none"))
     lines.append("phases: " + ", ".join(f"{k} {v}" for k, v in summary["phases"].items()))
+    lines.extend(layout_lines(summary))
     if summary.get("num_traps") is not None:
         lines.append(f"correlation traps: {summary['num_traps']}")
     if summary.get("tail_laws"):
