@@ -17,10 +17,15 @@ conv1d/2d/3d   ``(out, in, k1, ..., kd)``                     ``slices``: K = k1
                                                              matrices ``(out, in)`` pooled
                                                              into one ESD; ``unfold``:
                                                              one ``(out, in*K)`` matrix
+linear         3-D expert stack ``[E, a, b]``                  one matrix per expert (and
+                                                             per part of a fused gate_up):
+                                                             :mod:`spectralyzer.layouts`
 =============  ============================================  ===========================
 
-Every matrix is oriented so that ``N >= M`` (transposed when needed), for both
-views; no hidden rescaling is applied.
+Fused q/k/v and gate/up tensors become their parts (``name:q``, ``name:gate``);
+2-D ``*bias`` tensors (GPT-OSS' ``[E, out]`` expert biases) and 3-D tensors of
+no known layout are skipped with a reason.  Every matrix is oriented so that
+``N >= M`` (transposed when needed), for both views; no hidden rescaling is applied.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def details_frame(rows: Sequence[LayerMetrics]) -> pd.DataFrame:
 def expert_means(details: pd.DataFrame) -> pd.DataFrame:
     """``--experts mean``: the rows of each expert group (``experts.gate_up_proj[*]:gate``,
     ``experts.*.w1.weight``: the same matrix of every expert of one layer) replaced by
-    one row named for the group, where it first appears.
+    one row named for the group, where it first appears (docs/theory.md section 1.7).
 
     Numbers are the mean over the group's experts of the finite values (a count
     becomes a mean count); ``phase`` and ``tail_law`` the most common; ``warning``
