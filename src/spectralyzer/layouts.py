@@ -158,9 +158,8 @@ def derive(
     return None
 
 
-def _whole(name: str, rows: int, cols: int, transpose: bool = False) -> Derived:
-    shape = (cols, rows) if transpose else (rows, cols)
-    return Derived(name, shape, Part(transpose=transpose))
+def _whole(name: str, rows: int, cols: int) -> Derived:
+    return Derived(name, (rows, cols), Part())
 
 
 def _blocks(
@@ -185,7 +184,8 @@ def _c_attn(name: str, rows: int, cols: int) -> Derivation:
         return Derivation(_blocks(name, (("q", rows), ("k", rows), ("v", rows)), rows, True))
     if cols == 2 * rows:
         return Derivation(_blocks(name, (("k", rows), ("v", rows)), rows, True))
-    return Derivation((_whole(name, rows, cols, True),), "c_attn of unexpected shape: not split")
+    # whole, shown as stored like GPT-2's other Conv1D weights
+    return Derivation((_whole(name, rows, cols),), "c_attn of unexpected shape: not split")
 
 
 def _contiguous_qkv(name: str, rows: int, cols: int, config: Mapping[str, Any]) -> Derivation:
