@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 
-import llm_layouts
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from llm_layouts import EXPERTS, HIDDEN, INTER, LAYOUTS, write_hf_folder
 
+import llm_layouts
+from llm_layouts import EXPERTS, HIDDEN, INTER, LAYOUTS, write_hf_folder
 from spectralyzer.cli import main
 from spectralyzer.errors import InputError, OptionError
 from spectralyzer.io import open_checkpoint

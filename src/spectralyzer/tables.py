@@ -40,7 +40,6 @@ TABLE_COLUMNS = (
     "role",
     "layer_type",
     "shape",
-    "num_experts",
     "alpha",
     "alpha_weighted",
     "log_norm",
@@ -149,6 +148,8 @@ def layers_table(details: pd.DataFrame) -> pd.DataFrame:
         shape=details["shape"].map(shape_text), num_traps=details["num_traps"].astype("Int64")
     )
     shown = [c for c in TABLE_COLUMNS if c in frame]
+    if "num_experts" in frame:  # --experts mean: how many experts each row averages
+        shown.insert(shown.index("shape") + 1, "num_experts")
     if details["num_traps"].isna().all():
         shown.remove("num_traps")
     if not details["tail_law"].astype(bool).any():
