@@ -238,7 +238,7 @@ def test_without_config_ambiguous_fusions_stay_whole_with_a_note(tmp_path):
     whole = "gpt_neox.layers.0.attention.query_key_value.weight"
     assert whole in set(pythia.details["name"])
     assert "per head" in pythia.summary["layout"]["notes"][whole]
-    assert any(line.startswith(f"kept whole: {whole}") for line in pythia.summary_lines())
+    assert any(line.startswith(f"layout note: {whole}: ") for line in pythia.summary_lines())
     phi3 = analyse(llm_layouts.phi3(tmp_path / "phi3", config=False).path)  # GQA: sizes unknown
     assert "model.layers.0.self_attn.qkv_proj.weight" in set(phi3.details["name"])
     assert "model.layers.0.mlp.gate_up_proj.weight:gate" in set(phi3.details["name"])

@@ -153,7 +153,7 @@ def derive(
         return _per_head_qkv(name, rows, cols, config)
     if _GATE_UP_2D.search(name):
         if rows % 2:
-            return Derivation((_whole(name, rows, cols),), "odd row count: gate/up not split")
+            return Derivation((_whole(name, rows, cols),), "odd row count: gate/up kept whole")
         return Derivation(_blocks(name, (("gate", rows // 2), ("up", rows // 2)), cols))
     return None
 
@@ -185,7 +185,7 @@ def _c_attn(name: str, rows: int, cols: int) -> Derivation:
     if cols == 2 * rows:
         return Derivation(_blocks(name, (("k", rows), ("v", rows)), rows, True))
     # whole, shown as stored like GPT-2's other Conv1D weights
-    return Derivation((_whole(name, rows, cols),), "c_attn of unexpected shape: not split")
+    return Derivation((_whole(name, rows, cols),), "c_attn of unexpected shape: kept whole")
 
 
 def _contiguous_qkv(name: str, rows: int, cols: int, config: Mapping[str, Any]) -> Derivation:
@@ -198,7 +198,7 @@ def _contiguous_qkv(name: str, rows: int, cols: int, config: Mapping[str, Any]) 
             return Derivation(_blocks(name, (("q", q), ("k", kv), ("v", kv)), cols))
     if rows == 3 * cols:
         return Derivation(_blocks(name, (("q", cols), ("k", cols), ("v", cols)), cols))
-    note = "q/k/v sizes unknown (no num_attention_heads/num_key_value_heads fitting this shape)"
+    note = "q/k/v sizes unknown (no num_attention_heads/num_key_value_heads fitting this shape): kept whole"
     return Derivation((_whole(name, rows, cols),), note)
 
 
@@ -208,7 +208,7 @@ def _per_head_qkv(name: str, rows: int, cols: int, config: Mapping[str, Any] | N
     model = model_type(config or {})
     if dims is None or model == "falcon" or dims[0] != dims[1] or rows != 3 * dims[0] * dims[2]:
         why = "config.json" if config is None else "a config.json with matching heads"
-        note = f"query_key_value interleaves q/k/v per head: splitting needs {why}"
+        note = f"query_key_value interleaves q/k/v per head: splitting needs {why}; kept whole"
         return Derivation((_whole(name, rows, cols),), note)
     heads, _, head_dim = dims
     parts = tuple(
@@ -239,7 +239,7 @@ def _experts(
         fused = name.endswith("gate_up_proj")
         interleaved = model in INTERLEAVED_GATE_UP
         if fused and transpose and not model:
-            fused, note = False, "gate/up order unknown without config.json: kept whole"
+            fused, note = False, "gate/up order unknown without config.json: each expert kept whole"
     out_dim, in_dim = (b, a) if transpose else (a, b)
     if fused and split and out_dim % 2 == 0:
         half = out_dim // 2

@@ -158,7 +158,8 @@ def layers_table(details: pd.DataFrame) -> pd.DataFrame:
 
 
 def layout_lines(summary: dict[str, Any]) -> list[str]:
-    """Summary lines on expert matrices (what the means count) and tensors kept whole."""
+    """Summary lines on expert matrices (what the means count) and layout notes (a fused
+    tensor kept whole, an orientation assumed)."""
     lines = []
     experts = summary.get("num_expert_matrices")
     if experts:
@@ -171,7 +172,7 @@ def layout_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"expert matrices in the means and phase counts: {experts}, {how}")
     notes = (summary.get("layout") or {}).get("notes") or {}
     for name, note in list(notes.items())[:5]:
-        lines.append(f"kept whole: {name}: {note}")
+        lines.append(f"layout note: {name}: {note}")
     if len(notes) > 5:
-        lines.append(f"kept whole: {len(notes) - 5} more (JSON summary: layout.notes)")
+        lines.append(f"layout notes: {len(notes) - 5} more (JSON summary: layout.notes)")
     return lines
