@@ -262,6 +262,9 @@ def analyze(
     ``source`` is a checkpoint path (file or Hugging Face folder), a state dict
     or an ``nn.Module``.  ``max_evals=0`` (or None) means no cap, as ``--max-evals 0``
     does; a bad value raises :class:`~spectralyzer.errors.OptionError` naming it.
+    ``roles`` selects by role or family (:mod:`spectralyzer.roles`); ``split=False``
+    keeps fused q/k/v and gate/up tensors whole; ``experts`` is ``"each"``, ``"mean"``
+    (a row per expert group) or ``"skip"`` (:mod:`spectralyzer.layouts`).
 
     >>> details, summary = analyze("model.safetensors")  # doctest: +SKIP
     """
