@@ -148,7 +148,7 @@ def layers_table(details: pd.DataFrame) -> pd.DataFrame:
         shape=details["shape"].map(shape_text), num_traps=details["num_traps"].astype("Int64")
     )
     shown = [c for c in TABLE_COLUMNS if c in frame]
-    if "num_experts" in frame:  # --experts mean: how many experts each row averages
+    if "num_experts" in frame and (frame["num_experts"] > 0).any():  # --experts mean
         shown.insert(shown.index("shape") + 1, "num_experts")
     if details["num_traps"].isna().all():
         shown.remove("num_traps")
