@@ -45,7 +45,7 @@ def test_rank_loss_counts_numerical_zeros():
     assert details.loc[0, "phase"] == "rank-collapse"
 
 
-def test_rows_follow_file_order_and_summary_averages_fitted_layers():
+def test_rows_follow_natural_name_order_and_summary_averages_fitted_layers():
     tensors = {
         "b.weight": as_tensor(gaussian(256, 128, seed=1)),
         "a.bias": torch.zeros(128),
@@ -54,7 +54,7 @@ def test_rows_follow_file_order_and_summary_averages_fitted_layers():
     }
     tensors["bad.weight"][0, 0] = float("nan")
     details, summary = spectralyzer.analyze(tensors)
-    assert list(details["name"]) == ["b.weight", "a.weight", "bad.weight"]
+    assert list(details["name"]) == ["a.weight", "b.weight", "bad.weight"]  # not file order
     bad = details.set_index("name").loc["bad.weight"]
     assert bad["warning"] == "nonfinite-weights" and math.isnan(bad["alpha"])
     assert summary["num_layers"] == 3 and summary["num_fit_failed"] == 1

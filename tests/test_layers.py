@@ -58,15 +58,15 @@ def test_selection_by_regex_and_type():
         info("emb.embed_tokens.weight", (1000, 32)),
     ]
     names = lambda sel: [s.name for s in plan(infos, sel)[0]]  # noqa: E731
-    assert names(Selection(layers=r"enc\.1\.")) == ["enc.1.q.weight", "enc.1.conv.weight"]
-    assert names(Selection(exclude="conv")) == [
+    assert names(Selection(layers=r"enc\.1\.")) == ["enc.1.conv.weight", "enc.1.q.weight"]
+    assert names(Selection(exclude="conv")) == [  # natural order of the names
+        "emb.embed_tokens.weight",
         "enc.0.q.weight",
         "enc.1.q.weight",
-        "emb.embed_tokens.weight",
     ]
     assert names(Selection(types=("embedding", "conv2d"))) == [
-        "enc.1.conv.weight",
         "emb.embed_tokens.weight",
+        "enc.1.conv.weight",
     ]
 
 

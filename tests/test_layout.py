@@ -23,8 +23,8 @@ MAX_LINES = 400
 LAYERS = (
     {"errors", "escaping", "budget", "interrupts", "choices", "threads"},  # no spectralyzer imports
     {"io", "outputs", "render", "render_table", "hessian"},  # files in and out; text; math
-    {"layers", "roles", "fit", "windows"},  # tensors -> matrices (FARMS windows); roles; ESD math
-    {"engine", "metrics", "flow", "farms"},  # matrices -> ESDs (FARMS: of windows) -> rows
+    {"layers", "layouts", "roles", "fit", "windows"},  # tensors -> matrices (FARMS windows); roles
+    {"engine", "batching", "metrics", "flow", "farms"},  # matrices -> ESDs (FARMS: windows) -> rows
     {"tables"},  # rows -> DataFrame, summary
     {"pipeline"},  # the weight-analysis pipeline
     {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines"},  # on the pipelines

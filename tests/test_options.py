@@ -38,6 +38,9 @@ AGREEING = {
     "fix_fingers": ({"fix_fingers": True}, ["--fix-fingers"]),
     "tail_tests": ({"tail_tests": True}, ["--tail-tests"]),
     "threads": ({"threads": 1}, ["--threads", "1"]),
+    "roles": ({"roles": ("other",)}, ["--roles", "other"]),
+    "split": ({"split": False}, ["--no-split"]),
+    "experts": ({"experts": "mean"}, ["--experts", "mean"]),
 }
 
 #: (field, bad library value, flag, bad command-line value or None for a flag without one)
@@ -61,6 +64,9 @@ REFUSED = [
     ("threads", 1.5, "--threads", "1.5"),
     ("threads", True, "--threads", "-2"),
     ("threads", 2**63, "--threads", str(2**63)),  # overflowed torch.set_num_threads: exit 3
+    ("roles", ("attention",), "--roles", "attention"),
+    ("experts", "median", "--experts", "median"),
+    ("split", "no", "--split", None),
 ]
 
 

@@ -24,7 +24,7 @@ from spectralyzer.engine import compute_spectra
 from spectralyzer.fit import PHASES
 from spectralyzer.fit.powerlaw import XMIN_FLOOR
 from spectralyzer.io.memory import MemoryCheckpoint
-from spectralyzer.layers import CONV_MODES, Selection, plan
+from spectralyzer.layers import CONV_MODES, Selection, plan, to_matrices
 from spectralyzer.tables import SUMMARY_MEANS
 
 StateDict = dict[str, torch.Tensor]
@@ -43,7 +43,7 @@ NAMES_2D = (
 )
 
 # columns of a row that are counts, labels or shape facts rather than measured numbers
-STRUCTURE = ("name", "layer_type", "shape", "N", "M", "Q", "num_slices", "num_evals")
+STRUCTURE = ("name", "role", "layer_type", "shape", "N", "M", "Q", "num_slices", "num_evals")
 TEXT = ("phase", "warning", "tail_law")
 FIT_COLUMNS = ("alpha", "alpha_weighted", "xmin", "xmax", "D", "sigma", "log_alpha_norm")
 NORM_COLUMNS = ("log_norm", "log_spectral_norm", "stable_rank")  # NaN when lambda_max == 0
@@ -145,7 +145,7 @@ def test_every_esd_is_sorted_non_negative_and_complete(
         spectra = compute_spectra(checkpoint, specs, randomize=randomize)
     assert sorted(spectra) == sorted(s.name for s in specs)  # keyed by name, in batch order
     for spec in specs:
-        weights = sd[spec.name].double()
+        weights = to_matrices(sd[spec.source], spec).double()  # the part a split row is
         finite = bool(torch.isfinite(weights).all())
         layer = spectra[spec.name]
         assert layer.spec == spec
@@ -182,6 +182,7 @@ def test_rows_are_exactly_the_planned_matrices(sd: StateDict, conv_mode: str, se
     assert summary["num_skipped"] == len(skipped)
     rows = set(details["name"])
     assert not rows & set(skipped_names)
+    rows |= {s.source for s in specs}  # a fused c_attn of shape (n, 3n) becomes :q, :k, :v
     for name, tensor in sd.items():
         if tensor.ndim >= 2:
             assert name in rows or name in skipped_names, name
@@ -194,7 +195,8 @@ def test_rows_are_exactly_the_planned_matrices(sd: StateDict, conv_mode: str, se
             spec.num_slices,
             spec.num_evals,
         )
-        assert tuple(row.shape) == tuple(sd[spec.name].shape)
+        if spec.part is None:
+            assert tuple(row.shape) == tuple(sd[spec.name].shape)
 
 
 @SETTINGS
@@ -225,7 +227,7 @@ def test_every_metric_is_finite_or_explained(sd: StateDict, seed: int, tail_test
     for row in details.to_dict(orient="records"):
         codes = set(filter(None, row["warning"].split(";")))
         assert row["phase"] in (*PHASES, "unknown")
-        if not bool(torch.isfinite(sd[row["name"]]).all()):
+        if not bool(torch.isfinite(sd[row["name"].split(":")[0]]).all()):
             assert "nonfinite-weights" in codes and row["phase"] == "unknown"
             for column in numeric:  # counts (n_tail, rank_loss, ...) are 0, the rest NaN
                 value = row[column]
@@ -283,7 +285,8 @@ def test_summary_means_are_over_fitted_rows(sd: StateDict, randomize: bool) -> N
 def test_analysis_is_deterministic_and_order_free(
     sd: StateDict, seed: int, order: random.Random
 ) -> None:
-    """Same input and seed -> identical frames; reordering the dict changes only row order."""
+    """Same input and seed -> identical frames; reordering the dict changes nothing (rows
+    come in natural order of their names, whatever the file order)."""
     result = _analyze_or_none(sd, randomize=True, seed=seed)
     if result is None:
         return
@@ -296,7 +299,7 @@ def test_analysis_is_deterministic_and_order_free(
     names = list(sd)
     order.shuffle(names)
     shuffled, _ = spectralyzer.analyze({n: sd[n] for n in names}, randomize=True, seed=seed)
-    assert list(shuffled["name"]) == [n for n in names if n in set(details["name"])]
+    assert list(shuffled["name"]) == list(details["name"])
     pd.testing.assert_frame_equal(
         details.set_index("name").sort_index(), shuffled.set_index("name").sort_index()
     )

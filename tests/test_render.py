@@ -102,7 +102,7 @@ def test_names_lose_their_common_prefix_and_suffix_on_a_narrow_terminal(encoder)
     text = render(encoder, "table", width=60)
     assert "names below start with encoder.layer. and end with .weight" in text
     rows = [line.split()[0] for line in first_table(text)[1]]
-    assert rows == [f"{i}.attention.self.{p}" for i in range(2) for p in "qkv"]
+    assert rows == [f"{i}.attention.self.{p}" for i in range(2) for p in "kqv"]  # natural order
     assert max(map(len, lines_of(text))) <= 60
     wide = render(encoder, "table", width=200)  # fits as it is: nothing shortened
     assert wide == render(encoder, "table")

@@ -68,6 +68,15 @@ CASES = [
     ("model.layers.3.mlp.experts.down_proj[0]", "linear", "expert-down"),
     ("model.layers.2.mlp.experts.weight[1]", "linear", "expert"),
     ("model.layers.0.mlp.gate.weight", "linear", "router"),
+    # GPT-OSS, Granite-MoE / JetMoE, Llama-4 (3-D stacks cut per expert)
+    ("model.layers.0.mlp.router.weight", "linear", "router"),
+    ("model.layers.0.mlp.experts.gate_up_proj[2]:up", "linear", "expert-up"),
+    ("model.layers.0.block_sparse_moe.router.layer.weight", "linear", "router"),
+    ("model.layers.0.block_sparse_moe.input_linear.weight[1]:gate", "linear", "expert-gate"),
+    ("model.layers.0.block_sparse_moe.input_linear.weight[1]", "linear", "expert-gate-up"),
+    ("model.layers.0.block_sparse_moe.output_linear.weight[1]", "linear", "expert-down"),
+    ("model.layers.0.self_attention.experts.input_linear.weight[1]", "linear", "expert"),
+    ("language_model.model.layers.0.feed_forward.experts.down_proj[3]", "linear", "expert-down"),
     # nn.MultiheadAttention, conv, recurrent
     ("blocks.0.attn.in_proj_weight", "linear", "attn-qkv"),
     ("blocks.0.attn.out_proj.weight", "linear", "attn-o"),

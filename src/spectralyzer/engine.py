@@ -24,7 +24,8 @@ underflow) the Gram matrix: weights near 1e200 gave a ``LinAlgError``.  When
 the eigenvalues themselves lie beyond the float64 range (``|w|`` above about
 1e154) the layer's ESD is marked ``overflow`` (no eigenvalues), not fatal.
 
-Memory: tensors are loaded one at a time, in their stored dtype, and
+Memory: tensors are loaded one at a time (a tensor several matrices are cut
+from, e.g. an expert stack, once, and held until its last matrix is done), in their stored dtype, and
 converted to float64 in chunks of rows (``budget.CHUNK_ELEMENTS`` entries)
 that are accumulated into the Gram matrix (``G += X_c^T X_c``), so a layer
 costs its stored size plus two float64 Gram matrices (``G`` and the
@@ -40,8 +41,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from math import prod
@@ -50,11 +50,12 @@ import numpy as np
 import torch
 
 from . import interrupts
+from .batching import Sources, batches_of
 from .budget import CHUNK_ELEMENTS
 from .choices import DEVICES
 from .errors import OptionError
 from .io.base import Checkpoint
-from .layers import LayerSpec, to_matrices
+from .layers import LayerSpec
 
 
 @dataclass(frozen=True)
@@ -240,25 +241,6 @@ class Shuffler:
 _SHUFFLED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
-def _batches(specs: list[LayerSpec], batch_elements: int) -> Iterable[list[LayerSpec]]:
-    """Groups of same-shaped layers holding at most ``batch_elements`` entries each."""
-    by_shape: dict[tuple[int, int], list[LayerSpec]] = defaultdict(list)
-    for spec in specs:
-        by_shape[(spec.N, spec.M)].append(spec)
-    for group in by_shape.values():
-        batch: list[LayerSpec] = []
-        size = 0
-        for spec in group:
-            n = spec.num_slices * spec.N * spec.M
-            if batch and size + n > batch_elements:
-                yield batch
-                batch, size = [], 0
-            batch.append(spec)
-            size += n
-        if batch:
-            yield batch
-
-
 def _split(
     evals: torch.Tensor, specs: list[LayerSpec], scales: list[_Scale], common: bool = False
 ) -> list[ESD]:
@@ -291,7 +273,7 @@ def compute_spectra(
     timings: dict[str, float] | None = None,
     precision: str = "float64",
 ) -> dict[str, LayerSpectra]:
-    """ESDs (and randomised ESDs) of every spec, keyed by parameter name.
+    """ESDs (and randomised ESDs) of every spec, keyed by its name (the row name).
 
     Each spec says how its tensor becomes matrices (``LayerSpec.view``, chosen by
     :func:`~spectralyzer.layers.plan`).  ``timings``, when given, accumulates seconds spent per stage
@@ -300,10 +282,11 @@ def compute_spectra(
     """
     device = device or torch.device("cpu")
     clock = _Clock(timings)
-    batches = list(_batches(specs, batch_elements))
+    batches = list(batches_of(specs, batch_elements))
     last_use = {shape: i for i, batch in enumerate(batches) for shape in map(_stack_shape, batch)}
+    sources = Sources(checkpoint, specs)
     return _spectra_of_batches(
-        checkpoint,
+        sources,
         batches,
         device,
         randomize,
@@ -324,7 +307,7 @@ def _stack_shape(spec: LayerSpec) -> tuple[int, int, int]:
 
 
 def _spectra_of_batches(
-    checkpoint: Checkpoint,
+    sources: Sources,
     batches: list[list[LayerSpec]],
     device: torch.device,
     randomize: bool,
@@ -336,7 +319,7 @@ def _spectra_of_batches(
 ) -> dict[str, LayerSpectra]:
     result: dict[str, LayerSpectra] = {}
     depth = PREFETCH_DEPTH if device.type == "cuda" else 0
-    stacks = _loaded([spec for batch in batches for spec in batch], checkpoint, device, depth)
+    stacks = _loaded([spec for batch in batches for spec in batch], sources, device, depth)
     for index, batch in enumerate(batches):
         interrupts.check()
         matrices, size = sum(spec.num_slices for spec in batch), batch[0].M
@@ -375,22 +358,22 @@ PREFETCH_DEPTH = 2
 
 
 def _loaded(
-    specs: list[LayerSpec], checkpoint: Checkpoint, device: torch.device, depth: int
+    specs: list[LayerSpec], sources: Sources, device: torch.device, depth: int
 ) -> Iterator[torch.Tensor]:
-    """The ``(slices, N, M)`` stack of each spec, in order, read from ``checkpoint``.
+    """The ``(slices, N, M)`` stack of each spec, in order, cut from ``sources``.
 
     With ``depth > 0`` a reader thread keeps up to ``depth`` stacks read ahead, in pinned
     memory and already on their way to ``device`` (asynchronous copies), so reading the
     file and copying to the GPU overlap the GPU's products and eigensolver. Only the
-    reader thread touches ``checkpoint``.
+    reader thread touches ``sources`` (and its checkpoint).
     """
     if depth == 0:
         for spec in specs:
-            yield to_matrices(checkpoint.load(spec.name), spec)
+            yield sources.matrices(spec)
         return
 
     def read(spec: LayerSpec) -> torch.Tensor:
-        stack = to_matrices(checkpoint.load(spec.name), spec).contiguous()
+        stack = sources.matrices(spec).contiguous()
         return stack.pin_memory().to(device, non_blocking=True)
 
     with ThreadPoolExecutor(1) as reader:

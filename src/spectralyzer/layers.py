@@ -17,18 +17,24 @@ conv1d/2d/3d   ``(out, in, k1, ..., kd)``                     ``slices``: K = k1
                                                              matrices ``(out, in)`` pooled
                                                              into one ESD; ``unfold``:
                                                              one ``(out, in*K)`` matrix
+linear         3-D expert stack ``[E, a, b]``                  one matrix per expert (and
+                                                             per part of a fused gate_up):
+                                                             :mod:`spectralyzer.layouts`
 =============  ============================================  ===========================
 
-Every matrix is oriented so that ``N >= M`` (transposed when needed), for both
-views; no hidden rescaling is applied.
+Fused q/k/v and gate/up tensors become their parts (``name:q``, ``name:gate``);
+2-D ``*bias`` tensors (GPT-OSS' ``[E, out]`` expert biases) and 3-D tensors of
+no known layout are skipped with a reason.  Every matrix is oriented so that
+``N >= M`` (transposed when needed), for both views; no hidden rescaling is applied.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from math import prod
+from typing import Any
 
 import torch
 
@@ -36,6 +42,8 @@ from . import budget
 from .choices import CONV_MODES, LAYER_TYPES
 from .errors import OptionError
 from .io.base import TensorInfo
+from .layouts import Derivation, Part, cut, derive, is_expert_stack
+from .roles import FAMILIES, ROLES, matches, role_of
 
 _FLOAT_DTYPES = {
     "float64",
@@ -49,6 +57,9 @@ _FLOAT_DTYPES = {
 }
 _EMBEDDING = re.compile(r"(embed|(^|\.)wte\.|(^|\.)wpe\.|(^|\.)shared\.weight$)", re.IGNORECASE)
 _GPT2_CONV1D = re.compile(r"(^|\.)(c_attn|c_proj|c_fc|q_attn)\.weight$")
+_BIAS = re.compile(r"(^|[._])bias$")  # GPT-OSS' 2-D [E, out] *_proj_bias among them
+_EXPERTISH = re.compile(r"expert", re.IGNORECASE)  # a 3-D tensor of experts is no conv
+_DIGITS = re.compile(r"(\d+)")
 _RECURRENT = re.compile(r"(^|\.)weight_(ih|hh)(_l\d+)?(_reverse)?$")  # nn.LSTM/GRU/RNN and *Cell
 
 
@@ -64,6 +75,13 @@ class LayerSpec:
     M: int  # columns of each matrix = eigenvalues per matrix
     num_slices: int  # matrices pooled into the layer's ESD
     view: str = "matrix"  # how the tensor becomes matrices: "matrix", "slices" or "unfold"
+    source: str = ""  # the tensor the matrix is cut from; "" means ``name``
+    part: Part | None = None  # how it is cut (expert, fused split); None: the whole tensor
+    note: str = ""  # why a fused tensor was kept whole, when it was
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            object.__setattr__(self, "source", self.name)
 
     @property
     def num_evals(self) -> int:
@@ -94,10 +112,13 @@ class Selection:
     min_evals: int = 8  # skip matrices with fewer eigenvalues per slice (weightwatcher: 8)
     max_evals: int | None = 16384  # skip matrices whose M exceeds this; 0 or None: no cap
     conv_mode: str = "slices"
+    roles: tuple[str, ...] | None = None  # roles or role families (spectralyzer.roles)
 
     def __post_init__(self) -> None:
         for key in ("layers", "exclude"):
             _check_pattern(key, getattr(self, key))
+        if self.roles is not None:
+            object.__setattr__(self, "roles", _check_roles(self.roles))
         if self.types is not None:
             if isinstance(self.types, str) or not all(isinstance(t, str) for t in self.types):
                 raise OptionError(
@@ -118,6 +139,19 @@ class Selection:
             raise OptionError(
                 "conv_mode", f"must be one of {', '.join(CONV_MODES)}, not {self.conv_mode!r}"
             )
+
+
+def _check_roles(roles: object) -> tuple[str, ...]:
+    """A tuple of known roles or role families."""
+    if isinstance(roles, str) or not isinstance(roles, (tuple, list)):
+        raise OptionError("roles", f"must be a sequence of role names, not {roles!r}")
+    if not all(isinstance(r, str) for r in roles):
+        raise OptionError("roles", f"must be a sequence of role names, not {roles!r}")
+    unknown = sorted(set(roles) - set(ROLES) - set(FAMILIES))
+    if unknown:
+        choices = ", ".join(dict.fromkeys((*FAMILIES, *ROLES)))
+        raise OptionError("roles", f"unknown role(s) {unknown}; choose from {choices}")
+    return tuple(roles)
 
 
 def _is_int(value: object) -> bool:
@@ -147,14 +181,31 @@ def layer_type(info: TensorInfo) -> str | None:
                 gates = info.shape[0] // hidden
                 return {4: "lstm", 3: "gru"}.get(gates, "rnn")
             return "lstm" if info.shape[0] % 4 == 0 else "rnn"
+        if _BIAS.search(name):
+            return None
         if _GPT2_CONV1D.search(name):
             return "gpt2-conv1d"
         if _EMBEDDING.search(name):
             return "embedding"
         return "linear"
-    if 3 <= ndim <= 5 and name.endswith("weight"):
+    if is_expert_stack(info):
+        return "linear"
+    if 3 <= ndim <= 5 and name.endswith("weight") and not _EXPERTISH.search(name):
         return f"conv{ndim - 2}d"
     return None
+
+
+def _not_a_layer(info: TensorInfo) -> str:
+    """Why a tensor of 2 or more dimensions with no layer type is not analysed."""
+    if len(info.shape) == 2 and _BIAS.search(info.name):
+        return "bias, not a weight matrix"
+    if len(info.shape) >= 3:
+        dims = len(info.shape)
+        return (
+            f"{dims}-D tensor of unknown layout (neither a convolution kernel nor a known "
+            "expert stack): not analysed"
+        )
+    return "not a layer weight matrix"
 
 
 def _view(shape: tuple[int, ...], conv_mode: str) -> str:
@@ -174,67 +225,130 @@ def _matrix_shape(shape: tuple[int, ...], conv_mode: str) -> tuple[int, int, int
     return max(rows, cols), min(rows, cols), slices
 
 
+def natural_key(name: str) -> tuple[str | int, ...]:
+    """Sort key putting ``h.2`` before ``h.10`` and ``[2]`` before ``[10]``."""
+    pieces = _DIGITS.split(name)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(pieces))
+
+
 def plan(
     infos: Iterable[TensorInfo],
     selection: Selection,
     *,
     randomize: bool = False,
     available: int | None = None,
+    config: Mapping[str, Any] | None = None,
+    split: bool = True,
+    experts: str = "each",
 ) -> tuple[list[LayerSpec], list[Skipped]]:
-    """Choose the tensors to analyse; every other weight-like tensor gets a reason.
+    """Choose the matrices to analyse; every other weight-like tensor gets a reason.
 
     Tensors with fewer than two dimensions (biases, norm scales, scalars) are
-    dropped silently: they are never layer weights.  Also skipped, from shapes
-    alone: tensors the loader flagged (``TensorInfo.problem``, e.g. an
-    overlapping view), tensors with a dimension of size 0, and matrices whose
-    estimated memory need (:func:`spectralyzer.budget.matrix_need`, with
-    ``randomize``) exceeds ``available`` bytes (measured now when None).
+    dropped silently: they are never layer weights.  Expert stacks and fused
+    projections become one spec per matrix they hold (:mod:`spectralyzer.layouts`,
+    ``config`` being the checkpoint's ``config.json``; ``split=False`` keeps fused
+    projections whole; ``experts="skip"`` leaves expert matrices out with a reason).
+    Also skipped, from shapes alone: tensors the loader flagged
+    (``TensorInfo.problem``, e.g. an overlapping view), tensors with a dimension of
+    size 0, and matrices whose estimated memory need
+    (:func:`spectralyzer.budget.matrix_need`, with ``randomize``) exceeds
+    ``available`` bytes (measured now when None).  Specs and skipped tensors come
+    in natural order of their names (:func:`natural_key`).
     """
-    include = re.compile(selection.layers) if selection.layers else None
-    exclude = re.compile(selection.exclude) if selection.exclude else None
+    infos = [info for info in infos if len(info.shape) >= 2]
+    siblings = {info.name: info for info in infos}
     available = budget.available_memory() if available is None else available
     specs: list[LayerSpec] = []
     skipped: list[Skipped] = []
     for info in infos:
-        if len(info.shape) < 2:
-            continue
-        if include and not include.search(info.name):
-            continue
-        if exclude and exclude.search(info.name):
-            continue
         kind = layer_type(info)
         if kind is None:
-            skipped.append(Skipped(info.name, info.shape, "not a layer weight matrix"))
+            if _selected(info.name, selection):
+                skipped.append(Skipped(info.name, info.shape, _not_a_layer(info)))
             continue
-        if selection.types and kind not in selection.types:
+        derivation = derive(info, config, siblings, split)
+        rows = _rows(info, kind, selection, derivation)
+        if not rows:
             continue
-        reason = _unanalysable(info, selection, randomize, available)
-        if reason is not None:
-            skipped.append(Skipped(info.name, info.shape, reason))
+        if experts == "skip" and any(role.startswith("expert") for _, _, _, role in rows):
+            skipped.append(
+                Skipped(info.name, info.shape, "expert matrix, left out (--experts skip)")
+            )
             continue
-        N, M, slices = _matrix_shape(info.shape, selection.conv_mode)
-        view = _view(info.shape, selection.conv_mode)
-        specs.append(LayerSpec(info.name, kind, tuple(info.shape), info.dtype, N, M, slices, view))
+        for name, shape, part, _ in rows:
+            reason = _unanalysable(info, shape, part, selection, randomize, available)
+            if reason is not None:
+                skipped.append(Skipped(name, shape, reason))
+                continue
+            N, M, slices = _matrix_shape(shape, selection.conv_mode)
+            view = _view(shape, selection.conv_mode)
+            note = derivation.note if derivation else ""
+            spec = LayerSpec(
+                name, kind, shape, info.dtype, N, M, slices, view, info.name, part, note
+            )
+            specs.append(spec)
+    specs.sort(key=lambda spec: natural_key(spec.source))  # stable: parts keep their order
+    skipped.sort(key=lambda s: natural_key(s.name))
     return specs, skipped
 
 
+Row = tuple[str, tuple[int, ...], Part | None, str]  # name, shape, cut, role
+
+
+def _rows(
+    info: TensorInfo, kind: str, selection: Selection, derivation: Derivation | None
+) -> list[Row]:
+    """The matrices of one tensor that the selection keeps (name, type and role filters)."""
+    if derivation is None:
+        candidates: list[tuple[str, tuple[int, ...], Part | None]] = [
+            (info.name, tuple(info.shape), None)
+        ]
+    else:
+        candidates = [(d.name, d.shape, d.part) for d in derivation.matrices]
+    if selection.types and kind not in selection.types:
+        return []
+    rows = []
+    for name, shape, part in candidates:
+        role = role_of(name, kind)
+        if not _selected(name, selection):
+            continue
+        if selection.roles and not matches(role, selection.roles):
+            continue
+        rows.append((name, shape, part, role))
+    return rows
+
+
+def _selected(name: str, selection: Selection) -> bool:
+    """``--layers``/``--exclude``, searched in a row's name (the tensor's name is its prefix)."""
+    if selection.layers and not re.search(selection.layers, name):
+        return False
+    return not (selection.exclude and re.search(selection.exclude, name))
+
+
 def _unanalysable(
-    info: TensorInfo, selection: Selection, randomize: bool, available: int | None
+    info: TensorInfo,
+    shape: tuple[int, ...],
+    part: Part | None,
+    selection: Selection,
+    randomize: bool,
+    available: int | None,
 ) -> str | None:
-    """Why a weight tensor of a selected type cannot be analysed, or None."""
+    """Why a matrix of a selected type cannot be analysed, or None."""
     if info.problem is not None:
         return info.problem
     if info.dtype not in _FLOAT_DTYPES:
         return f"{info.dtype} tensor, not floating point"
-    if 0 in info.shape:
-        return f"empty: shape {'x'.join(map(str, info.shape))} has a dimension of size 0"
-    N, M, slices = _matrix_shape(info.shape, selection.conv_mode)
+    if 0 in shape:
+        return f"empty: shape {'x'.join(map(str, shape))} has a dimension of size 0"
+    N, M, slices = _matrix_shape(shape, selection.conv_mode)
     if M < selection.min_evals:
         return f"{M} eigenvalues per matrix, fewer than min_evals {selection.min_evals}"
     if selection.max_evals and M > selection.max_evals:
         return f"{M} eigenvalues per matrix, more than max_evals {selection.max_evals}"
     itemsize = getattr(torch, info.dtype).itemsize
     need = budget.matrix_need(N, M, slices, itemsize, randomize)
+    if part is not None:  # the whole source tensor is held while its matrices are cut
+        need += prod(info.shape) * itemsize
     if available is not None and need > available:
         grams = f"{M}x{M} Gram matrix" if slices == 1 else f"{slices} {M}x{M} Gram matrices"
         return (
@@ -247,10 +361,13 @@ def _unanalysable(
 def to_matrices(tensor: torch.Tensor, spec: LayerSpec) -> torch.Tensor:
     """The ``(num_slices, N, M)`` stack of matrices of one weight tensor, N >= M.
 
+    ``spec.part`` (an expert or a fused part) is cut first (:func:`layouts.cut`);
     ``spec.view`` (chosen by :func:`plan`) says how: per-kernel-position slices of
     a conv kernel ``(out, in, *k)`` are ``W[:, :, i1, .., id]``; the unfolded view
     is ``W.reshape(out, in * K)``.
     """
+    if spec.part is not None:
+        tensor = cut(tensor, spec.part)
     if spec.view == "matrix":
         stack = tensor.unsqueeze(0)
     elif spec.view == "slices":

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from . import __version__, interrupts
-from .choices import PRECISION_NAMES
+from .choices import EXPERT_MODES, PRECISION_NAMES
 from .engine import DEVICES, LayerSpectra, compute_spectra, resolve_device
 from .errors import InputError, OptionError
 from .farms import compute_farms_spectra, farms_cost
@@ -28,7 +28,15 @@ from .io.memory import MemoryCheckpoint
 from .layers import LayerSpec, Selection, Skipped, plan
 from .metrics import layer_metrics
 from .render import number
-from .tables import SUMMARY_MEANS, details_frame, estimator_text, layers_table, summarize
+from .tables import (
+    SUMMARY_MEANS,
+    details_frame,
+    estimator_text,
+    expert_means,
+    layers_table,
+    layout_lines,
+    summarize,
+)
 from .threads import MAX_THREADS, torch_threads
 from .windows import FarmsSettings
 
@@ -60,11 +68,13 @@ class AnalysisOptions:
     farms_size: int = FarmsSettings.size  # n_req
     farms_windows: int = FarmsSettings.windows  # K
     farms_ratio: float = FarmsSettings.ratio  # Q'
+    split: bool = True  # fused q/k/v and gate/up tensors as their parts (spectralyzer.layouts)
+    experts: str = "each"  # expert matrices: "each" a row, "mean" a row per group, "skip"
 
     def __post_init__(self) -> None:
         if not isinstance(self.selection, Selection):
             raise OptionError("selection", f"must be a Selection, not {self.selection!r}")
-        for key in ("randomize", "normalize", "fix_fingers", "tail_tests", "trust_pickle"):
+        for key in ("randomize", "normalize", "fix_fingers", "tail_tests", "trust_pickle", "split"):
             if not isinstance(getattr(self, key), bool):
                 raise OptionError(key, f"must be True or False, not {getattr(self, key)!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
@@ -73,6 +83,10 @@ class AnalysisOptions:
             raise OptionError(
                 "precision",
                 f"must be one of {', '.join(PRECISION_NAMES)}, not {self.precision!r}",
+            )
+        if self.experts not in EXPERT_MODES:
+            raise OptionError(
+                "experts", f"must be one of {', '.join(EXPERT_MODES)}, not {self.experts!r}"
             )
         if self.device not in DEVICES:
             raise OptionError("device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")
@@ -209,7 +223,14 @@ def _run_analysis(
     device = resolve_device(options.device)
     with open_source(source, options.trust_pickle) as checkpoint:
         path = checkpoint.path
-        specs, skipped = plan(checkpoint.tensors(), options.selection, randomize=options.randomize)
+        specs, skipped = plan(
+            checkpoint.tensors(),
+            options.selection,
+            randomize=options.randomize,
+            config=checkpoint.config(),
+            split=options.split,
+            experts=options.experts,
+        )
         timings["open"] = time.perf_counter() - start
         if not specs:
             raise InputError(path, _nothing_to_analyse(skipped))
@@ -246,7 +267,10 @@ def _run_analysis(
         )
         for s in interrupts.checked(specs)
     ]
-    details = with_flow(details_frame(rows))  # correlation flow needs every layer's alpha
+    details = details_frame(rows)
+    if options.experts == "mean":
+        details = expert_means(details)
+    details = with_flow(details)  # correlation flow needs every layer's alpha
     timings["fits"] = time.perf_counter() - tic
     summary = summarize(
         details,
@@ -256,6 +280,8 @@ def _run_analysis(
         esd="eigenvalues of W^T W / N" if options.normalize else "eigenvalues of W^T W",
         normalize=options.normalize,
         conv_mode=options.selection.conv_mode,
+        split=options.split,
+        experts=options.experts,
         randomized=options.randomize,
         fix_fingers=options.fix_fingers,
         tail_tests=options.tail_tests,
@@ -265,6 +291,9 @@ def _run_analysis(
         precision=options.precision,
         spectralyzer_version=__version__,
     )
+    notes = {s.source: s.note for s in specs if s.note}
+    if notes:
+        layout = {**layout, "notes": notes}
     if layout:
         summary["layout"] = layout
     timings["total"] = time.perf_counter() - start
@@ -296,9 +325,12 @@ def analyze(
     layers: str | None = None,
     exclude: str | None = None,
     types: tuple[str, ...] | None = None,
+    roles: tuple[str, ...] | None = None,
     min_evals: int = 8,
     max_evals: int | None = 16384,
     conv_mode: str = "slices",
+    split: bool = True,
+    experts: str = "each",
     randomize: bool = False,
     seed: int = 0,
     normalize: bool = False,
@@ -317,6 +349,9 @@ def analyze(
     does; a bad value raises :class:`~spectralyzer.errors.OptionError` naming it.
     ``estimator``: the AnalysisOptions fields ``estimator``, ``hill_k``,
     ``xmin_peak_compat``, ``farms``, ``farms_size``, ``farms_windows``, ``farms_ratio``.
+    ``roles`` selects by role or family (:mod:`spectralyzer.roles`); ``split=False``
+    keeps fused q/k/v and gate/up tensors whole; ``experts`` is ``"each"``, ``"mean"``
+    (a row per expert group) or ``"skip"`` (:mod:`spectralyzer.layouts`).
 
     >>> details, summary = analyze("model.safetensors")  # doctest: +SKIP
     """
@@ -324,9 +359,12 @@ def analyze(
         layers=layers,
         exclude=exclude,
         types=types,
+        roles=roles,
         min_evals=min_evals,
         max_evals=max_evals,
         conv_mode=conv_mode,
+        split=split,
+        experts=experts,
         randomize=randomize,
         seed=seed,
         normalize=normalize,
@@ -350,10 +388,11 @@ def make_options(
     min_evals: int = 8,
     max_evals: int | None = 16384,
     conv_mode: str = "slices",
+    roles: tuple[str, ...] | None = None,
     **rest: Any,
 ) -> AnalysisOptions:
     """AnalysisOptions from the flat keyword arguments of :func:`analyze` (validated)."""
-    selection = Selection(layers, exclude, types, min_evals, max_evals, conv_mode)
+    selection = Selection(layers, exclude, types, min_evals, max_evals, conv_mode, roles)
     return AnalysisOptions(selection=selection, **rest)
 
 
@@ -372,6 +411,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     warnings = {k: v for k, v in summary["warnings"].items() if v}
     lines.append("warnings: " + (", ".join(f"{k} {v}" for k, v in warnings.items()) or "none"))
     lines.append("phases: " + ", ".join(f"{k} {v}" for k, v in summary["phases"].items()))
+    lines.extend(layout_lines(summary))
     if summary.get("num_traps") is not None:
         lines.append(f"correlation traps: {summary['num_traps']}")
     if summary.get("estimator"):

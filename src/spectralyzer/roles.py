@@ -12,10 +12,10 @@ lm-head         lm_head, embed_out, output (Llama consolidated)
 attn-q/k/v/o    q_proj, query, wq, k_proj, ..., o_proj, out_proj, attention.output.dense
 attn-qkv        fused query_key_value, Wqkv, qkv_proj, c_attn, in_proj (when not split)
 mlp-gate/up     gate_proj, w1, wi_0 / up_proj, w3, wi_1, fc1, c_fc, intermediate.dense
-mlp-down        down_proj, w2, wo, fc2, mlp.c_proj, output.dense (BERT)
-mlp-gate-up     fused gate_up_proj (when not split)
+mlp-down        down_proj, w2, wo, fc2, mlp.c_proj, output.dense (BERT), output_linear
+mlp-gate-up     fused gate_up_proj, MoE input_linear (when not split)
 expert-<part>   any of the mlp parts inside ``experts`` (``expert`` when the part is unknown)
-router          the MoE gate: block_sparse_moe.gate, mlp.gate, router
+router          the MoE gate: block_sparse_moe.gate, mlp.gate, router, router.layer
 conv            convolution kernels
 recurrent       LSTM / GRU / RNN gate matrices
 other           anything else
@@ -81,13 +81,14 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"(DenseReluDense|mlp|ffn|feed_forward)\.wo$", "mlp-down"),
         (r"(^|\.)(o_proj|out_proj|wo|out_lin|o)$", "attn-o"),
         (r"(attention|attn)\.(output\.)?(dense|c_proj|proj)$", "attn-o"),
-        (r"(^|\.)gate_up_proj$", "mlp-gate-up"),
+        (r"(^|\.)gate_up_proj$|(mlp|block_sparse_moe|moe)\.input_linear$", "mlp-gate-up"),
         (r"(^|\.)(gate_proj|w1|wi_0)$", "mlp-gate"),
         (r"(^|\.)(up_proj|w3|wi_1|wi|fc1|c_fc|lin1|dense_h_to_4h|fc_in)$", "mlp-up"),
         (r"intermediate\.dense$", "mlp-up"),
         (r"(^|\.)(down_proj|w2|fc2|lin2|dense_4h_to_h|fc_out)$", "mlp-down"),
         (r"(mlp|ffn|feed_forward)\.(c_proj|wo|proj)$|(^|\.)output\.dense$", "mlp-down"),
-        (r"(^|\.)(router|gate|block_sparse_moe\.gate)$", "router"),
+        (r"(mlp|block_sparse_moe|moe)\.output_linear$", "mlp-down"),
+        (r"(^|\.)(router|gate|block_sparse_moe\.gate)$|(^|\.)router\.layer$", "router"),
     )
 )
 _WEIGHT_SUFFIX = re.compile(r"\.(weight|weight_ih\w*|weight_hh\w*|kernel)$")

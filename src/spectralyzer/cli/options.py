@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..choices import CONV_MODES, DEVICES, ESTIMATORS, FORMATS, LAYER_TYPES, PRECISION_NAMES
+from ..choices import (
+    CONV_MODES,
+    DEVICES,
+    ESTIMATORS,
+    EXPERT_MODES,
+    FORMATS,
+    LAYER_TYPES,
+    PRECISION_NAMES,
+)
+from ..roles import FAMILIES
 
 if TYPE_CHECKING:
     from ..pipeline import AnalysisOptions
@@ -143,6 +152,28 @@ def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
                 metavar="LIST",
                 callback=comma_list,
                 help=f"Comma-separated layer types to analyse ({', '.join(LAYER_TYPES)}).",
+            ),
+            click.option(
+                "--roles",
+                metavar="LIST",
+                callback=comma_list,
+                help="Comma-separated roles or role families to analyse "
+                f"({', '.join(FAMILIES)}; or parts such as attn-q, mlp-down, expert-up).",
+            ),
+            click.option(
+                "--split/--no-split",
+                default=True,
+                show_default=True,
+                help="Split fused q/k/v and gate/up tensors into their parts (rows name:q, "
+                "name:gate, ...).",
+            ),
+            click.option(
+                "--experts",
+                type=click.Choice(EXPERT_MODES),
+                default="each",
+                show_default=True,
+                help="Expert matrices of MoE models: a row each, one mean row per expert "
+                "group, or left out.",
             ),
             click.option(
                 "--min-evals",

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import abc
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..errors import InputError
+
+CONFIG_NAME = "config.json"
+#: Largest config.json read (real ones are a few kB; multimodal ones under 1 MB).
+MAX_CONFIG_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,16 @@ class Checkpoint(abc.ABC):
         under ``layout``. Empty for a plain checkpoint."""
         return {}
 
+    def config(self) -> dict[str, Any] | None:
+        """The parsed ``config.json`` of a Hugging Face folder, or the one beside a file;
+        None when there is none. Layout rules read it (heads, ``model_type``).
+
+        Raises :class:`InputError` naming the file when it is not a JSON object.
+        """
+        if not hasattr(self, "_config"):
+            self._config = read_config(self.path)
+        return self._config
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles and memory maps."""
 
@@ -56,3 +73,19 @@ class Checkpoint(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_config(path: Path) -> dict[str, Any] | None:
+    """``config.json`` in ``path`` (a folder) or beside it (a file), parsed; None if absent."""
+    found = path / CONFIG_NAME if path.is_dir() else path.parent / CONFIG_NAME
+    if not path.exists() or not found.is_file():
+        return None
+    try:
+        if found.stat().st_size > MAX_CONFIG_BYTES:
+            raise InputError(found, f"larger than {MAX_CONFIG_BYTES // 2**20} MB, not a config")
+        parsed = json.loads(found.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(found, f"cannot be read as JSON ({err})") from None
+    if not isinstance(parsed, dict):
+        raise InputError(found, f"must hold a JSON object, not {type(parsed).__name__}")
+    return parsed

@@ -25,3 +25,7 @@ class MemoryCheckpoint(TensorDictCheckpoint):
 
     def load(self, name: str) -> torch.Tensor:
         return super().load(name).cpu()
+
+    def config(self) -> None:
+        """Tensors from Python have no config.json (none is looked for in the working folder)."""
+        return None

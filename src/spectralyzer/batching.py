@@ -1,0 +1,89 @@
+"""Which matrices are decomposed together, and the tensors they are cut from.
+
+The engine stacks same-shaped matrices into one batched eigensolver call;
+these helpers choose the batches and hold each loaded tensor exactly as long
+as matrices are still to be cut from it (an expert stack of 64 experts is read
+once, not 64 times), so memory stays bounded by a batch plus its tensors.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from itertools import groupby
+
+import torch
+
+from .io.base import Checkpoint
+from .layers import LayerSpec, to_matrices
+
+
+def batches_of(specs: list[LayerSpec], batch_elements: int) -> Iterable[list[LayerSpec]]:
+    """Groups of same-shaped layers holding at most ``batch_elements`` entries each.
+
+    Specs are first cut into windows of whole source tensors (about
+    ``batch_elements`` entries, in the given order), then grouped by shape within
+    a window: the matrices cut from one tensor (experts, q/k/v) land in one
+    window, so the tensor is loaded once and held only while that window runs.
+    """
+    for window in _windows(specs, batch_elements):
+        by_shape: dict[tuple[int, int], list[LayerSpec]] = defaultdict(list)
+        for spec in window:
+            by_shape[(spec.N, spec.M)].append(spec)
+        for group in by_shape.values():
+            batch: list[LayerSpec] = []
+            size = 0
+            for spec in group:
+                n = spec.num_slices * spec.N * spec.M
+                if batch and size + n > batch_elements:
+                    yield batch
+                    batch, size = [], 0
+                batch.append(spec)
+                size += n
+            if batch:
+                yield batch
+
+
+def _windows(specs: list[LayerSpec], batch_elements: int) -> Iterator[list[LayerSpec]]:
+    """Runs of specs of about ``batch_elements`` entries, never parting a source's specs."""
+    window: list[LayerSpec] = []
+    size = 0
+    for _, group in groupby(specs, key=lambda spec: spec.source):
+        members = list(group)
+        n = sum(spec.num_slices * spec.N * spec.M for spec in members)
+        if window and size + n > batch_elements:
+            yield window
+            window, size = [], 0
+        window.extend(members)
+        size += n
+    if window:
+        yield window
+
+
+class Sources:
+    """Source tensors loaded once and held until the last spec cut from them is done.
+
+    Counts the specs of each source still to come; a tensor is dropped when its
+    count reaches zero (with :func:`batches_of`' windows, at most one window's
+    tensors are held at a time). A spec of a whole tensor is loaded and dropped
+    at once, as before.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, specs: Iterable[LayerSpec]) -> None:
+        self.checkpoint = checkpoint
+        self.remaining: dict[str, int] = defaultdict(int)
+        for spec in specs:
+            self.remaining[spec.source] += 1
+        self.held: dict[str, torch.Tensor] = {}
+
+    def matrices(self, spec: LayerSpec) -> torch.Tensor:
+        """``to_matrices`` of the spec's source tensor (loaded on first use)."""
+        tensor = self.held.get(spec.source)
+        if tensor is None:
+            tensor = self.checkpoint.load(spec.source)
+        self.remaining[spec.source] -= 1
+        if self.remaining[spec.source] > 0:
+            self.held[spec.source] = tensor
+        else:
+            self.held.pop(spec.source, None)
+        return to_matrices(tensor, spec)
