@@ -25,7 +25,7 @@ LAYERS = (
     {"io", "outputs", "render", "render_table", "hessian"},  # files in and out; text; math
     {"layers", "roles", "fit"},  # tensors -> matrices; what each does; ESD math
     {"engine", "metrics", "flow"},  # matrices -> ESDs -> rows
-    {"tables"},  # rows -> DataFrame, summary
+    {"tables", "listing"},  # rows -> DataFrame, summary; what was left out, as lines
     {"pipeline"},  # the weight-analysis pipeline
     {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines"},  # on the pipelines
     {"gate_policy"},  # built on diff

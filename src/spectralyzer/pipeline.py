@@ -20,9 +20,11 @@ from .errors import InputError, OptionError
 from .fit.tail_tests import SIGNIFICANCE as TAIL_SIGNIFICANCE
 from .flow import with_flow
 from .io import open_checkpoint
+from .io.aliases import find_aliases
 from .io.base import Checkpoint
 from .io.memory import MemoryCheckpoint
 from .layers import LayerSpec, Selection, Skipped, plan
+from .listing import listing_lines
 from .metrics import layer_metrics
 from .render import number
 from .tables import SUMMARY_MEANS, details_frame, layers_table, summarize
@@ -77,6 +79,7 @@ class Analysis:
     skipped: list[Skipped]
     timings: dict[str, float]
     spectra: dict[str, LayerSpectra] = field(default_factory=dict)  # ESDs, for plots
+    verbose: bool = False  # summary lines list each skipped tensor, not counts per reason
 
     def document(self) -> dict[str, Any]:
         """``{"layers": [...], "summary": {...}}``, a layer object per row of ``details``."""
@@ -86,7 +89,7 @@ class Analysis:
         return {"layers": layers_table(self.details)}
 
     def summary_lines(self) -> list[str]:
-        return summary_lines(self.summary)
+        return summary_lines(self.summary, verbose=self.verbose)
 
 
 Source = str | os.PathLike[str] | Mapping[str, torch.Tensor] | torch.nn.Module
@@ -157,6 +160,8 @@ def _run_analysis(
     with open_source(source, options.trust_pickle) as checkpoint:
         path = checkpoint.path
         specs, skipped = plan(checkpoint.tensors(), options.selection, randomize=options.randomize)
+        aliases = find_aliases(checkpoint, specs)
+        specs = [spec for spec in specs if spec.name not in aliases]
         timings["open"] = time.perf_counter() - start
         if not specs:
             raise InputError(path, _nothing_to_analyse(skipped))
@@ -202,6 +207,8 @@ def _run_analysis(
     )
     if layout:
         summary["layout"] = layout
+    if aliases:
+        summary["aliases"] = aliases
     timings["total"] = time.perf_counter() - start
     summary["timings"] = {stage: round(seconds, 3) for stage, seconds in timings.items()}
     return Analysis(details, summary, skipped, timings, spectra)
@@ -268,8 +275,9 @@ def make_options(
     return AnalysisOptions(selection=selection, **rest)
 
 
-def summary_lines(summary: dict[str, Any]) -> list[str]:
-    """The model summary in lines people read (not yet escaped: the path is the model's)."""
+def summary_lines(summary: dict[str, Any], verbose: bool = False) -> list[str]:
+    """The model summary in lines people read (not yet escaped: the path is the model's),
+    ending with what was left out (:func:`~spectralyzer.listing.listing_lines`)."""
     lines = [
         f"model: {summary.get('model', '?')} ({summary.get('format', '?')})",
         f"layers analysed: {summary['num_layers']}, skipped: {summary['num_skipped']}, "
@@ -286,7 +294,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     if summary.get("tail_laws"):
         laws = ", ".join(f"{k} {v}" for k, v in summary["tail_laws"].items())
         lines.append(f"tail laws (likelihood ratios, p < {TAIL_SIGNIFICANCE:g}): {laws}")
-    return lines
+    return lines + listing_lines(summary, verbose)
 
 
 def _nothing_to_analyse(skipped: list[Skipped]) -> str:

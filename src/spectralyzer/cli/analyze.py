@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,12 @@ from .progress import progress
     callback=comma_list,
     help="Comma-separated columns of the per-layer table to show (default: the main ones).",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="End the table with every skipped tensor (name, shape, reason), not counts per reason.",
+)
 @report_option
 @analysis_options
 @handle_errors
@@ -34,6 +41,7 @@ def analyze_command(
     output: str | None,
     quiet: bool,
     columns: tuple[str, ...] | None,
+    verbose: bool,
     report: str | None,
     **options: Any,
 ) -> None:
@@ -46,6 +54,7 @@ def analyze_command(
     settings = build_options(**options)
     with progress(quiet) as shown:
         result = run_analysis(path, settings, on_plan=shown.on_plan, progress=shown.advance)
+    result = replace(result, verbose=verbose)
     if report:
         write_report("model_report", "write_model_report", report, [path], result)
     show(result, fmt, output, [path], columns=columns)
