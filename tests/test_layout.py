@@ -24,7 +24,7 @@ LAYERS = (
     {"errors", "escaping", "budget", "interrupts", "choices", "threads"},  # no spectralyzer imports
     {"io", "outputs", "render", "render_table", "hessian"},  # files in and out; text; math
     {"layers", "roles", "fit"},  # tensors -> matrices; what each does; ESD math
-    {"engine", "metrics", "flow"},  # matrices -> ESDs -> rows
+    {"engine", "metrics", "flow", "low_rank"},  # matrices -> ESDs -> rows
     {"tables", "listing"},  # rows -> DataFrame, summary; what was left out, as lines
     {"pipeline"},  # the weight-analysis pipeline
     {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines"},  # on the pipelines

@@ -35,6 +35,7 @@ import torch
 from . import budget
 from .choices import CONV_MODES, LAYER_TYPES
 from .errors import OptionError
+from .io.adapter import LORA_SUFFIX, target_of
 from .io.base import TensorInfo
 
 _FLOAT_DTYPES = {
@@ -137,8 +138,13 @@ def _check_pattern(key: str, pattern: object) -> None:
 
 
 def layer_type(info: TensorInfo) -> str | None:
-    """The layer type of a weight tensor, or None when it is not a weight matrix."""
-    name, ndim = info.name, len(info.shape)
+    """The layer type of a weight tensor, or None when it is not a weight matrix.
+
+    A LoRA update (``<weight>@lora``, :mod:`spectralyzer.io.adapter`) is ``lora``;
+    a merged ``<weight>@merged`` is typed as ``<weight>``."""
+    if info.name.endswith(LORA_SUFFIX):
+        return "lora"
+    name, ndim = target_of(info.name), len(info.shape)
     if ndim == 2:
         recurrent = _RECURRENT.search(name)
         if recurrent:
@@ -208,7 +214,7 @@ def plan(
             continue
         if selection.types and kind not in selection.types:
             continue
-        reason = _unanalysable(info, selection, randomize, available)
+        reason = _unanalysable(info, selection, randomize, available, kind == "lora")
         if reason is not None:
             skipped.append(Skipped(info.name, info.shape, reason))
             continue
@@ -219,9 +225,16 @@ def plan(
 
 
 def _unanalysable(
-    info: TensorInfo, selection: Selection, randomize: bool, available: int | None
+    info: TensorInfo,
+    selection: Selection,
+    randomize: bool,
+    available: int | None,
+    whole_spectrum: bool = False,
 ) -> str | None:
-    """Why a weight tensor of a selected type cannot be analysed, or None."""
+    """Why a weight tensor of a selected type cannot be analysed, or None.
+
+    ``whole_spectrum``: the matrix's eigenvalues are all there is (a LoRA update's r),
+    so ``min_evals`` does not apply."""
     if info.problem is not None:
         return info.problem
     if info.dtype not in _FLOAT_DTYPES:
@@ -229,7 +242,7 @@ def _unanalysable(
     if 0 in info.shape:
         return f"empty: shape {'x'.join(map(str, info.shape))} has a dimension of size 0"
     N, M, slices = _matrix_shape(info.shape, selection.conv_mode)
-    if M < selection.min_evals:
+    if M < selection.min_evals and not whole_spectrum:
         return f"{M} eigenvalues per matrix, fewer than min_evals {selection.min_evals}"
     if selection.max_evals and M > selection.max_evals:
         return f"{M} eigenvalues per matrix, more than max_evals {selection.max_evals}"

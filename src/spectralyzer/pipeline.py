@@ -20,12 +20,15 @@ from .errors import InputError, OptionError
 from .fit.tail_tests import SIGNIFICANCE as TAIL_SIGNIFICANCE
 from .flow import with_flow
 from .io import open_checkpoint
+from .io.adapter import AdapterCheckpoint, variant_of
 from .io.aliases import find_aliases
 from .io.base import Checkpoint
 from .io.memory import MemoryCheckpoint
+from .io.open import open_adapter
 from .layers import LayerSpec, Selection, Skipped, plan
 from .listing import listing_lines
-from .metrics import layer_metrics
+from .low_rank import low_rank_row
+from .metrics import LayerMetrics, layer_metrics
 from .render import number
 from .tables import SUMMARY_MEANS, details_frame, layers_table, summarize
 from .threads import MAX_THREADS, torch_threads
@@ -49,6 +52,7 @@ class AnalysisOptions:
     device: str = "auto"
     trust_pickle: bool = False
     threads: int | None = None  # torch.set_num_threads for the run; None: torch's choice
+    adapter: str | os.PathLike[str] | None = None  # a PEFT LoRA adapter folder on the source
 
     def __post_init__(self) -> None:
         if not isinstance(self.selection, Selection):
@@ -68,6 +72,8 @@ class AnalysisOptions:
             raise OptionError(
                 "threads", f"must be an integer from 1 to {MAX_THREADS}, not {self.threads!r}"
             )
+        if self.adapter is not None and not isinstance(self.adapter, (str, os.PathLike)):
+            raise OptionError("adapter", f"must be a folder path, not {self.adapter!r}")
 
 
 @dataclass(frozen=True)
@@ -123,11 +129,16 @@ def _reporter(progress: OnProgress | None) -> Callable[[list[LayerSpec]], None] 
     return finished
 
 
-def open_source(source: Source, trust_pickle: bool = False) -> Checkpoint:
-    """A checkpoint for a path, a state dict or a module."""
+def open_source(
+    source: Source, trust_pickle: bool = False, adapter: str | os.PathLike[str] | None = None
+) -> Checkpoint:
+    """A checkpoint for a path, a state dict or a module, with a LoRA adapter when given."""
     if isinstance(source, (Mapping, torch.nn.Module)):
-        return MemoryCheckpoint(source, label=f"<{type(source).__name__}>")
-    return open_checkpoint(source, trust_pickle=trust_pickle)
+        memory = MemoryCheckpoint(source, label=f"<{type(source).__name__}>")
+        return (
+            memory if adapter is None else open_adapter(adapter, memory, trust_pickle=trust_pickle)
+        )
+    return open_checkpoint(source, trust_pickle=trust_pickle, adapter=adapter)
 
 
 def run_analysis(
@@ -157,7 +168,7 @@ def _run_analysis(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     device = resolve_device(options.device)
-    with open_source(source, options.trust_pickle) as checkpoint:
+    with open_source(source, options.trust_pickle, options.adapter) as checkpoint:
         path = checkpoint.path
         specs, skipped = plan(checkpoint.tensors(), options.selection, randomize=options.randomize)
         aliases = find_aliases(checkpoint, specs)
@@ -179,16 +190,11 @@ def _run_analysis(
         fmt = checkpoint.format
         layout = checkpoint.notes()
     tic = time.perf_counter()
-    rows = [
-        layer_metrics(
-            spectra[s.name],
-            scale=1.0 / s.N if options.normalize else 1.0,
-            fix_fingers=options.fix_fingers,
-            tail_tests=options.tail_tests,
-        )
-        for s in interrupts.checked(specs)
-    ]
-    details = with_flow(details_frame(rows))  # correlation flow needs every layer's alpha
+    rows = [_row(spectra[s.name], options) for s in interrupts.checked(specs)]
+    details = details_frame(rows)
+    if fmt == AdapterCheckpoint.format:
+        details.insert(1, "variant", details["name"].map(variant_of))
+    details = with_flow(details)  # correlation flow needs every layer's alpha
     timings["fits"] = time.perf_counter() - tic
     summary = summarize(
         details,
@@ -209,9 +215,23 @@ def _run_analysis(
         summary["layout"] = layout
     if aliases:
         summary["aliases"] = aliases
+    if "variant" in details:
+        summary["variants"] = {k: int(v) for k, v in details["variant"].value_counts().items()}
     timings["total"] = time.perf_counter() - start
     summary["timings"] = {stage: round(seconds, 3) for stage, seconds in timings.items()}
     return Analysis(details, summary, skipped, timings, spectra)
+
+
+def _row(spectra: LayerSpectra, options: AnalysisOptions) -> LayerMetrics:
+    """One layer's metrics; a LoRA update's without the fits (:mod:`spectralyzer.low_rank`)."""
+    spec = spectra.spec
+    row = layer_metrics(
+        spectra,
+        scale=1.0 / spec.N if options.normalize else 1.0,
+        fix_fingers=options.fix_fingers,
+        tail_tests=options.tail_tests,
+    )
+    return low_rank_row(row) if spec.layer_type == "lora" else row
 
 
 def analyze(
@@ -231,11 +251,13 @@ def analyze(
     device: str = "auto",
     trust_pickle: bool = False,
     threads: int | None = None,
+    adapter: str | os.PathLike[str] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-layer metrics (one row per analysed matrix) and the model summary.
 
-    ``source`` is a checkpoint path (file or Hugging Face folder), a state dict
-    or an ``nn.Module``.  ``max_evals=0`` (or None) means no cap, as ``--max-evals 0``
+    ``source`` is a checkpoint path (file, Hugging Face folder or PEFT adapter
+    folder), a state dict or an ``nn.Module``; ``adapter``, a PEFT LoRA adapter
+    folder to apply to it (rows of variants base, lora-delta and merged).  ``max_evals=0`` (or None) means no cap, as ``--max-evals 0``
     does; a bad value raises :class:`~spectralyzer.errors.OptionError` naming it.
 
     >>> details, summary = analyze("model.safetensors")  # doctest: +SKIP
@@ -255,6 +277,7 @@ def analyze(
         device=device,
         trust_pickle=trust_pickle,
         threads=threads,
+        adapter=adapter,
     )
     result = run_analysis(source, options)
     return result.details, result.summary
@@ -283,6 +306,13 @@ def summary_lines(summary: dict[str, Any], verbose: bool = False) -> list[str]:
         f"layers analysed: {summary['num_layers']}, skipped: {summary['num_skipped']}, "
         f"fit failed (left out of means): {summary['num_fit_failed']}",
     ]
+    if summary.get("num_fit_not_applicable"):
+        lines[-1] += (
+            f", fit not applicable (low-rank updates, left out of means): "
+            f"{summary['num_fit_not_applicable']}"
+        )
+    if summary.get("variants"):
+        lines.append("variants: " + ", ".join(f"{k} {v}" for k, v in summary["variants"].items()))
     lines.append(
         "means: " + ", ".join(f"{k} {number(summary[k])}" for k in SUMMARY_MEANS if k in summary)
     )

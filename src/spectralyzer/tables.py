@@ -34,6 +34,7 @@ SUMMARY_MEANS = (
 # the per-layer columns a person sees (CSV and JSON have them all)
 TABLE_COLUMNS = (
     "name",
+    "variant",  # base, lora-delta or merged: only for adapters
     "layer_type",
     "shape",
     "alpha",
@@ -65,7 +66,10 @@ def summarize(details: pd.DataFrame, skipped: Sequence[Skipped], **context: Any)
     summary["num_layers"] = int(len(details))
     summary["num_skipped"] = len(skipped)
     fitted = details[np.isfinite(details["alpha"].to_numpy(dtype=float))]
-    summary["num_fit_failed"] = int(len(details) - len(fitted))
+    not_applicable = sum("fit-not-applicable" in str(w).split(";") for w in details["warning"])
+    summary["num_fit_failed"] = int(len(details) - len(fitted)) - not_applicable
+    if not_applicable:
+        summary["num_fit_not_applicable"] = not_applicable
     for column in SUMMARY_MEANS:
         values = fitted[column].to_numpy(dtype=float)
         values = values[np.isfinite(values)]

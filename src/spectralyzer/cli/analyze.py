@@ -26,6 +26,13 @@ from .progress import progress
     help="Comma-separated columns of the per-layer table to show (default: the main ones).",
 )
 @click.option(
+    "--adapter",
+    metavar="DIR",
+    type=click.Path(path_type=Path),
+    help="A PEFT LoRA adapter folder to apply to MODEL: rows for the base weights, each "
+    "update (lora-delta) and each merged W + dW.",
+)
+@click.option(
     "-v",
     "--verbose",
     is_flag=True,
@@ -41,17 +48,19 @@ def analyze_command(
     output: str | None,
     quiet: bool,
     columns: tuple[str, ...] | None,
+    adapter: Path | None,
     verbose: bool,
     report: str | None,
     **options: Any,
 ) -> None:
-    """Per-layer spectral quality of a checkpoint (file or Hugging Face folder)."""
+    """Per-layer spectral quality of a checkpoint (file, Hugging Face folder or PEFT adapter
+    folder)."""
     if demo == (model is not None):
         raise click.UsageError("give either MODEL or --demo")
     from ..pipeline import run_analysis  # on use: --help stays light
 
     path = demo_model_path() if demo else model
-    settings = build_options(**options)
+    settings = build_options(**options, adapter=adapter)
     with progress(quiet) as shown:
         result = run_analysis(path, settings, on_plan=shown.on_plan, progress=shown.advance)
     result = replace(result, verbose=verbose)
