@@ -95,6 +95,15 @@ def test_delta_rows_have_the_spectrum_of_s_B_A(tmp_path, r, alpha, rslora):
         assert result.spectra[f"{m}.weight@lora"].esd.evals.size == r  # the whole spectrum
 
 
+def test_adapter_saved_as_bin(tmp_path):
+    tensors = write_adapter(tmp_path / "ad", 4, 8)
+    (tmp_path / "ad" / "adapter_model.safetensors").unlink()
+    torch.save(tensors, tmp_path / "ad" / "adapter_model.bin")
+    result = run_analysis(tmp_path / "ad")
+    a, b = factors(tensors, MODULES[0])
+    assert_row_spectrum(result, f"{MODULES[0]}.weight@lora", 2.0 * b @ a)
+
+
 def test_rank_4_is_analysed_with_the_fit_not_applicable(tmp_path):
     write_adapter(tmp_path / "ad", 4, 8)
     result = run_analysis(tmp_path / "ad")  # default min_evals 8 > r: analysed all the same
@@ -149,6 +158,16 @@ def test_with_base_rows_are_base_delta_and_merged(tmp_path):
         assert_row_spectrum(result, f"{m}.weight@merged", w + 2.0 * b @ a)
     assert role_of("model.layers.0.self_attn.q_proj.weight@lora", "lora") == "attn-q"
     assert variant_of("x.weight@merged") == "merged"
+    # each weight's rows together, base first
+    q = "model.layers.0.self_attn.q_proj.weight"
+    rows = list(result.details["name"])
+    assert rows[rows.index(q) : rows.index(q) + 3] == [q, q + "@lora", q + "@merged"]
+    # the model means mix base and merged rows; each variant's own means are there too
+    by = result.summary["means_by_variant"]
+    for variant in ("base", "merged"):
+        alphas = result.details.loc[result.details["variant"] == variant, "alpha"]
+        assert by[variant]["alpha"] == pytest.approx(alphas.mean(), rel=1e-12)
+    assert math.isnan(by["lora-delta"]["alpha"])
 
 
 def test_adapter_option_on_the_command_line(tmp_path):

@@ -216,10 +216,21 @@ def _run_analysis(
     if aliases:
         summary["aliases"] = aliases
     if "variant" in details:
-        summary["variants"] = {k: int(v) for k, v in details["variant"].value_counts().items()}
+        summary.update(_variants(details))
     timings["total"] = time.perf_counter() - start
     summary["timings"] = {stage: round(seconds, 3) for stage, seconds in timings.items()}
     return Analysis(details, summary, skipped, timings, spectra)
+
+
+def _variants(details: pd.DataFrame) -> dict[str, Any]:
+    """Rows per variant and each variant's own means: the model means mix base and merged."""
+    groups = dict(tuple(details.groupby("variant", sort=False)))
+    return {
+        "variants": {v: len(rows) for v, rows in groups.items()},
+        "means_by_variant": {
+            v: {k: summarize(rows, [])[k] for k in SUMMARY_MEANS} for v, rows in groups.items()
+        },
+    }
 
 
 def _row(spectra: LayerSpectra, options: AnalysisOptions) -> LayerMetrics:
@@ -313,6 +324,13 @@ def summary_lines(summary: dict[str, Any], verbose: bool = False) -> list[str]:
         )
     if summary.get("variants"):
         lines.append("variants: " + ", ".join(f"{k} {v}" for k, v in summary["variants"].items()))
+        by = [
+            (k, m["alpha"])
+            for k, m in summary["means_by_variant"].items()
+            if m["alpha"] == m["alpha"]
+        ]
+        if by:
+            lines.append("alpha by variant: " + ", ".join(f"{k} {number(a)}" for k, a in by))
     lines.append(
         "means: " + ", ".join(f"{k} {number(summary[k])}" for k in SUMMARY_MEANS if k in summary)
     )

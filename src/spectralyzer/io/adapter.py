@@ -102,6 +102,7 @@ class AdapterCheckpoint(Checkpoint):
         for (key, embedding), pair in factors.items():
             self._add_module(key, embedding, pair, base_infos)
         require_tensors(self.folder, self._modules or self._saved)
+        self._order = _grouped(list(self._infos.values()))
 
     def _add_module(
         self, key: str, embedding: bool, pair: dict[str, TensorInfo], base: dict[str, TensorInfo]
@@ -128,7 +129,8 @@ class AdapterCheckpoint(Checkpoint):
             self._infos[weight + MERGED_SUFFIX] = self._merged_info(weight, a, b, base[weight])
 
     def _merged_info(self, weight: str, a: TensorInfo, b: TensorInfo, w: TensorInfo) -> TensorInfo:
-        """The info of ``W + dW``, checked: shapes must agree, W a floating-point matrix."""
+        """The info of ``W + dW``: shapes must agree; a W that is not floating point is
+        listed with that problem (skipped, never added to)."""
         out_in = (b.shape[0], a.shape[1])
         update = out_in[::-1] if self._modules[weight].transposed else out_in
         if w.shape != update:
@@ -138,7 +140,10 @@ class AdapterCheckpoint(Checkpoint):
                 f"the base weight is {'x'.join(map(str, w.shape))}",
             )
         dtype = "float64" if w.dtype in ("float64", "float32") else "float32"
-        return TensorInfo(weight + MERGED_SUFFIX, w.shape, dtype, w.problem)
+        problem = w.problem
+        if problem is None and not getattr(torch, w.dtype).is_floating_point:
+            problem = f"base weight is {w.dtype}, not floating point: cannot add the update"
+        return TensorInfo(weight + MERGED_SUFFIX, w.shape, dtype, problem)
 
     def _base_name(self, name: str, base: dict[str, TensorInfo], required: bool) -> str:
         """The base model's name for ``name``: itself, or the one base name that ends with it
@@ -156,7 +161,7 @@ class AdapterCheckpoint(Checkpoint):
 
     # ------------------------------------------------------------------ reading
     def tensors(self) -> list[TensorInfo]:
-        return list(self._infos.values())
+        return list(self._order)
 
     def load(self, name: str) -> torch.Tensor:
         if name.endswith(LORA_SUFFIX):
@@ -215,6 +220,18 @@ class AdapterCheckpoint(Checkpoint):
         for ckpt in (getattr(self, "_adapter", None), self._base):
             if ckpt is not None:
                 ckpt.close()
+
+
+def _grouped(infos: list[TensorInfo]) -> list[TensorInfo]:
+    """Each weight's rows together (base, lora-delta, merged), in order of first appearance."""
+    first: dict[str, int] = {}
+    for i, info in enumerate(infos):
+        first.setdefault(target_of(info.name), i)
+
+    def key(info: TensorInfo) -> tuple[int, int]:
+        return first[target_of(info.name)], VARIANTS.index(variant_of(info.name))
+
+    return sorted(infos, key=key)
 
 
 def _weights_file(folder: Path) -> Path:
