@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from spectralyzer.cli import main
-from spectralyzer.io.adapter import variant_of
 from spectralyzer.pipeline import AnalysisOptions, run_analysis
 from spectralyzer.roles import role_of
+from spectralyzer.variants import variant_of
 
 OUT, IN, VOCAB = 48, 40, 60
 MODULES = [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]

@@ -35,8 +35,8 @@ import torch
 from . import budget
 from .choices import CONV_MODES, LAYER_TYPES
 from .errors import OptionError
-from .io.adapter import LORA_SUFFIX, target_of
 from .io.base import TensorInfo
+from .variants import LORA_SUFFIX, target_of
 
 _FLOAT_DTYPES = {
     "float64",
@@ -140,7 +140,7 @@ def _check_pattern(key: str, pattern: object) -> None:
 def layer_type(info: TensorInfo) -> str | None:
     """The layer type of a weight tensor, or None when it is not a weight matrix.
 
-    A LoRA update (``<weight>@lora``, :mod:`spectralyzer.io.adapter`) is ``lora``;
+    A LoRA update (``<weight>@lora``, :mod:`spectralyzer.variants`) is ``lora``;
     a merged ``<weight>@merged`` is typed as ``<weight>``."""
     if info.name.endswith(LORA_SUFFIX):
         return "lora"

@@ -20,7 +20,7 @@ from .errors import InputError, OptionError
 from .fit.tail_tests import SIGNIFICANCE as TAIL_SIGNIFICANCE
 from .flow import with_flow
 from .io import open_checkpoint
-from .io.adapter import AdapterCheckpoint, variant_of
+from .io.adapter import AdapterCheckpoint
 from .io.aliases import find_aliases
 from .io.base import Checkpoint
 from .io.memory import MemoryCheckpoint
@@ -32,6 +32,7 @@ from .metrics import LayerMetrics, layer_metrics
 from .render import number
 from .tables import SUMMARY_MEANS, details_frame, layers_table, summarize
 from .threads import MAX_THREADS, torch_threads
+from .variants import variant_of
 
 
 @dataclass(frozen=True)

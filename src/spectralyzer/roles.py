@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 
-from .io.adapter import target_of
+from .variants import target_of
 
 ROLES = (
     "embedding",

@@ -23,32 +23,14 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..variants import LORA_SUFFIX, MERGED_SUFFIX, VARIANTS, target_of, variant_of
 from ._common import require_tensors
 from .adapter_config import LORA_KEY, model_name, read_config
 from .base import Checkpoint, TensorInfo
 from .folder_files import ADAPTER_CONFIG, ADAPTER_FILES
 
-LORA_SUFFIX = "@lora"
-MERGED_SUFFIX = "@merged"
-VARIANTS = ("base", "lora-delta", "merged")
-
 #: Opens one file as a checkpoint (``open.open_file`` with the caller's trust setting).
 FileOpener = Callable[[Path], Checkpoint]
-
-
-def variant_of(name: str) -> str:
-    """``base``, ``lora-delta`` or ``merged``, from a row's name."""
-    if name.endswith(LORA_SUFFIX):
-        return "lora-delta"
-    return "merged" if name.endswith(MERGED_SUFFIX) else "base"
-
-
-def target_of(name: str) -> str:
-    """The parameter name a row is about: its variant suffix removed."""
-    for suffix in (LORA_SUFFIX, MERGED_SUFFIX):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 @dataclass(frozen=True)
