@@ -21,7 +21,8 @@ MAX_LINES = 400
 
 # Lowest first. The first dotted part below spectralyzer decides a module's layer.
 LAYERS = (
-    {"errors", "escaping", "budget", "interrupts", "choices", "threads", "variants"},  # no imports
+    # no spectralyzer imports
+    {"errors", "escaping", "budget", "interrupts", "choices", "threads", "variants"},
     {"io", "outputs", "render", "render_table", "hessian"},  # files in and out; text; math
     {"layers", "roles", "fit"},  # tensors -> matrices; what each does; ESD math
     {"engine", "metrics", "flow", "low_rank"},  # matrices -> ESDs -> rows
