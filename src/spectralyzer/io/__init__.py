@@ -1,4 +1,5 @@
-"""Checkpoint readers: safetensors, PyTorch (zip, legacy, TorchScript), .npz, HF folders.
+"""Checkpoint readers: safetensors, PyTorch (zip, legacy, TorchScript), .npz, HF folders,
+PEFT LoRA adapter folders.
 
 >>> from spectralyzer.io import open_checkpoint
 >>> with open_checkpoint("model.safetensors") as ckpt:  # doctest: +SKIP
