@@ -275,3 +275,27 @@ def test_adapter_folder_given_as_the_base(tmp_path):
     write_adapter(tmp_path / "ad", 4, 8)
     line = error_line(run("analyze", tmp_path / "ad", "--adapter", tmp_path / "ad"))
     assert "is itself an adapter folder" in line
+
+
+def test_fan_in_fan_out_update_is_transposed_onto_a_gpt2_conv1d(tmp_path):
+    """GPT-2's Conv1D stores (in, out); PEFT's fan_in_fan_out adds (B @ A)^T to it."""
+    g = torch.Generator().manual_seed(4)
+    base = {"h.0.attn.c_attn.weight": torch.randn(IN, 3 * IN, generator=g)}
+    save_file(base, tmp_path / "gpt2.safetensors")
+    a, b = torch.randn(4, IN, generator=g), torch.randn(3 * IN, 4, generator=g)
+    (tmp_path / "ad").mkdir()
+    save_file(
+        {
+            "base_model.model.h.0.attn.c_attn.lora_A.weight": a,
+            "base_model.model.h.0.attn.c_attn.lora_B.weight": b,
+        },
+        tmp_path / "ad" / "adapter_model.safetensors",
+    )
+    config = {"r": 4, "lora_alpha": 4, "fan_in_fan_out": True}
+    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps(config))
+    result = run_analysis(tmp_path / "gpt2.safetensors", AnalysisOptions(adapter=tmp_path / "ad"))
+    w, delta = base["h.0.attn.c_attn.weight"].double().numpy(), (b.double() @ a.double()).numpy()
+    assert_row_spectrum(result, "h.0.attn.c_attn.weight@merged", w + delta.T)
+    assert result.details.set_index("name").loc["h.0.attn.c_attn.weight@merged", "layer_type"] == (
+        "gpt2-conv1d"
+    )
