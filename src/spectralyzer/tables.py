@@ -34,7 +34,6 @@ SUMMARY_MEANS = (
 # the per-layer columns a person sees (CSV and JSON have them all)
 TABLE_COLUMNS = (
     "name",
-    "variant",  # base, lora-delta or merged: only for adapters
     "layer_type",
     "shape",
     "alpha",
@@ -98,6 +97,8 @@ def layers_table(details: pd.DataFrame) -> pd.DataFrame:
         shape=details["shape"].map(shape_text), num_traps=details["num_traps"].astype("Int64")
     )
     shown = [c for c in TABLE_COLUMNS if c in frame]
+    if "variant" in frame:  # with a LoRA adapter: base, lora-delta or merged
+        shown.insert(1, "variant")
     if details["num_traps"].isna().all():
         shown.remove("num_traps")
     if not details["tail_law"].astype(bool).any():
