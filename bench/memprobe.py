@@ -18,7 +18,10 @@ import numpy as np
 
 
 def write_safetensors(path: Path, layers: int, rows: int, cols: int) -> None:
-    """A safetensors file of ``layers`` copies of one random float32 matrix, written in blocks."""
+    """A safetensors file of ``layers`` copies of one random float32 matrix, written in blocks.
+
+    Each copy gets its own first entry: identical copies would be aliases, analysed once.
+    """
     block = np.random.default_rng(0).standard_normal((rows, cols), dtype=np.float32).tobytes()
     header = {
         f"layer{i}.weight": {
@@ -32,8 +35,8 @@ def write_safetensors(path: Path, layers: int, rows: int, cols: int) -> None:
     raw += b" " * (-len(raw) % 8)
     with path.open("wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
-        for _ in range(layers):
-            f.write(block)
+        for i in range(layers):
+            f.write(struct.pack("<f", float(i)) + block[4:])
 
 
 def _status(pid: int) -> dict[str, int]:

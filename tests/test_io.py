@@ -590,15 +590,17 @@ def test_bad_index(tmp_path, content, problem):
 
 
 def test_same_tensor_in_two_shards_without_index(tmp_path):
-    save_file({"w": torch.ones(2)}, tmp_path / "a.safetensors")
-    save_file({"w": torch.zeros(2)}, tmp_path / "b.safetensors")
-    assert "'w' is in both a.safetensors and b.safetensors" in input_error(tmp_path).problem
+    a, b = "m-00001-of-00002.safetensors", "m-00002-of-00002.safetensors"
+    save_file({"w": torch.ones(2)}, tmp_path / a)
+    save_file({"w": torch.zeros(2)}, tmp_path / b)
+    assert f"'w' is in both {a} and {b}" in input_error(tmp_path).problem
 
 
 def test_failed_listing_closes_the_open_shard(tmp_path):
     sharded_safetensors(tmp_path)
     (tmp_path / "model.safetensors.index.json").unlink()
-    save_file({"layers.1.bias": torch.ones(2)}, tmp_path / "z.safetensors")  # a duplicate
+    duplicate = {**shard_state(2), "layers.1.bias": torch.ones(2)}
+    save_file(duplicate, tmp_path / "model-00002-of-00002.safetensors")
     tracker = OpenTracker()
     with pytest.raises(InputError, match="is in both"):
         HFFolderCheckpoint(tmp_path, tracker)

@@ -21,11 +21,12 @@ MAX_LINES = 400
 
 # Lowest first. The first dotted part below spectralyzer decides a module's layer.
 LAYERS = (
-    {"errors", "escaping", "budget", "interrupts", "choices", "threads"},  # no spectralyzer imports
+    # no spectralyzer imports
+    {"errors", "escaping", "budget", "interrupts", "choices", "threads", "variants"},
     {"io", "outputs", "render", "render_table", "hessian"},  # files in and out; text; math
     {"layers", "layouts", "roles", "fit", "windows"},  # tensors -> matrices (FARMS windows); roles
-    {"engine", "batching", "metrics", "flow", "farms"},  # matrices -> ESDs (FARMS: windows) -> rows
-    {"tables"},  # rows -> DataFrame, summary
+    {"engine", "batching", "metrics", "flow", "farms", "low_rank"},  # matrices -> ESDs -> rows
+    {"tables", "listing"},  # rows -> DataFrame, summary; what was left out, as lines
     {"pipeline"},  # the weight-analysis pipeline
     {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines"},  # on the pipelines
     {"gate_policy"},  # built on diff

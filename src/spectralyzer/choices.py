@@ -18,6 +18,7 @@ LAYER_TYPES = (
     "conv1d",
     "conv2d",
     "conv3d",
+    "lora",
 )
 #: How a convolution becomes matrices (``--conv-mode``).
 CONV_MODES = ("slices", "unfold")

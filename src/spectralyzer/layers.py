@@ -44,6 +44,7 @@ from .errors import OptionError
 from .io.base import TensorInfo
 from .layouts import Derivation, Part, cut, derive, is_expert_stack
 from .roles import FAMILIES, ROLES, matches, role_of
+from .variants import LORA_SUFFIX, target_of
 
 _FLOAT_DTYPES = {
     "float64",
@@ -171,8 +172,13 @@ def _check_pattern(key: str, pattern: object) -> None:
 
 
 def layer_type(info: TensorInfo) -> str | None:
-    """The layer type of a weight tensor, or None when it is not a weight matrix."""
-    name, ndim = info.name, len(info.shape)
+    """The layer type of a weight tensor, or None when it is not a weight matrix.
+
+    A LoRA update (``<weight>@lora``, :mod:`spectralyzer.variants`) is ``lora``;
+    a merged ``<weight>@merged`` is typed as ``<weight>``."""
+    if info.name.endswith(LORA_SUFFIX):
+        return "lora"
+    name, ndim = target_of(info.name), len(info.shape)
     if ndim == 2:
         recurrent = _RECURRENT.search(name)
         if recurrent:
@@ -276,7 +282,9 @@ def plan(
             )
             continue
         for name, shape, part, _ in rows:
-            reason = _unanalysable(info, shape, part, selection, randomize, available)
+            reason = _unanalysable(
+                info, shape, part, selection, randomize, available, kind == "lora"
+            )
             if reason is not None:
                 skipped.append(Skipped(name, shape, reason))
                 continue
@@ -332,8 +340,12 @@ def _unanalysable(
     selection: Selection,
     randomize: bool,
     available: int | None,
+    whole_spectrum: bool = False,
 ) -> str | None:
-    """Why a matrix of a selected type cannot be analysed, or None."""
+    """Why a matrix of a selected type cannot be analysed, or None.
+
+    ``whole_spectrum``: the matrix's eigenvalues are all there is (a LoRA update's r),
+    so ``min_evals`` does not apply."""
     if info.problem is not None:
         return info.problem
     if info.dtype not in _FLOAT_DTYPES:
@@ -341,7 +353,7 @@ def _unanalysable(
     if 0 in shape:
         return f"empty: shape {'x'.join(map(str, shape))} has a dimension of size 0"
     N, M, slices = _matrix_shape(shape, selection.conv_mode)
-    if M < selection.min_evals:
+    if M < selection.min_evals and not whole_spectrum:
         return f"{M} eigenvalues per matrix, fewer than min_evals {selection.min_evals}"
     if selection.max_evals and M > selection.max_evals:
         return f"{M} eigenvalues per matrix, more than max_evals {selection.max_evals}"

@@ -72,6 +72,7 @@ WARNINGS = (
     "nonfinite-weights",
     "eigenvalue-overflow",  # finite weights whose eigenvalues exceed the float64 range
     "fit-failed",
+    "fit-not-applicable",  # a low-rank update's few eigenvalues are its whole spectrum
     "few-evals",
     "over-trained",
     "under-trained",

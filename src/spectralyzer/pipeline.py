@@ -23,10 +23,15 @@ from .fit.estimators import Estimator
 from .fit.tail_tests import SIGNIFICANCE as TAIL_SIGNIFICANCE
 from .flow import with_flow
 from .io import open_checkpoint
+from .io.adapter import AdapterCheckpoint
+from .io.aliases import find_aliases
 from .io.base import Checkpoint
 from .io.memory import MemoryCheckpoint
+from .io.open import open_adapter
 from .layers import LayerSpec, Selection, Skipped, plan
-from .metrics import layer_metrics
+from .listing import listing_lines
+from .low_rank import low_rank_row
+from .metrics import LayerMetrics, layer_metrics
 from .render import number
 from .tables import (
     SUMMARY_MEANS,
@@ -38,6 +43,7 @@ from .tables import (
     summarize,
 )
 from .threads import MAX_THREADS, torch_threads
+from .variants import variant_of
 from .windows import FarmsSettings
 
 
@@ -70,6 +76,7 @@ class AnalysisOptions:
     farms_ratio: float = FarmsSettings.ratio  # Q'
     split: bool = True  # fused q/k/v and gate/up tensors as their parts (spectralyzer.layouts)
     experts: str = "each"  # expert matrices: "each" a row, "mean" a row per group, "skip"
+    adapter: str | os.PathLike[str] | None = None  # a PEFT LoRA adapter folder on the source
 
     def __post_init__(self) -> None:
         if not isinstance(self.selection, Selection):
@@ -98,6 +105,8 @@ class AnalysisOptions:
             raise OptionError(
                 "threads", f"must be an integer from 1 to {MAX_THREADS}, not {self.threads!r}"
             )
+        if self.adapter is not None and not isinstance(self.adapter, (str, os.PathLike)):
+            raise OptionError("adapter", f"must be a folder path, not {self.adapter!r}")
         object.__setattr__(self, "hill_k", self.fit_estimator.hill_k)  # checks the estimator
         if self.fix_fingers and self.estimator != "clauset":
             raise OptionError("fix_fingers", "applies to the clauset estimator only")
@@ -139,6 +148,7 @@ class Analysis:
     skipped: list[Skipped]
     timings: dict[str, float]
     spectra: dict[str, LayerSpectra] = field(default_factory=dict)  # ESDs, for plots
+    verbose: bool = False  # summary lines list each skipped tensor, not counts per reason
 
     def document(self) -> dict[str, Any]:
         """``{"layers": [...], "summary": {...}}``, a layer object per row of ``details``."""
@@ -148,7 +158,7 @@ class Analysis:
         return {"layers": layers_table(self.details, self.summary.get("estimator"))}
 
     def summary_lines(self) -> list[str]:
-        return summary_lines(self.summary)
+        return summary_lines(self.summary, verbose=self.verbose)
 
 
 Source = str | os.PathLike[str] | Mapping[str, torch.Tensor] | torch.nn.Module
@@ -187,11 +197,16 @@ def _reporter(
     return finished
 
 
-def open_source(source: Source, trust_pickle: bool = False) -> Checkpoint:
-    """A checkpoint for a path, a state dict or a module."""
+def open_source(
+    source: Source, trust_pickle: bool = False, adapter: str | os.PathLike[str] | None = None
+) -> Checkpoint:
+    """A checkpoint for a path, a state dict or a module, with a LoRA adapter when given."""
     if isinstance(source, (Mapping, torch.nn.Module)):
-        return MemoryCheckpoint(source, label=f"<{type(source).__name__}>")
-    return open_checkpoint(source, trust_pickle=trust_pickle)
+        memory = MemoryCheckpoint(source, label=f"<{type(source).__name__}>")
+        return (
+            memory if adapter is None else open_adapter(adapter, memory, trust_pickle=trust_pickle)
+        )
+    return open_checkpoint(source, trust_pickle=trust_pickle, adapter=adapter)
 
 
 def run_analysis(
@@ -221,7 +236,7 @@ def _run_analysis(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     device = resolve_device(options.device)
-    with open_source(source, options.trust_pickle) as checkpoint:
+    with open_source(source, options.trust_pickle, options.adapter) as checkpoint:
         path = checkpoint.path
         specs, skipped = plan(
             checkpoint.tensors(),
@@ -231,6 +246,8 @@ def _run_analysis(
             split=options.split,
             experts=options.experts,
         )
+        aliases = find_aliases(checkpoint, specs)
+        specs = [spec for spec in specs if spec.name not in aliases]
         timings["open"] = time.perf_counter() - start
         if not specs:
             raise InputError(path, _nothing_to_analyse(skipped))
@@ -256,20 +273,12 @@ def _run_analysis(
         fmt = checkpoint.format
         layout = checkpoint.notes()
     tic = time.perf_counter()
-    rows = [
-        layer_metrics(
-            spectra[s.name],
-            scale=1.0 / s.N if options.normalize else 1.0,
-            fix_fingers=options.fix_fingers,
-            tail_tests=options.tail_tests,
-            estimator=options.fit_estimator,
-            farms=options.farms_settings,
-        )
-        for s in interrupts.checked(specs)
-    ]
+    rows = [_row(spectra[s.name], options) for s in interrupts.checked(specs)]
     details = details_frame(rows)
     if options.experts == "mean":
         details = expert_means(details)
+    if fmt == AdapterCheckpoint.format:
+        details.insert(1, "variant", details["name"].map(variant_of))
     details = with_flow(details)  # correlation flow needs every layer's alpha
     timings["fits"] = time.perf_counter() - tic
     summary = summarize(
@@ -296,6 +305,10 @@ def _run_analysis(
         layout = {**layout, "notes": notes}
     if layout:
         summary["layout"] = layout
+    if aliases:
+        summary["aliases"] = aliases
+    if "variant" in details:
+        summary.update(_variants(details))
     timings["total"] = time.perf_counter() - start
     summary["timings"] = {stage: round(seconds, 3) for stage, seconds in timings.items()}
     return Analysis(details, summary, skipped, timings, spectra)
@@ -319,6 +332,31 @@ def _with_farms(
     return {name: replace(ls, farms=pooled.get(name)) for name, ls in spectra.items()}
 
 
+def _variants(details: pd.DataFrame) -> dict[str, Any]:
+    """Rows per variant and each variant's own means: the model means mix base and merged."""
+    groups = dict(tuple(details.groupby("variant", sort=False)))
+    return {
+        "variants": {v: len(rows) for v, rows in groups.items()},
+        "means_by_variant": {
+            v: {k: summarize(rows, [])[k] for k in SUMMARY_MEANS} for v, rows in groups.items()
+        },
+    }
+
+
+def _row(spectra: LayerSpectra, options: AnalysisOptions) -> LayerMetrics:
+    """One layer's metrics; a LoRA update's without the fits (:mod:`spectralyzer.low_rank`)."""
+    spec = spectra.spec
+    row = layer_metrics(
+        spectra,
+        scale=1.0 / spec.N if options.normalize else 1.0,
+        fix_fingers=options.fix_fingers,
+        tail_tests=options.tail_tests,
+        estimator=options.fit_estimator,
+        farms=options.farms_settings,
+    )
+    return low_rank_row(row) if spec.layer_type == "lora" else row
+
+
 def analyze(
     source: Source,
     *,
@@ -340,12 +378,14 @@ def analyze(
     trust_pickle: bool = False,
     threads: int | None = None,
     precision: str = "float64",
+    adapter: str | os.PathLike[str] | None = None,
     **estimator: Any,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-layer metrics (one row per analysed matrix) and the model summary.
 
-    ``source`` is a checkpoint path (file or Hugging Face folder), a state dict
-    or an ``nn.Module``.  ``max_evals=0`` (or None) means no cap, as ``--max-evals 0``
+    ``source`` is a checkpoint path (file, Hugging Face folder or PEFT adapter
+    folder), a state dict or an ``nn.Module``; ``adapter``, a PEFT LoRA adapter
+    folder to apply to it (rows of variants base, lora-delta and merged).  ``max_evals=0`` (or None) means no cap, as ``--max-evals 0``
     does; a bad value raises :class:`~spectralyzer.errors.OptionError` naming it.
     ``estimator``: the AnalysisOptions fields ``estimator``, ``hill_k``,
     ``xmin_peak_compat``, ``farms``, ``farms_size``, ``farms_windows``, ``farms_ratio``.
@@ -374,6 +414,7 @@ def analyze(
         trust_pickle=trust_pickle,
         threads=threads,
         precision=precision,
+        adapter=adapter,
         **estimator,
     )
     result = run_analysis(source, options)
@@ -396,8 +437,9 @@ def make_options(
     return AnalysisOptions(selection=selection, **rest)
 
 
-def summary_lines(summary: dict[str, Any]) -> list[str]:
-    """The model summary in lines people read (not yet escaped: the path is the model's)."""
+def summary_lines(summary: dict[str, Any], verbose: bool = False) -> list[str]:
+    """The model summary in lines people read (not yet escaped: the path is the model's),
+    ending with what was left out (:func:`~spectralyzer.listing.listing_lines`)."""
     lines = [
         f"model: {summary.get('model', '?')} ({summary.get('format', '?')})",
         f"layers analysed: {summary['num_layers']}, skipped: {summary['num_skipped']}, "
@@ -405,6 +447,20 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     ]
     if quantisation := summary.get("layout", {}).get("quantisation"):
         lines.append(f"quantisation: {quantisation}")
+    if summary.get("num_fit_not_applicable"):
+        lines[-1] += (
+            f", fit not applicable (low-rank updates, left out of means): "
+            f"{summary['num_fit_not_applicable']}"
+        )
+    if summary.get("variants"):
+        lines.append("variants: " + ", ".join(f"{k} {v}" for k, v in summary["variants"].items()))
+        by = [
+            (k, m["alpha"])
+            for k, m in summary["means_by_variant"].items()
+            if m["alpha"] == m["alpha"]
+        ]
+        if by:
+            lines.append("alpha by variant: " + ", ".join(f"{k} {number(a)}" for k, a in by))
     lines.append(
         "means: " + ", ".join(f"{k} {number(summary[k])}" for k in SUMMARY_MEANS if k in summary)
     )
@@ -419,7 +475,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     if summary.get("tail_laws"):
         laws = ", ".join(f"{k} {v}" for k, v in summary["tail_laws"].items())
         lines.append(f"tail laws (likelihood ratios, p < {TAIL_SIGNIFICANCE:g}): {laws}")
-    return lines
+    return lines + listing_lines(summary, verbose)
 
 
 def _nothing_to_analyse(skipped: list[Skipped]) -> str:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import re
 
+from .variants import target_of
+
 ROLES = (
     "embedding",
     "lm-head",
@@ -100,8 +102,7 @@ def role_of(name: str, layer_type: str) -> str:
         return "conv"
     if layer_type in ("lstm", "gru", "rnn"):
         return "recurrent"
-    if layer_type == "lora":
-        return "lora"
+    name = target_of(name)  # a LoRA update plays the role of the weight it updates
     base, _, part = name.partition(":")
     expert = bool(_EXPERT_INDEX.search(base)) or ".experts." in f".{base}."
     base = _WEIGHT_SUFFIX.sub("", _EXPERT_INDEX.sub("", base))

@@ -119,7 +119,10 @@ def summarize(details: pd.DataFrame, skipped: Sequence[Skipped], **context: Any)
     else:
         summary["num_expert_matrices"] = int(experts.sum())
     fitted = details[np.isfinite(details["alpha"].to_numpy(dtype=float))]
-    summary["num_fit_failed"] = int(len(details) - len(fitted))
+    not_applicable = sum("fit-not-applicable" in str(w).split(";") for w in details["warning"])
+    summary["num_fit_failed"] = int(len(details) - len(fitted)) - not_applicable
+    if not_applicable:
+        summary["num_fit_not_applicable"] = not_applicable
     for column in SUMMARY_MEANS:
         values = fitted[column].to_numpy(dtype=float)
         values = values[np.isfinite(values)]
@@ -163,6 +166,8 @@ def layers_table(details: pd.DataFrame, estimator: dict[str, Any] | None = None)
     shown = [c for c in TABLE_COLUMNS if c in frame]
     if "num_experts" in frame and (frame["num_experts"] > 0).any():  # --experts mean
         shown.insert(shown.index("shape") + 1, "num_experts")
+    if "variant" in frame:  # with a LoRA adapter: base, lora-delta or merged
+        shown.insert(1, "variant")
     if details["num_traps"].isna().all():
         shown.remove("num_traps")
     if not details["tail_law"].astype(bool).any():

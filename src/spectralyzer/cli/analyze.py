@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,19 @@ from .progress import progress
     callback=comma_list,
     help="Comma-separated columns of the per-layer table to show (default: the main ones).",
 )
+@click.option(
+    "--adapter",
+    metavar="DIR",
+    type=click.Path(path_type=Path),
+    help="A PEFT LoRA adapter folder to apply to MODEL: rows for the base weights, each "
+    "update (lora-delta) and each merged W + dW.",
+)
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="End the table with every skipped tensor (name, shape, reason), not counts per reason.",
+)
 @report_option
 @analysis_options
 @handle_errors
@@ -34,18 +48,22 @@ def analyze_command(
     output: str | None,
     quiet: bool,
     columns: tuple[str, ...] | None,
+    adapter: Path | None,
+    verbose: bool,
     report: str | None,
     **options: Any,
 ) -> None:
-    """Per-layer spectral quality of a checkpoint (file or Hugging Face folder)."""
+    """Per-layer spectral quality of a checkpoint (file, Hugging Face folder or PEFT adapter
+    folder)."""
     if demo == (model is not None):
         raise click.UsageError("give either MODEL or --demo")
     from ..pipeline import run_analysis  # on use: --help stays light
 
     path = demo_model_path() if demo else model
-    settings = build_options(**options)
+    settings = build_options(**options, adapter=adapter)
     with progress(quiet) as shown:
         result = run_analysis(path, settings, on_plan=shown.on_plan, progress=shown.advance)
+    result = replace(result, verbose=verbose)
     if report:
         write_report("model_report", "write_model_report", report, [path], result)
     show(result, fmt, output, [path], columns=columns)

@@ -1,5 +1,6 @@
-"""Checkpoint readers: safetensors, PyTorch (zip, legacy, TorchScript), .npz, GGUF, ONNX and
-Hugging Face folders; quantised weights (fp8 with scales, GPTQ, AWQ) are read dequantised.
+"""Checkpoint readers: safetensors, PyTorch (zip, legacy, TorchScript), .npz, GGUF, ONNX,
+Hugging Face folders and PEFT LoRA adapter folders; quantised weights (fp8 with scales, GPTQ,
+AWQ) are read dequantised.
 
 >>> from spectralyzer.io import open_checkpoint
 >>> with open_checkpoint("model.safetensors") as ckpt:  # doctest: +SKIP

@@ -252,5 +252,12 @@ class TensorDictCheckpoint(Checkpoint):
     def load(self, name: str) -> torch.Tensor:
         return self._tensors[name].detach()
 
+    def storage_key(self, name: str) -> tuple:
+        """Storage, offset, strides, shape and dtype: ``torch.save`` keeps tied weights as one
+        storage, so two names with equal keys are one tensor."""
+        t = self._tensors[name]
+        where = t.untyped_storage().data_ptr(), t.storage_offset(), t.stride()
+        return (*where, tuple(t.shape), t.dtype)
+
     def close(self) -> None:
         self._tensors = {}  # drops the tensors and any memory maps behind them

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,16 @@ class Checkpoint(abc.ABC):
             self._config = read_config(self.path)
         return self._config
 
+    def storage_key(self, name: str) -> Hashable | None:
+        """What identifies the memory ``name`` is stored in, for formats whose tensors can
+        share storage (two names with one key are one tensor); None: compare bytes instead
+        (:mod:`.aliases`)."""
+        return None
+
+    def head_bytes(self, name: str, count: int) -> bytes:
+        """The first ``count`` bytes of tensor ``name`` (readers may avoid a full read)."""
+        return bytes(tensor_bytes(self.load(name))[:count])
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles and memory maps."""
 
@@ -89,3 +100,9 @@ def read_config(path: Path) -> dict[str, Any] | None:
     if not isinstance(parsed, dict):
         raise InputError(found, f"must hold a JSON object, not {type(parsed).__name__}")
     return parsed
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The bytes of a tensor in row-major order (no copy when it is contiguous on the CPU)."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())

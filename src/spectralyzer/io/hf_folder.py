@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path, PurePath
+from typing import Any
 
 import torch
 
@@ -13,14 +14,7 @@ from ..budget import format_bytes
 from ..errors import InputError
 from ._common import reading, require_tensors
 from .base import Checkpoint, TensorInfo
-from .sniff import (
-    HF_SAFETENSORS_GLOB,
-    HF_SAFETENSORS_INDEX_GLOB,
-    HF_TORCH_GLOB,
-    HF_TORCH_INDEX,
-)
-
-SAFETENSORS_INDEX = "model.safetensors.index.json"
+from .folder_files import choose, ignored
 
 #: Largest index file read. Real indexes are a few MB even for 400B-parameter
 #: models; reading a 1 GB one took 4.6 GB of memory.
@@ -36,11 +30,11 @@ Layout = tuple[list[Path], dict[str, Path] | None]
 class HFFolderCheckpoint(Checkpoint):
     """A folder of weight shards, read through at most one open shard at a time.
 
-    Safetensors shards are preferred over ``pytorch_model*.bin`` when a folder has
-    both. With an index (``model.safetensors.index.json`` or
-    ``pytorch_model.bin.index.json``) its ``weight_map`` decides which shard each
-    tensor comes from; without one every shard file in the folder is used, in
-    name order. Listing opens each shard once, in turn.
+    The files are chosen as Hugging Face does (:mod:`.folder_files`): with an
+    index (``model.safetensors.index.json`` or ``pytorch_model.bin.index.json``)
+    its ``weight_map`` decides which shard each tensor comes from; other
+    weight-like files are not read and are listed in ``notes()`` as
+    ``ignored_files``. Listing opens each shard once, in turn.
     """
 
     format = "hf-folder"
@@ -50,6 +44,7 @@ class HFFolderCheckpoint(Checkpoint):
         self._open_shard = open_shard
         self._current: tuple[Path, Checkpoint] | None = None
         shards, weight_map = find_shards(self.path)
+        self._ignored = ignored(self.path, shards)
         try:
             self._infos, self._where = self._list(shards, weight_map)
         except BaseException:
@@ -61,6 +56,12 @@ class HFFolderCheckpoint(Checkpoint):
 
     def load(self, name: str) -> torch.Tensor:
         return self._shard(self._where[name]).load(name)
+
+    def head_bytes(self, name: str, count: int) -> bytes:
+        return self._shard(self._where[name]).head_bytes(name, count)
+
+    def notes(self) -> dict[str, Any]:
+        return {"ignored_files": list(self._ignored)} if self._ignored else {}
 
     def close(self) -> None:
         if self._current is not None:
@@ -98,16 +99,8 @@ class HFFolderCheckpoint(Checkpoint):
 
 def find_shards(folder: Path) -> Layout:
     """The shard files of ``folder`` and, when it has an index, its weight map."""
-    index = _safetensors_index(folder)
-    if index is not None:
-        return read_index(index)
-    if shards := _files(folder, HF_SAFETENSORS_GLOB):
-        return shards, None
-    if (folder / HF_TORCH_INDEX).is_file():
-        return read_index(folder / HF_TORCH_INDEX)
-    if shards := _files(folder, HF_TORCH_GLOB):
-        return shards, None
-    raise InputError(folder, "folder holds no *.safetensors or pytorch_model*.bin files")
+    shards, index = choose(folder)
+    return read_index(index) if index is not None else (shards, None)
 
 
 def read_index(index: Path) -> Layout:
@@ -148,19 +141,3 @@ def _check_index_complete(
     for tensor, shard in weight_map.items():
         if tensor not in found:
             raise InputError(folder, f"index puts {tensor!r} in {shard.name}, which lacks it")
-
-
-def _safetensors_index(folder: Path) -> Path | None:
-    """``model.safetensors.index.json``, else the folder's only ``*.safetensors.index.json``."""
-    indexes = _files(folder, HF_SAFETENSORS_INDEX_GLOB)
-    preferred = folder / SAFETENSORS_INDEX
-    if preferred in indexes or len(indexes) <= 1:
-        return preferred if preferred in indexes else next(iter(indexes), None)
-    names = ", ".join(index.name for index in indexes)
-    raise InputError(folder, f"several safetensors index files, cannot choose: {names}")
-
-
-def _files(folder: Path, pattern: str) -> list[Path]:
-    """Regular files in ``folder`` matching ``pattern``, sorted by name."""
-    with reading(folder, "cannot list folder"):
-        return sorted(path for path in folder.glob(pattern) if path.is_file())

@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import InputError
+from .adapter import AdapterCheckpoint
 from .base import Checkpoint
 from .gguf_file import GGUFCheckpoint
 from .hf_folder import HFFolderCheckpoint
@@ -19,21 +20,53 @@ from .torch_file import TorchCheckpoint
 from .torchscript_file import TorchScriptCheckpoint
 
 
-def open_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> Checkpoint:
-    """Open the checkpoint file or Hugging Face folder at ``path`` for reading.
+def open_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    trust_pickle: bool = False,
+    adapter: str | os.PathLike[str] | None = None,
+) -> Checkpoint:
+    """Open the checkpoint file, Hugging Face folder or PEFT adapter folder at ``path``.
 
     The format is detected from the content. Pickled PyTorch files are read
     with ``weights_only=True`` unless ``trust_pickle``. Every problem with the
     input (missing, corrupt, truncated, unsupported, unsafe) is an ``InputError``.
     Quantised weights (fp8 with scales, GPTQ, AWQ) are listed and loaded dequantised
     (:mod:`spectralyzer.io.quantised`); shards of a folder are dequantised together,
-    since a weight's scales may lie in another shard.
+    since a weight's scales may lie in another shard. With ``adapter`` (a PEFT LoRA
+    adapter folder) ``path`` is its base model (:func:`open_adapter`).
     """
     path = Path(path)
+    opener = partial(open_file, trust_pickle=trust_pickle)
     fmt = detect_format(path)
-    if fmt == "hf-folder":
-        return dequantised(HFFolderCheckpoint(path, partial(open_file, trust_pickle=trust_pickle)))
-    return dequantised(open_file(path, fmt, trust_pickle=trust_pickle))
+    if fmt == "peft-adapter":
+        if adapter is not None:
+            raise InputError(
+                path, "is itself an adapter folder; give the base model with --adapter"
+            )
+        return AdapterCheckpoint(path, opener)
+    base = dequantised(
+        HFFolderCheckpoint(path, opener) if fmt == "hf-folder" else opener(path, fmt)
+    )
+    return base if adapter is None else open_adapter(adapter, base, trust_pickle=trust_pickle)
+
+
+def open_adapter(
+    folder: str | os.PathLike[str], base: Checkpoint, *, trust_pickle: bool = False
+) -> Checkpoint:
+    """The LoRA adapter in ``folder`` applied to ``base`` (closed on failure)."""
+    folder = Path(folder)
+    try:
+        if detect_format(folder) != "peft-adapter":
+            raise InputError(
+                folder,
+                "not a PEFT adapter folder (expected adapter_config.json with "
+                "adapter_model.safetensors or adapter_model.bin, and no model files)",
+            )
+        return AdapterCheckpoint(folder, partial(open_file, trust_pickle=trust_pickle), base)
+    except BaseException:
+        base.close()
+        raise
 
 
 def open_file(

@@ -163,6 +163,7 @@ class SafetensorsCheckpoint(Checkpoint):
         entries = read_header(self.path)
         self._infos = require_tensors(self.path, [entry.info for entry in entries])
         self._names = {info.name for info in self._infos}
+        self._spans = {entry.info.name: (entry.begin, entry.end) for entry in entries}
         with reading(self.path, "cannot open safetensors file"):
             self._handle = safe_open(str(self.path), framework="pt")
 
@@ -176,6 +177,14 @@ class SafetensorsCheckpoint(Checkpoint):
             raise ValueError(f"{self.path}: checkpoint is closed")
         with reading(self.path, f"cannot read tensor {name!r}"):
             return self._handle.get_tensor(name)
+
+    def head_bytes(self, name: str, count: int) -> bytes:
+        """Read from the file itself: one page, not the whole tensor."""
+        begin, end = self._spans[name]
+        with reading(self.path, f"cannot read tensor {name!r}"), self.path.open("rb") as f:
+            (length,) = _LENGTH.unpack(f.read(_LENGTH.size))
+            f.seek(_LENGTH.size + length + begin)
+            return f.read(min(count, end - begin))
 
     def close(self) -> None:
         if self._handle is not None:

@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
 from ._common import describe
+from .folder_files import SAFETENSORS_INDEX_GLOB, TORCH_INDEX, candidates, is_adapter_folder
 
 FORMATS = (
     "safetensors",
@@ -20,21 +21,16 @@ FORMATS = (
     "gguf",
     "onnx",
     "hf-folder",
+    "peft-adapter",
 )
 
 UNKNOWN_FORMAT = (
     "not a recognised checkpoint format (expected .safetensors, torch .pt/.pth/.bin, "
-    "TorchScript, .npz, .gguf, .onnx or a Hugging Face folder)"
+    "TorchScript, .npz, .gguf, .onnx, a Hugging Face folder or a PEFT adapter folder)"
 )
 
 #: safetensors refuses headers above 100 MB; anything larger is not a header.
 MAX_SAFETENSORS_HEADER = 100_000_000
-
-#: What makes a folder a Hugging Face checkpoint (file name globs).
-HF_SAFETENSORS_GLOB = "*.safetensors"
-HF_SAFETENSORS_INDEX_GLOB = "*.safetensors.index.json"
-HF_TORCH_GLOB = "pytorch_model*.bin"
-HF_TORCH_INDEX = "pytorch_model.bin.index.json"
 
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # local file header, empty archive
 _PICKLE_PROTO = b"\x80"  # torch's legacy format starts with a pickled magic number
@@ -144,15 +140,20 @@ def _is_torchscript_member(parts: tuple[str, ...]) -> bool:
 
 
 def _folder_format(path: Path) -> str:
-    """Format "hf-folder" for a folder with safetensors or pytorch_model*.bin weights."""
-    globs = (HF_SAFETENSORS_GLOB, HF_SAFETENSORS_INDEX_GLOB, HF_TORCH_GLOB, HF_TORCH_INDEX)
+    """ "peft-adapter" for an adapter folder, "hf-folder" for one with checkpoint files."""
+    globs = (SAFETENSORS_INDEX_GLOB, TORCH_INDEX)
     try:
-        found = any(entry.is_file() for pattern in globs for entry in path.glob(pattern))
+        if is_adapter_folder(path):
+            return "peft-adapter"
+        found = bool(candidates(path)) or any(
+            entry.is_file() for pattern in globs for entry in path.glob(pattern)
+        )
     except OSError as exc:
         raise InputError(path, f"cannot list folder ({describe(exc)})") from exc
     if not found:
         raise InputError(
             path,
-            "folder holds no checkpoint (expected *.safetensors or pytorch_model*.bin files)",
+            "folder holds no checkpoint (expected *.safetensors or pytorch_model*.bin files, "
+            "or adapter_config.json with adapter_model.safetensors)",
         )
     return "hf-folder"
