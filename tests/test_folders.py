@@ -243,7 +243,8 @@ def test_table_ends_with_skipped_tensors_grouped_by_reason(with_skips):
     lines = text.rstrip("\n").splitlines()
     assert lines[-4:] == [
         "skipped 2: int64 tensor, not floating point",
-        "skipped 1: not a layer weight matrix",
+        "skipped 1: 6-D tensor of unknown layout (neither a convolution kernel nor a known "
+        "expert stack): not analysed",
         "skipped 1: 3 eigenvalues per matrix, fewer than min_evals 8",
         "(-v lists each skipped tensor)",
     ]
@@ -253,7 +254,10 @@ def test_verbose_lists_each_skipped_tensor(with_skips):
     text = run("analyze", with_skips, "-q", "-v").stdout
     assert "skipped ids (4x8): int64 tensor, not floating point" in text
     assert "skipped pos (2x8): int64 tensor, not floating point" in text
-    assert "skipped scale.weight (4x4x4x4x4x4): not a layer weight matrix" in text
+    assert (
+        "skipped scale.weight (4x4x4x4x4x4): 6-D tensor of unknown layout (neither a "
+        "convolution kernel nor a known expert stack): not analysed" in text
+    )
     assert "skipped tiny.weight (16x3): 3 eigenvalues per matrix" in text
 
 

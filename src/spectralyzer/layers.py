@@ -267,6 +267,10 @@ def plan(
     specs: list[LayerSpec] = []
     skipped: list[Skipped] = []
     for info in infos:
+        if info.problem is not None:  # flagged by the reader (overlapping view, scales, ...)
+            if _selected(info.name, selection):
+                skipped.append(Skipped(info.name, info.shape, info.problem))
+            continue
         kind = layer_type(info)
         if kind is None:
             if _selected(info.name, selection):

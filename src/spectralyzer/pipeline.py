@@ -238,16 +238,20 @@ def _run_analysis(
     device = resolve_device(options.device)
     with open_source(source, options.trust_pickle, options.adapter) as checkpoint:
         path = checkpoint.path
+        tensors = checkpoint.tensors()
         specs, skipped = plan(
-            checkpoint.tensors(),
+            tensors,
             options.selection,
             randomize=options.randomize,
             config=checkpoint.config(),
             split=options.split,
             experts=options.experts,
         )
-        aliases = find_aliases(checkpoint, specs)
-        specs = [spec for spec in specs if spec.name not in aliases]
+        # aliases are source tensors (a stack or fused tensor is compared whole), in file
+        # order: the first name in the file is the canonical one
+        used = {spec.source for spec in specs}
+        aliases = find_aliases(checkpoint, [info for info in tensors if info.name in used])
+        specs = [spec for spec in specs if spec.source not in aliases]
         timings["open"] = time.perf_counter() - start
         if not specs:
             raise InputError(path, _nothing_to_analyse(skipped))
