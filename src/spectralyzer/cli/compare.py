@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from ..choices import RANK_METRICS
-from ..runs import ORDERS
 from ..escaping import terminal
+from ..runs import ORDERS
 from .errors import handle_errors
 from .options import analysis_options, build_options, comma_list, output_options, report_option
 from .output import emit, existing, show, write_report
