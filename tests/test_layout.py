@@ -22,12 +22,13 @@ MAX_LINES = 400
 # Lowest first. The first dotted part below spectralyzer decides a module's layer.
 LAYERS = (
     {"errors", "escaping", "budget", "interrupts", "choices", "threads"},  # no spectralyzer imports
-    {"io", "outputs", "render", "render_table", "hessian"},  # files in and out; text; math
+    {"io", "outputs", "render", "render_table", "hessian", "runs"},  # files in and out; text; math
     {"layers", "roles", "fit"},  # tensors -> matrices; what each does; ESD math
     {"engine", "metrics", "flow"},  # matrices -> ESDs -> rows
-    {"tables"},  # rows -> DataFrame, summary
+    {"tables", "agreement", "alarms"},  # rows -> DataFrame, summary; correlations; alarms
     {"pipeline"},  # the weight-analysis pipeline
     {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines"},  # on the pipelines
+    {"run_table", "watch", "monitor"},  # training runs: series table, watch loop, Monitor
     {"gate_policy"},  # built on diff
     {"demo", "demo_nets", "report"},  # demos, figures and report folders
     {"cli"},  # the command line, on top
