@@ -79,8 +79,16 @@ def test_fail_on_raises_at_the_planted_step_and_stops_the_loop():
         _train(monitor)
     assert [(a.kind, a.layer) for a in caught.value.alarms] == [("alpha", "2.weight")]
     assert monitor.entries[-1].step == PLANT_AT  # nothing analysed after the alarm
-    quiet = Monitor(every=5, fail_on="traps")  # a kind that did not ring: no raise
-    assert len(_train(quiet)) == 1
+    with pytest.raises(OptionError, match="randomize"):
+        Monitor(every=5, fail_on="traps")  # traps are not counted without randomised copies
+    # with randomised copies the planted layer's outsized entries are correlation traps too
+    traps = Monitor(every=5, fail_on="traps", options=AnalysisOptions(randomize=True))
+    with pytest.raises(AlarmError) as caught:
+        _train(traps)
+    counts = [e.details.set_index("name")["num_traps"]["2.weight"] for e in traps.entries]
+    assert counts[-1] > 0 and counts[:-1] == [0, 0]
+    assert [(a.kind, a.layer) for a in caught.value.alarms] == [("traps", "2.weight")]
+    assert caught.value.alarms[0].message == f"correlation traps 0 -> {int(counts[-1])}"
 
 
 def test_monitor_checks_its_settings_and_skips_off_steps():

@@ -185,6 +185,26 @@ def test_watch_refuses_bad_options_and_targets(run, tmp_path):
         WatchSettings(timeout=-1)
 
 
+def test_watch_stops_at_the_timeout_and_skips_what_cannot_be_read(tmp_path):
+    from spectralyzer.watch import watch
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert watch(run, settings=WatchSettings(interval=0.05, timeout=0.3)).stopped == "timeout"
+    _checkpoint(run / "good-1.safetensors", seed=1)
+    (run / "broken-2.pt").write_bytes(b"not a checkpoint at all")
+    errors = []
+    outcome = watch(
+        run,
+        settings=WatchSettings(interval=0.05, once=True),
+        on_error=lambda path, err: errors.append((path.name, str(err))),
+    )
+    assert [e.label for e in outcome.entries] == ["good-1.safetensors"]
+    assert [name for name, _ in errors] == ["broken-2.pt"] and "broken-2.pt" in errors[0][1]
+    with pytest.raises(OptionError, match="randomize"):
+        watch(run, settings=WatchSettings(once=True, fail_on=("traps",)))
+
+
 def _spawn(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(

@@ -65,6 +65,15 @@ def fail_on_kinds(values: str | Iterable[str] | None) -> frozenset[str]:
     return frozenset(KINDS) if "any" in values else frozenset(values)
 
 
+def check_traps_counted(values: str | Iterable[str] | None, randomize: bool) -> None:
+    """``fail_on`` naming ``traps`` needs the randomised copies that count the traps."""
+    values = [values] if isinstance(values, str) else list(values or ())
+    if "traps" in values and not randomize:
+        raise OptionError(
+            "fail_on", "traps are counted only with --randomize (AnalysisOptions(randomize=True))"
+        )
+
+
 def failing(alarms: Iterable[Alarm], kinds: frozenset[str]) -> list[Alarm]:
     """The alarms whose kind is in ``kinds``."""
     return [alarm for alarm in alarms if alarm.kind in kinds]

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from .alarms import Alarm, AlarmError, fail_on_kinds, failing, find_alarms
+from .alarms import Alarm, AlarmError, check_traps_counted, fail_on_kinds, failing, find_alarms
 from .errors import OptionError
 from .outputs import resolve_inputs
 from .pipeline import AnalysisOptions, run_analysis
@@ -72,6 +72,7 @@ class Monitor:
             raise OptionError("options", f"must be AnalysisOptions, not {options!r}")
         self.every = every
         self.fail_on = fail_on_kinds(fail_on)
+        check_traps_counted(fail_on, options.randomize)
         self.table = table
         self.options = options
         self.entries: list[Entry] = []  # every analysis so far, in step order

@@ -14,6 +14,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -21,7 +22,7 @@ import pandas as pd
 from .alarms import Alarm
 from .choices import RANK_METRICS
 from .errors import InputError
-from .outputs import Inputs, append_text
+from .outputs import Inputs, append_text, check_file_target
 from .render import csv_text
 from .series import Entry, model_row
 
@@ -73,6 +74,8 @@ def append_row(path: str | os.PathLike[str], row: dict[str, Any], inputs: Inputs
             path,
             "exists with other columns than a spectralyzer series table; choose another --table",
         )
+    check_file_target(path, inputs)  # before making its folder
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     append_text(path, row_text(row, path, header is None), inputs)
 
 

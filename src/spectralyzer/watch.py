@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import interrupts
-from .alarms import Alarm, fail_on_kinds, failing, find_alarms
+from .alarms import Alarm, check_traps_counted, fail_on_kinds, failing, find_alarms
 from .errors import OptionError, SpectralyzerError
 from .pipeline import AnalysisOptions, run_analysis
 from .runs import is_checkpoint_file, natural_key, run_members, step_of
@@ -137,6 +137,7 @@ def watch(
     if not folder.is_dir():
         raise OptionError(str(folder), "is not a folder to watch")
     kinds = fail_on_kinds(settings.fail_on)
+    check_traps_counted(settings.fail_on, options.randomize)
     outcome, done, labels = Outcome(), {}, set()
     start, previous = clock(), snapshot(folder)
     while True:
