@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from helpers import pareto_entries
+from helpers import gaussian, pareto_entries
 from spectralyzer.cli import main
 from spectralyzer.errors import InputError, OptionError
 from spectralyzer.runs import expand_sources, is_one_model, natural_key, order_paths, step_of
@@ -66,6 +66,8 @@ def test_natural_order_and_steps_from_names(tmp_path):
     assert step_of("model_epoch7_v2.pt") == 7  # a labelled epoch wins over later numbers
     assert step_of("model-00001-of-00003.safetensors") is None  # a shard counter is no step
     assert step_of("last.ckpt") is None
+    assert step_of("resnet50.pt") == 50 and step_of("resnet50.pt", labelled_only=True) is None
+    assert step_of("ckpt_300.pt", labelled_only=True) == 300
     files = []
     for i, name in enumerate(["b-10.pt", "b-9.pt", "a-100.pt"]):
         path = tmp_path / name
@@ -119,6 +121,26 @@ def test_compare_a_run_gives_steps_roles_and_the_per_step_tables(run):
     details, _ = analyze(run / "checkpoint-900" / "model.safetensors")
     mine = layers[layers["model"] == "checkpoint-900"].set_index("name")["alpha"]
     assert np.allclose(mine[details["name"]].to_numpy(), details["alpha"].to_numpy())
+
+
+def test_steps_of_a_run_folder_and_of_a_list_of_models(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model_5.safetensors", "model_40.safetensors", "epoch_7.safetensors"):
+        save_file({"w.weight": torch.from_numpy(gaussian(32, 16)).float()}, run / name)
+    # in a run folder a bare number is the step; in a list of models only a labelled one
+    steps = dict(zip(*(compare([run]).models[c] for c in ("model", "step")), strict=True))
+    assert steps == {"model_5.safetensors": 5, "epoch_7.safetensors": 7, "model_40.safetensors": 40}
+    listed = compare([run / "model_40.safetensors", run / "model_5.safetensors"])
+    assert "step" not in listed.models
+    assert list(dict.fromkeys(listed.layers["model"])) == [
+        "model_40.safetensors",
+        "model_5.safetensors",
+    ]
+    cli = CliRunner().invoke(main, ["compare", str(run), "--format", "json", "-q"])
+    assert [m["step"] for m in json.loads(cli.stdout)["models"]] == [
+        steps[m["model"]] for m in json.loads(cli.stdout)["models"]
+    ]
 
 
 def test_compare_cli_orders_a_run_folder(run):

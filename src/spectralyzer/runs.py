@@ -31,7 +31,8 @@ HF_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 _NUMBER = re.compile(r"(\d+)")
 _SHARD = re.compile(r"-\d+-of-\d+$")  # model-00001-of-00003: a shard counter, not a step
 _STEP_LABELS = tuple(
-    re.compile(rf"(?:{words})[=_-]?(\d+)", re.IGNORECASE) for words in ("step|iter", "epoch")
+    re.compile(rf"(?:{words})[=_-]?(\d+)", re.IGNORECASE)
+    for words in ("step|iter", "checkpoint|ckpt", "epoch")
 )
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -42,12 +43,15 @@ def natural_key(name: str) -> tuple:
     return tuple((0, int(p), "") if i % 2 else (1, 0, p.lower()) for i, p in enumerate(parts))
 
 
-def step_of(path: str | os.PathLike[str]) -> int | None:
-    """The step or epoch in a checkpoint's name: the last number of its stem, else None.
+def step_of(path: str | os.PathLike[str], labelled_only: bool = False) -> int | None:
+    """The step or epoch in a checkpoint's name, or None.
 
-    ``checkpoint-1000`` -> 1000, ``epoch_03.safetensors`` -> 3; a number labelled
-    ``step`` (or ``iter``), else one labelled ``epoch``, wins over the others
-    (Lightning's ``epoch=2-step=20-loss=0.51.ckpt`` -> 20).
+    A number labelled ``step`` (or ``iter``), else ``checkpoint``/``ckpt``, else
+    ``epoch`` wins (Lightning's ``epoch=2-step=20-loss=0.51.ckpt`` -> 20,
+    ``checkpoint-1000`` -> 1000, ``epoch_03.safetensors`` -> 3); otherwise the
+    last number of the name (extension and shard counter left out), unless
+    ``labelled_only``: in a list of models such as ``resnet18.pt, resnet50.pt``
+    a bare number is no step.
     """
     name = Path(path).name
     for suffix in CHECKPOINT_SUFFIXES:
@@ -60,7 +64,7 @@ def step_of(path: str | os.PathLike[str]) -> int | None:
         if labelled:
             return int(labelled.group(1))
     numbers = _NUMBER.findall(name)
-    return int(numbers[-1]) if numbers else None
+    return int(numbers[-1]) if numbers and not labelled_only else None
 
 
 def is_hf_folder(path: Path) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -109,7 +110,7 @@ def compare(
     """
     if rank_by not in RANK_METRICS:
         raise OptionError("rank_by", f"must be one of {RANK_METRICS}, not {rank_by!r}")
-    sources = _expand(sources, order)
+    sources, in_runs = _expand(sources, order)
     labels = list(labels) if labels else default_labels(sources)
     if len(labels) != len(sources) or len(set(labels)) != len(labels):
         raise OptionError("labels", f"give one distinct label per model ({len(sources)} models)")
@@ -121,9 +122,9 @@ def compare(
             raise OptionError("family", f"give one family label per model ({len(labels)} models)")
         families = dict(zip(labels, families, strict=True))
     entries = []
-    for label, source in zip(labels, sources, strict=True):
+    for label, source, in_run in zip(labels, sources, in_runs, strict=True):
         result = run_analysis(source, options, on_plan=on_plan, progress=progress)
-        step = step_of(source) if isinstance(source, (str, os.PathLike)) else None
+        step = step_of(source, not in_run) if isinstance(source, (str, os.PathLike)) else None
         entries.append(Entry(label, step, result.summary, result.details))
     return assemble(entries, accuracy=accuracy, families=families, rank_by=rank_by)
 
@@ -183,15 +184,17 @@ def assemble(
     return Series(models, layers, correlations, notes, family_table, warnings)
 
 
-def _expand(sources: Sequence[Source], order: str) -> list[Source]:
-    """Paths expanded by :func:`~spectralyzer.runs.expand_sources`; objects as they are."""
+def _expand(sources: Sequence[Source], order: str) -> tuple[list[Source], list[bool]]:
+    """Paths expanded by :func:`~spectralyzer.runs.expand_sources`, objects as they are; and
+    whether each came from a run folder or glob (where a bare number in a name is the step)."""
     expanded: list[Source] = []
+    in_runs: list[bool] = []
     for source in sources:
-        if isinstance(source, (str, os.PathLike)):
-            expanded += expand_sources([source], order)
-        else:
-            expanded.append(source)
-    return expanded
+        found = expand_sources([source], order) if isinstance(source, (str, os.PathLike)) else []
+        in_run = bool(found) and found != [Path(source)]  # type: ignore[arg-type]
+        expanded += found or [source]
+        in_runs += [in_run] * max(1, len(found))
+    return expanded, in_runs
 
 
 def _layer_frame(entry: Entry) -> pd.DataFrame:

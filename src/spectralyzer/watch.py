@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import interrupts
 from .alarms import Alarm, check_traps_counted, fail_on_kinds, failing, find_alarms
-from .errors import OptionError, SpectralyzerError
+from .errors import InputError, OptionError, SpectralyzerError
 from .pipeline import AnalysisOptions, run_analysis
 from .runs import is_checkpoint_file, natural_key, run_members, step_of
 from .series import Entry
@@ -135,7 +135,7 @@ def watch(
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise OptionError(str(folder), "is not a folder to watch")
+        raise InputError(folder, "not a folder (give the training run's output folder)")
     kinds = fail_on_kinds(settings.fail_on)
     check_traps_counted(settings.fail_on, options.randomize)
     outcome, done, labels = Outcome(), {}, set()

@@ -73,16 +73,21 @@ def compare_command(
     report: str | None,
     **options: Any,
 ) -> None:
-    """Compare a series of models: summaries, ranking, and agreement with accuracy."""
+    """Compare a series of models: summaries, ranking, and agreement with accuracy.
+
+    MODELS are checkpoint files, Hugging Face folders, or a training run's folder
+    or glob (its checkpoints ordered by the step in their names, see --order).
+    """
     from ..render import csv_text  # on use: --help stays light
     from ..runs import expand_sources
     from ..series import compare
 
     settings = build_options(**options)
-    sources = expand_sources(models, order)
+    sources = expand_sources(models, order)  # to count them; compare() expands them the same way
     with progress(quiet, models=len(sources)) as shown:
         series = compare(
-            sources,
+            list(models),
+            order=order,
             labels=labels,
             accuracy=accuracy_csv,
             families=families,
@@ -93,7 +98,7 @@ def compare_command(
         )
     for line in series.warnings:
         click.echo(f"spectralyzer: warning: {terminal(line)}", err=True)
-    inputs = existing([*sources, accuracy_csv])
+    inputs = existing([*models, *sources, accuracy_csv])
     if layers_out:
         emit(csv_text(series.layers), layers_out, inputs)
     if report:
