@@ -21,10 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from .errors import OptionError
+
+if TYPE_CHECKING:
+    import pandas as pd  # the tables are pandas; the command line imports FAIL_ON light
 
 #: Alarm kinds, and the values ``--fail-on`` takes (``any``: every kind).
 KINDS = ("alpha", "traps", "flow")
