@@ -31,7 +31,11 @@ from .output import plotting, write_report
     metavar="SECONDS",
     help="Seconds between polls; a checkpoint is analysed once it is unchanged across two.",
 )
-@click.option("--once", is_flag=True, help="Analyse the complete checkpoints there now, then stop.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Analyse the checkpoints complete now (two looks --interval apart), then stop.",
+)
 @click.option(
     "--max-checkpoints", type=int, metavar="N", help="Stop after analysing N checkpoints."
 )
@@ -47,7 +51,7 @@ from .output import plotting, write_report
     type=click.Choice(FAIL_ON),
     multiple=True,
     help="Exit 1 when an alarm of this kind rings (repeatable): a layer's alpha falls under 2, "
-    "new correlation traps (needs --randomize), a correlation-flow jump; any: all three.",
+    "new correlation traps (needs --randomize), a correlation-flow jump; any: all of them.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No line per analysed checkpoint on stdout.")
 @analysis_options
