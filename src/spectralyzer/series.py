@@ -121,6 +121,8 @@ def compare(
         if len(families) != len(labels):
             raise OptionError("family", f"give one family label per model ({len(labels)} models)")
         families = dict(zip(labels, families, strict=True))
+    _require(accuracy, labels, "accuracy")  # before hours of analysis, not after
+    _require(families, labels, "family")
     entries = []
     for label, source, in_run in zip(labels, sources, in_runs, strict=True):
         result = run_analysis(source, options, on_plan=on_plan, progress=progress)
@@ -145,9 +147,7 @@ def assemble(
     models[phases] = models[phases].fillna(0).astype(int)
     shapes = [list(e.details["shape"]) for e in entries]
     if families:
-        missing = [label for label in labels if label not in families]
-        if missing:
-            raise OptionError("family", f"no family given for {', '.join(missing)}")
+        _require(families, labels, "family")
         models["family"] = [str(families[label]) for label in labels]
     else:
         models["family"] = shape_families(shapes)
@@ -166,9 +166,7 @@ def assemble(
     correlations = family_table = None
     warnings: list[str] = []
     if accuracy is not None:
-        missing = [label for label in labels if label not in accuracy]
-        if missing:
-            raise OptionError("accuracy", f"no accuracy given for {', '.join(missing)}")
+        _require(accuracy, labels, "accuracy")
         models["accuracy"] = models["model"].map(accuracy)
         correlations = metric_accuracy_table(models, "accuracy")
         if models["family"].nunique() > 1:
@@ -181,7 +179,16 @@ def assemble(
     if models["family"].nunique() == 1:
         models = models.drop(columns="family")
     layers = pd.concat([_layer_frame(e) for e in entries], ignore_index=True)
+    if "step" in layers:
+        layers["step"] = layers["step"].astype("Int64")  # NaN where a name had none
     return Series(models, layers, correlations, notes, family_table, warnings)
+
+
+def _require(given: Mapping[str, Any] | None, labels: Sequence[str], key: str) -> None:
+    """Every label has a value in ``given`` (when given), else an OptionError naming ``key``."""
+    missing = [label for label in labels if given is not None and label not in given]
+    if missing:
+        raise OptionError(key, f"no {key} given for {', '.join(missing)}")
 
 
 def _expand(sources: Sequence[Source], order: str) -> tuple[list[Source], list[bool]]:
