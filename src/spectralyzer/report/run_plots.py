@@ -2,8 +2,8 @@
 
 The x axis is the ``step`` parsed from the checkpoint names when every model has
 one, else the order of the models in the series. A well-trained layer's alpha
-lies in [2, 6] (docs/theory.md section 3); a layer going under 2 during training
-is the alarm of section 6.9, so the heat maps put the colour scale's middle at 2.
+lies in [2, 6] (docs/theory.md section 3.5); a layer going under 2 during training
+is the alarm of docs/theory.md section 6.9, so the heat maps centre their colours on 2.
 """
 
 from __future__ import annotations
