@@ -299,6 +299,8 @@ def _commands(i, o):
             )
         )  # fmt: skip
     runs.append((["compare", *models, "--accuracy", i / "acc.csv", "--report", o / "series"], 0))
+    runs.append((["watch", i, "--once", "--interval", "0.05", "--table", o / "run.csv",
+                  "--report", o / "run"], 0))  # fmt: skip
     for fmt in FORMATS:
         runs.append((["diff", i / "m.safetensors", i / "cand.safetensors", "--format", fmt,
                       "-o", o / f"diff.{fmt}"], 0))  # fmt: skip
@@ -324,7 +326,7 @@ def _commands(i, o):
     return runs
 
 
-COMMANDS = ["analyze", "compare", "diff", "gate", "plot", "probe"]
+COMMANDS = ["analyze", "compare", "diff", "gate", "plot", "probe", "watch"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

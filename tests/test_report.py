@@ -121,7 +121,8 @@ def test_compare_report(tmp_path):
     assert result.exit_code == 0, result.output
     figures = {p.name for p in (folder / "figures").iterdir()}
     assert "depth.png" in figures and "accuracy_alpha_weighted.png" in figures
-    assert len(figures) == 1 + 5  # depth, and one scatter per metric
+    assert {"alpha_heatmap.png", "role_metrics.png", "model_means.png"} <= figures  # along steps
+    assert len(figures) == 1 + 3 + 5  # depth, the run figures, and one scatter per metric
     assert len(pd.read_csv(folder / "models.csv")) == 4
     page = (folder / "index.html").read_text()
     assert page.count("data:image/png;base64,") == len(figures)

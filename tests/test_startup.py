@@ -64,6 +64,8 @@ def run_cli(*args: str) -> tuple[int, list[str]]:
         (("diff", "--help"), 0),
         (("probe", "--help"), 0),
         (("plot", "--help"), 0),
+        (("watch", "--help"), 0),
+        (("watch", "--fail-on", "bogus", "."), 2),
     ],
 )
 def test_help_version_and_usage_errors_import_nothing_heavy(args, code):

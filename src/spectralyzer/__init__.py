@@ -37,16 +37,20 @@ _PUBLIC = {
     "probe": "probe_pipeline",
     "ProbeOptions": "probe_records",
     "ProbeResult": "probe_records",
+    "Monitor": "monitor",
+    "AlarmError": "alarms",
     "SpectralyzerError": "errors",
     "InputError": "errors",
     "OptionError": "errors",
 }
 
 __all__ = [
+    "AlarmError",
     "Analysis",
     "AnalysisOptions",
     "Diff",
     "InputError",
+    "Monitor",
     "OptionError",
     "Policy",
     "ProbeOptions",
@@ -64,9 +68,11 @@ __all__ = [
 ]  # = "__version__" and the keys of _PUBLIC (a test checks)
 
 if TYPE_CHECKING:
+    from .alarms import AlarmError
     from .errors import InputError, OptionError, SpectralyzerError
     from .gate_policy import Policy, Verdict, gate
     from .layer_diff import Diff, diff
+    from .monitor import Monitor
     from .pipeline import Analysis, AnalysisOptions, analyze, run_analysis
     from .probe_pipeline import probe
     from .probe_records import ProbeOptions, ProbeResult

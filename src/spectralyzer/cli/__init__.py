@@ -17,6 +17,7 @@ from .errors import Commands, handle_errors, internal_error_line
 from .gate import diff_command, gate_command
 from .plot import plot_command
 from .probe import probe_command
+from .watch import watch_command
 
 __all__ = ["handle_errors", "internal_error_line", "main"]
 
@@ -34,5 +35,6 @@ for _command in (
     diff_command,
     gate_command,
     probe_command,
+    watch_command,
 ):
     main.add_command(_command)

@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from ..choices import RANK_METRICS
+from ..escaping import terminal
+from ..runs import ORDERS
 from .errors import handle_errors
 from .options import analysis_options, build_options, comma_list, output_options, report_option
 from .output import emit, existing, show, write_report
@@ -16,6 +18,15 @@ from .progress import progress
 
 @click.command(name="compare")
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--order",
+    type=click.Choice(ORDERS),
+    default="natural",
+    show_default=True,
+    help="Order of the checkpoints of a run folder or glob: numbers in names compared as "
+    "numbers (natural), plain name, or modification time. Models listed one by one keep "
+    "their order.",
+)
 @click.option(
     "--labels",
     metavar="LIST",
@@ -27,6 +38,14 @@ from .progress import progress
     "accuracy_csv",
     type=click.Path(path_type=Path),
     help="CSV with a 'model' column (label or path) and 'accuracy' or 'error'.",
+)
+@click.option(
+    "--family",
+    "families",
+    metavar="LIST",
+    callback=comma_list,
+    help="Comma-separated architecture family of each model (default: the accuracy CSV's "
+    "'family' column, else models with the same layer shapes form a family).",
 )
 @click.option(
     "--rank-by",
@@ -42,8 +61,10 @@ from .progress import progress
 @handle_errors
 def compare_command(
     models: tuple[Path, ...],
+    order: str,
     labels: tuple[str, ...] | None,
     accuracy_csv: Path | None,
+    families: tuple[str, ...] | None,
     rank_by: str,
     fmt: str,
     output: str | None,
@@ -52,22 +73,32 @@ def compare_command(
     report: str | None,
     **options: Any,
 ) -> None:
-    """Compare a series of models: summaries, ranking, and agreement with accuracy."""
+    """Compare a series of models: summaries, ranking, and agreement with accuracy.
+
+    MODELS are checkpoint files, Hugging Face folders, or a training run's folder
+    or glob (its checkpoints ordered by the step in their names, see --order).
+    """
     from ..render import csv_text  # on use: --help stays light
+    from ..runs import expand_sources
     from ..series import compare
 
     settings = build_options(**options)
-    with progress(quiet, models=len(models)) as shown:
+    sources = expand_sources(models, order)  # to count them; compare() expands them the same way
+    with progress(quiet, models=len(sources)) as shown:
         series = compare(
             list(models),
+            order=order,
             labels=labels,
             accuracy=accuracy_csv,
+            families=families,
             rank_by=rank_by,
             options=settings,
             on_plan=shown.on_plan,
             progress=shown.advance,
         )
-    inputs = existing([*models, accuracy_csv])
+    for line in series.warnings:
+        click.echo(f"spectralyzer: warning: {terminal(line)}", err=True)
+    inputs = existing([*models, *sources, accuracy_csv])
     if layers_out:
         emit(csv_text(series.layers), layers_out, inputs)
     if report:

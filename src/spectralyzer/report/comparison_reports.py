@@ -5,12 +5,21 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from ..escaping import markdown as markdown_text
 from ..gate_policy import Verdict
 from ..layer_diff import Diff
 from ..render import csv_text, markdown_table, render
 from ..series import Series
 from .html import cards_html, figure_html, page, png, table_html
 from .plots import delta_figure, metric_accuracy_figure, series_depth_figure
+from .run_plots import alpha_heatmap_figure, model_means_figure, role_metrics_figure
+
+#: Figures of the series along training: file name -> caption.
+RUN_FIGURES = {
+    "alpha_heatmap.png": "alpha per layer (rows, by role) along training (columns)",
+    "role_metrics.png": "layer metrics along training, mean per layer role",
+    "model_means.png": "model means along training, with the accuracy when given",
+}
 
 
 def write_series_report(series: Series, folder: Path) -> Path:
@@ -18,6 +27,10 @@ def write_series_report(series: Series, folder: Path) -> Path:
     figures = folder / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     images = {"depth.png": png(series_depth_figure(series.layers))}
+    if len(series.models) > 1:
+        images["alpha_heatmap.png"] = png(alpha_heatmap_figure(series.layers))
+        images["role_metrics.png"] = png(role_metrics_figure(series.layers))
+        images["model_means.png"] = png(model_means_figure(series.models, series.layers))
     if series.correlations is not None:
         for _, row in series.correlations.iterrows():
             images[f"accuracy_{row['metric']}.png"] = png(
@@ -28,7 +41,7 @@ def write_series_report(series: Series, folder: Path) -> Path:
         (figures / name).write_bytes(data)
     (folder / "models.csv").write_text(csv_text(series.models), encoding="utf-8")
     (folder / "layers.csv").write_text(csv_text(series.layers), encoding="utf-8")
-    notes = "".join(f"<li>{html.escape(note)}</li>" for note in series.notes)
+    notes = "".join(f"<li>{html.escape(note)}</li>" for note in series.summary_lines())
     sections = [
         f'<section id="models"><h2>Models</h2><ul>{notes}</ul>'
         + table_html(series.models, "models")
@@ -37,8 +50,21 @@ def write_series_report(series: Series, folder: Path) -> Path:
         + figure_html(images["depth.png"], "alpha and log spectral norm against depth, every model")
         + "</section>",
     ]
-    markdown = ["# spectralyzer comparison", "", *[f"- {n}" for n in series.notes], ""]
+    markdown = [
+        "# spectralyzer comparison",
+        "",
+        *[f"- {markdown_text(n)}" for n in series.summary_lines()],
+        "",
+    ]
     markdown += [markdown_table(series.models), "![alpha along depth](figures/depth.png)", ""]
+    run = [name for name in RUN_FIGURES if name in images]
+    if run:
+        sections.append(
+            '<section id="training"><h2>Along training</h2>'
+            + "".join(figure_html(images[n], RUN_FIGURES[n]) for n in run)
+            + "</section>"
+        )
+        markdown += ["## Along training", "", *[f"![{RUN_FIGURES[n]}](figures/{n})" for n in run]]
     if series.correlations is not None:
         scatter = [n for n in images if n.startswith("accuracy_")]
         sections.append(
@@ -48,6 +74,18 @@ def write_series_report(series: Series, folder: Path) -> Path:
             + "</section>"
         )
         markdown += ["## Metrics against accuracy", "", markdown_table(series.correlations)]
+        if series.family_correlations is not None:
+            sections.append(
+                '<section id="families"><h2>Within each family</h2>'
+                + table_html(series.family_correlations, "family-correlations")
+                + "</section>"
+            )
+            markdown += [
+                "",
+                "### Within each family",
+                "",
+                markdown_table(series.family_correlations),
+            ]
         markdown += [f"![{n}](figures/{n})" for n in scatter]
     (folder / "report.md").write_text("\n".join(markdown) + "\n", encoding="utf-8")
     index = folder / "index.html"
