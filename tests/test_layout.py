@@ -22,12 +22,12 @@ MAX_LINES = 400
 # Lowest first. The first dotted part below spectralyzer decides a module's layer.
 LAYERS = (
     {"errors", "escaping", "budget", "interrupts", "choices", "threads"},  # no spectralyzer imports
-    {"io", "outputs", "render", "render_table", "hessian"},  # files in and out; text; math
+    {"io", "outputs", "render", "render_table", "hessian", "workers", "ray_runner"},  # + pools
     {"layers", "roles", "fit"},  # tensors -> matrices; what each does; ESD math
-    {"engine", "metrics", "flow"},  # matrices -> ESDs -> rows
+    {"engine", "metrics", "flow", "cache"},  # matrices -> ESDs (cached) -> rows
     {"tables"},  # rows -> DataFrame, summary
     {"pipeline"},  # the weight-analysis pipeline
-    {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines"},  # on the pipelines
+    {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines", "fanout"},
     {"gate_policy"},  # built on diff
     {"demo", "demo_nets", "report"},  # demos, figures and report folders
     {"cli"},  # the command line, on top

@@ -21,7 +21,7 @@ from scipy import stats
 
 from .choices import RANK_METRICS
 from .errors import InputError, OptionError
-from .pipeline import AnalysisOptions, OnPlan, OnProgress, Source, run_analysis
+from .pipeline import Analysis, AnalysisOptions, OnPlan, OnProgress, Runner, Source, run_each
 from .render import records
 
 LAYER_COLUMNS = ("alpha", "alpha_weighted", "log_spectral_norm", "log_norm", "phase")
@@ -65,12 +65,15 @@ def compare(
     options: AnalysisOptions = AnalysisOptions(),  # noqa: B008 - frozen, safe default
     on_plan: OnPlan | None = None,
     progress: OnProgress | None = None,
+    runner: Runner | None = None,
 ) -> Series:
     """Analyse every model and compare them.
 
     ``accuracy`` maps labels to test accuracy, or is the path of a CSV that
     :func:`read_accuracy` reads.  ``on_plan``/``progress``: each model's, as
-    :func:`~spectralyzer.pipeline.run_analysis` reports them.
+    :func:`~spectralyzer.pipeline.run_analysis` reports them.  ``runner`` analyses
+    the models (default: one after another here; see :mod:`spectralyzer.fanout`); a
+    model it could not analyse is left out of the tables with a note.
     """
     if rank_by not in RANK_METRICS:
         raise OptionError("rank_by", f"must be one of {RANK_METRICS}, not {rank_by!r}")
@@ -79,9 +82,12 @@ def compare(
         raise OptionError("labels", f"give one distinct label per model ({len(sources)} models)")
     if isinstance(accuracy, (str, os.PathLike)):
         accuracy = read_accuracy(accuracy, labels)
-    rows, layer_frames, layer_sets = [], [], []
-    for label, source in zip(labels, sources, strict=True):
-        result = run_analysis(source, options, on_plan=on_plan, progress=progress)
+    rows, layer_frames, layer_sets, failed = [], [], [], []
+    results = (runner or run_each)(sources, options, on_plan, progress)
+    for label, result in zip(labels, results, strict=True):
+        if not isinstance(result, Analysis):
+            failed.append(f"{label} was not analysed ({result})")
+            continue
         summary, details = result.summary, result.details
         rows.append(_model_row(label, summary))
         frame = details[["name", "layer_type", *LAYER_COLUMNS]].copy()
@@ -89,12 +95,15 @@ def compare(
         frame.insert(0, "model", label)
         layer_frames.append(frame)
         layer_sets.append(frozenset(zip(details["name"], details["shape"], strict=True)))
+    if not rows:
+        raise InputError("compare", "no model could be analysed: " + "; ".join(failed))
     models = pd.DataFrame(rows)
     phases = [c for c in models if c.startswith("phase_")]
     models[phases] = models[phases].fillna(0).astype(int)
     models["rank"] = models[rank_by].rank(method="min", na_option="bottom").astype(int)
     models = models.sort_values(["rank", "model"]).reset_index(drop=True)
     notes = [f"ranked by mean {rank_by}: lower is better within one architecture family"]
+    notes += failed
     if len(set(layer_sets)) > 1:
         notes.append(
             "the models' layers differ (names or shapes): the metrics compare models "

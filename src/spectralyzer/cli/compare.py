@@ -9,7 +9,14 @@ import click
 
 from ..choices import RANK_METRICS
 from .errors import handle_errors
-from .options import analysis_options, build_options, comma_list, output_options, report_option
+from .options import (
+    analysis_options,
+    build_run,
+    comma_list,
+    fanout_options,
+    output_options,
+    report_option,
+)
 from .output import emit, existing, show, write_report
 from .progress import progress
 
@@ -39,6 +46,7 @@ from .progress import progress
 @click.option("--layers-out", metavar="FILE", help="Also write the per-depth layer table as CSV.")
 @report_option
 @analysis_options
+@fanout_options
 @handle_errors
 def compare_command(
     models: tuple[Path, ...],
@@ -56,8 +64,8 @@ def compare_command(
     from ..render import csv_text  # on use: --help stays light
     from ..series import compare
 
-    settings = build_options(**options)
-    with progress(quiet, models=len(models)) as shown:
+    settings, fanout = build_run(options)
+    with fanout, progress(quiet, models=len(models)) as shown:
         series = compare(
             list(models),
             labels=labels,
@@ -66,6 +74,7 @@ def compare_command(
             options=settings,
             on_plan=shown.on_plan,
             progress=shown.advance,
+            runner=fanout.runner,
         )
     inputs = existing([*models, accuracy_csv])
     if layers_out:
@@ -73,3 +82,4 @@ def compare_command(
     if report:
         write_report("comparison_reports", "write_series_report", report, inputs, series)
     show(series, fmt, output, inputs)
+    fanout.check()  # models that failed on workers: left out with a note, and exit 2
