@@ -2,7 +2,8 @@
 
 ``local`` (``--ray`` alone) starts a cluster on this machine for the run, with
 ``ray.init(num_cpus=workers * threads)``, and stops it afterwards; ``auto`` or
-``HOST:PORT`` / ``ray://HOST:PORT`` joins a running cluster and leaves it running.
+``HOST:PORT`` / ``ray://HOST:PORT`` joins a running cluster and leaves it running
+(as does any ``--ray`` in a program that already called ``ray.init``).
 Each task asks Ray for as many CPUs as it runs torch threads.  Ray's own retries
 are off: a task is retried once by the pool, as on local processes.  On a
 cluster every node must see the checkpoints (and the cache folder) at the same
@@ -53,7 +54,8 @@ class RayPool(Pool):
         self.ray = import_ray()
         self.workers = workers or max(1, cores() // (threads or 1))
         self.threads = threads or max(1, cores() // self.workers)
-        self.started = address == LOCAL
+        # a program (or test) that already called ray.init keeps its cluster
+        self.started = address == LOCAL and not self.ray.is_initialized()
         settings: dict[str, Any] = {
             "include_dashboard": False,
             "logging_level": logging.ERROR,
@@ -64,7 +66,8 @@ class RayPool(Pool):
         else:
             settings["address"] = address
         try:
-            self.ray.init(**settings)
+            if not self.ray.is_initialized():
+                self.ray.init(**settings)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise SpectralyzerError(f"--ray {address}: cannot start or join Ray ({err})") from None
         self._remote: dict[Callable, Any] = {}
