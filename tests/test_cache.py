@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from fanout_support import SHAPES, make_models, without_timings
 
 import spectralyzer.cache as cache_module
+from fanout_support import SHAPES, make_models, without_timings
 from spectralyzer.cache import Cache, option_fields
 from spectralyzer.cli import main
 from spectralyzer.fanout import FanOut
