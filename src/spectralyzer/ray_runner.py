@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import OptionError, SpectralyzerError
-from .workers import SLICE, Pool, cores, error_line
+from .workers import SLICE, Pool, cores, error_line, guarded
 
 LOCAL = "local"
 ADDRESS = re.compile(r"(auto|(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+)")
@@ -70,12 +70,12 @@ class RayPool(Pool):
                 self.ray.init(**settings)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise SpectralyzerError(f"--ray {address}: cannot start or join Ray ({err})") from None
-        self._remote: dict[Callable, Any] = {}
+        self._task: Any = None
 
     def submit(self, fn: Callable[[Any], Any], item: Any) -> Any:
-        if fn not in self._remote:
-            self._remote[fn] = self.ray.remote(num_cpus=self.threads, max_retries=0)(fn)
-        return self._remote[fn].remote(item)
+        if self._task is None:
+            self._task = self.ray.remote(num_cpus=self.threads, max_retries=0)(guarded)
+        return self._task.remote(fn, item)
 
     def finished(self, handles: list[Any]) -> list[tuple[Any, Any, str | None]]:
         ready, _ = self.ray.wait(handles, num_returns=1, timeout=SLICE)

@@ -52,9 +52,24 @@ class Failure:
 
 
 def error_line(err: BaseException) -> str:
-    """``Type: message`` on one line."""
+    """``Type: message`` on one line (a :class:`UnitError` is that line already)."""
     message = " ".join(str(err).split())
+    if isinstance(err, UnitError):
+        return message
     return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+class UnitError(RuntimeError):
+    """A unit's error as one line: it always pickles (``InputError`` does not unpickle,
+    and a result that cannot be unpickled breaks a whole process pool)."""
+
+
+def guarded(fn: Callable[[Any], Any], item: Any) -> Any:
+    """``fn(item)`` in a worker, any exception turned into a :class:`UnitError`."""
+    try:
+        return fn(item)
+    except Exception as err:
+        raise UnitError(error_line(err)) from None
 
 
 class Pool(abc.ABC):
@@ -153,7 +168,7 @@ class LocalPool(Pool):
         return self._executor
 
     def submit(self, fn: Callable[[Any], Any], item: Any) -> Future:
-        return self._pool().submit(fn, item)
+        return self._pool().submit(guarded, fn, item)
 
     def finished(self, handles: list[Any]) -> list[tuple[Any, Any, str | None]]:
         done, _ = wait(handles, timeout=SLICE, return_when=FIRST_COMPLETED)
