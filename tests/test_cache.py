@@ -228,3 +228,18 @@ def test_the_cli_caches_in_the_user_cache_folder_unless_told_not_to(tmp_path, mo
     assert docs[0] == docs[1] == docs[2]
     both = runner.invoke(main, [*args, "--no-cache", "--cache", str(tmp_path)])
     assert both.exit_code == 2 and "exclude each other" in both.output
+
+
+def test_the_cache_never_goes_into_an_input(tmp_path):
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (model,) = make_models(folder, 1)
+    before = sorted(p.name for p in folder.iterdir())
+    result = CliRunner().invoke(main, ["compare", str(folder), str(model), "--cache", str(model)])
+    assert result.exit_code == 2, result.output
+    assert "refusing to write over or into an input" in result.output
+    inside = CliRunner().invoke(
+        main, ["gate", str(folder), str(model), "--cache", str(folder / "c")]
+    )
+    assert inside.exit_code == 2 and "lies in the input folder" in inside.output
+    assert sorted(p.name for p in folder.iterdir()) == before

@@ -36,6 +36,7 @@ from .engine import LayerSpectra, resolve_device
 from .errors import OptionError, SpectralyzerError
 from .io.memory import MemoryCheckpoint
 from .layers import LayerSpec, Skipped
+from .outputs import check_file_target, resolve_inputs
 from .pipeline import (
     Analysis,
     AnalysisOptions,
@@ -216,17 +217,21 @@ def make_fanout(
     cache: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
     threads: int | None = None,
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> FanOut:
     """The fan-out of ``--workers``/``--ray``/``--cache``/``--no-cache``.
 
     ``workers`` None (and no ``ray``): this process.  ``ray``: ``"local"`` starts a
     cluster of ``workers`` (default: every core) CPUs for the run; ``"auto"`` or an
     address joins an existing one.  The cache is on by default, in
-    :func:`~spectralyzer.cache.default_folder`.
+    :func:`~spectralyzer.cache.default_folder`; never in or over one of ``inputs`` (the
+    tool does not write into its inputs).
     """
     if workers is not None and (isinstance(workers, bool) or not 1 <= workers <= MAX_THREADS):
         raise OptionError("workers", f"must be from 1 to {MAX_THREADS}, not {workers!r}")
     folder = (Path(cache) if cache else default_folder()) if use_cache else None
+    if folder is not None and inputs:
+        check_file_target(folder, resolve_inputs(inputs))
     if ray is not None:
         from .ray_runner import RayPool
 

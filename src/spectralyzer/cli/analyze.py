@@ -51,7 +51,7 @@ def analyze_command(
     from ..pipeline import run_analysis  # on use: --help stays light
 
     path = demo_model_path() if demo else model
-    settings, fanout = build_run(options)
+    settings, fanout = build_run(options, [path])
     with fanout, progress(quiet) as shown:
         result = run_analysis(
             path, settings, on_plan=shown.on_plan, progress=shown.advance, spectra=fanout.spectra

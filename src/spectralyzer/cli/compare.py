@@ -64,7 +64,7 @@ def compare_command(
     from ..render import csv_text  # on use: --help stays light
     from ..series import compare
 
-    settings, fanout = build_run(options)
+    settings, fanout = build_run(options, list(models))
     with fanout, progress(quiet, models=len(models)) as shown:
         series = compare(
             list(models),

@@ -28,7 +28,7 @@ def diff_command(
     """Per-layer changes from BASE to CANDIDATE (matched by name and shape)."""
     from ..layer_diff import diff  # on use: --help stays light
 
-    settings, fanout = build_run(options)
+    settings, fanout = build_run(options, [base, candidate])
     with fanout, progress(quiet, models=2) as shown:
         result = diff(
             base,
@@ -77,7 +77,7 @@ def gate_command(
     from ..outputs import append_text, resolve_inputs
     from ..render import render
 
-    settings, fanout = build_run(options)
+    settings, fanout = build_run(options, [base, candidate])
     with fanout, progress(quiet, models=2) as shown:
         verdict = gate(
             base,

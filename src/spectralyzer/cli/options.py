@@ -186,17 +186,17 @@ def fanout_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )
 
 
-def build_run(values: dict[str, Any]) -> tuple[AnalysisOptions, FanOut]:
+def build_run(values: dict[str, Any], inputs: list[Any]) -> tuple[AnalysisOptions, FanOut]:
     """The options and the :class:`~spectralyzer.fanout.FanOut` (workers, cache) of the values
     of :func:`analysis_options` and :func:`fanout_options`; the options are checked first,
-    so a bad one stops the run before any worker starts."""
+    so a bad one stops the run before any worker starts. The cache never goes into ``inputs``."""
     from ..fanout import make_fanout
 
     workers, ray, cache, no_cache = (values.pop(key) for key in FANOUT_KEYS)
     if no_cache and cache:
         raise click.UsageError("--cache and --no-cache exclude each other")
     settings = build_options(**values)
-    return settings, make_fanout(workers, ray, cache, not no_cache, settings.threads)
+    return settings, make_fanout(workers, ray, cache, not no_cache, settings.threads, inputs)
 
 
 def output_options(what: str, formats: tuple[str, ...] = FORMATS) -> Decorator:
