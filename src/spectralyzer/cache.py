@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import struct
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -200,17 +201,20 @@ def cached_spectra(
     the rest computed group by group and stored as each group finishes.
 
     A group's tensors are read once to hash them and once more to compute the
-    misses (right after: the second read comes from the page cache).
+    misses (right after: the second read comes from the page cache); the seconds
+    spent reading, hashing and looking up go to ``timings["cache"]``.
     """
     result: dict[str, LayerSpectra] = {}
     for group in groups(specs):
         keys: dict[str, str] = {}
+        tic = time.perf_counter()
         for spec in group:
             interrupts.check()
             key = keys[spec.name] = cache.key(spec, checkpoint.load(spec.name))
             hit = cache.get(key, spec)
             if hit is not None:
                 result[spec.name] = hit
+        timings["cache"] = timings.get("cache", 0.0) + time.perf_counter() - tic  # read, hash
         misses = [s for s in group if s.name not in result]
         if finished and len(misses) < len(group):
             finished([s for s in group if s.name in result])
