@@ -36,3 +36,10 @@ def minilm_path() -> Path:
         installed = False
     skip_unless_installed_locally(DEMO_DISTRIBUTION, installed)
     return demo_model_path()
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """The CLI caches ESDs by default ($XDG_CACHE_HOME/spectralyzer): every test gets an
+    empty cache of its own, so no test reads another's results or the user's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))

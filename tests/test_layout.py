@@ -23,12 +23,20 @@ MAX_LINES = 400
 LAYERS = (
     # no spectralyzer imports
     {"errors", "escaping", "budget", "interrupts", "choices", "threads", "variants"},
-    {"io", "outputs", "render", "render_table", "hessian", "runs"},  # files in and out; text; math
+    {"io", "outputs", "render", "render_table", "hessian", "runs", "workers", "ray_runner"},
     {"layers", "layouts", "roles", "fit", "windows"},  # tensors -> matrices (FARMS windows); roles
-    {"engine", "batching", "metrics", "flow", "farms", "low_rank"},  # matrices -> ESDs -> rows
+    {
+        "engine",
+        "batching",
+        "metrics",
+        "flow",
+        "farms",
+        "low_rank",
+        "cache",
+    },  # matrices -> ESDs -> rows
     {"tables", "listing", "agreement", "alarms"},  # rows -> DataFrame, summary; correlations
     {"pipeline"},  # the weight-analysis pipeline
-    {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines"},  # on the pipelines
+    {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines", "fanout"},
     {"run_table", "watch", "monitor"},  # training runs: series table, watch loop, Monitor
     {"gate_policy"},  # built on diff
     {"demo", "demo_nets", "report"},  # demos, figures and report folders

@@ -27,7 +27,7 @@ from .errors import InputError, OptionError, SpectralyzerError
 from .escaping import xml_text
 from .fit.phases import PHASES
 from .layer_diff import Diff, diff, scale_collapse, small_end_warning
-from .pipeline import AnalysisOptions, OnPlan, OnProgress, Source
+from .pipeline import AnalysisOptions, OnPlan, OnProgress, Runner, Source
 
 #: Phase names a policy may list: the classifier's phases and its "unknown".
 KNOWN_PHASES = (*PHASES, "unknown")
@@ -236,17 +236,18 @@ def gate(
     *,
     on_plan: OnPlan | None = None,
     progress: OnProgress | None = None,
+    runner: Runner | None = None,
 ) -> Verdict:
     """Analyse both models, diff them and judge the candidate by ``policy``.
 
     ``policy`` is a :class:`Policy`, the path of a policy TOML file, or None
     (the defaults). Raises :class:`InputError` when the models share no layer
     name, or when the policy file's ``include``/``exclude`` leave nothing to gate.
-    ``on_plan``/``progress``: as for :func:`~spectralyzer.layer_diff.diff`.
+    ``on_plan``/``progress``/``runner``: as for :func:`~spectralyzer.layer_diff.diff`.
     """
     path = None if policy is None or isinstance(policy, Policy) else policy
     rules = Policy.from_toml(path) if path is not None else (policy or Policy())
-    result = diff(base, candidate, options, on_plan=on_plan, progress=progress)
+    result = diff(base, candidate, options, on_plan=on_plan, progress=progress, runner=runner)
     if result.matched.empty:
         raise InputError(
             _label(candidate), f"shares no layer name with {_label(base)}; nothing to gate"

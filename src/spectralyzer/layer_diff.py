@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .pipeline import AnalysisOptions, OnPlan, OnProgress, Source, run_analysis
+from .pipeline import AnalysisOptions, OnPlan, OnProgress, Runner, Source, run_each
 from .render import records
 
 DELTA_COLUMNS = ("alpha", "alpha_weighted", "log_spectral_norm", "log_norm")
@@ -93,13 +93,12 @@ def diff(
     *,
     on_plan: OnPlan | None = None,
     progress: OnProgress | None = None,
+    runner: Runner | None = None,
 ) -> Diff:
     """Analyse both models and compare them layer by layer (``on_plan``/``progress``: each
-    model's, as :func:`~spectralyzer.pipeline.run_analysis` reports them)."""
-    a, b = (
-        run_analysis(source, options, on_plan=on_plan, progress=progress)
-        for source in (base, candidate)
-    )
+    model's, as :func:`~spectralyzer.pipeline.run_analysis` reports them; ``runner``: see
+    :func:`~spectralyzer.series.compare`, here one that raises when a model failed)."""
+    a, b = (runner or run_each)([base, candidate], options, on_plan, progress)
     return Diff(diff_frames(a.details, b.details), a.summary, b.summary)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -166,6 +166,13 @@ Source = str | os.PathLike[str] | Mapping[str, torch.Tensor] | torch.nn.Module
 OnPlan = Callable[[float, int], None]
 #: ``progress(cost_done, matrices_done)``: running totals of one model, after each batch.
 OnProgress = Callable[[float, int], None]
+#: ``spectra(checkpoint, specs, options, device, finished, timings)``: the ESD of every spec
+#: by name, or a :class:`Skipped` for a layer that could not be computed (a worker failed);
+#: ``finished(batch)`` after each batch. The hook of the cache and of fan-out (``fanout.py``).
+SpectraFn = Callable[..., Mapping[str, "LayerSpectra | Skipped"]]
+#: ``runner(sources, options, on_plan, progress)``: one Analysis per source, in order; a
+#: runner that fans out may put a failure (``str()`` says why) in place of an Analysis.
+Runner = Callable[..., list[Any]]
 
 
 def cost(spec: LayerSpec) -> float:
@@ -209,22 +216,56 @@ def open_source(
     return open_checkpoint(source, trust_pickle=trust_pickle, adapter=adapter)
 
 
+def local_spectra(
+    checkpoint: Checkpoint,
+    specs: list[LayerSpec],
+    options: AnalysisOptions,
+    device: torch.device,
+    finished: Callable[[list[LayerSpec]], None] | None,
+    timings: dict[str, float],
+) -> dict[str, LayerSpectra]:
+    """The default :data:`SpectraFn`: every ESD computed here, nothing cached."""
+    return compute_spectra(
+        checkpoint,
+        specs,
+        device=device,
+        randomize=options.randomize,
+        seed=options.seed,
+        progress=finished,
+        timings=timings,
+        precision=options.precision,
+    )
+
+
+def run_each(
+    sources: Sequence[Source],
+    options: AnalysisOptions,
+    on_plan: OnPlan | None = None,
+    progress: OnProgress | None = None,
+) -> list[Analysis]:
+    """The default :data:`Runner`: one model after another in this process."""
+    return [run_analysis(s, options, on_plan=on_plan, progress=progress) for s in sources]
+
+
 def run_analysis(
     source: Source,
     options: AnalysisOptions = AnalysisOptions(),  # noqa: B008 - frozen, safe default
     *,
     on_plan: OnPlan | None = None,
     progress: OnProgress | None = None,
+    spectra: SpectraFn | None = None,
 ) -> Analysis:
     """Analyse every selected weight matrix of a checkpoint (path, state dict or module).
 
     ``on_plan`` and ``progress`` report the work planned and done in units of :func:`cost`.
+    ``spectra`` computes the ESDs (default :func:`local_spectra`; the cache and the
+    workers of :mod:`spectralyzer.fanout` plug in here).
 
     Raises :class:`InputError` for a file that cannot be read or holds no
     analysable matrix.
     """
     with torch_threads(options.threads):
-        return _run_analysis(source, options, on_plan, progress)
+        return _run_analysis(source, options, on_plan, progress, spectra or local_spectra)
 
 
 def _run_analysis(
@@ -232,6 +273,7 @@ def _run_analysis(
     options: AnalysisOptions,
     on_plan: OnPlan | None,
     progress: OnProgress | None,
+    compute: SpectraFn,
 ) -> Analysis:
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -260,15 +302,8 @@ def _run_analysis(
         if on_plan:
             on_plan(sum(map(weigh, specs)), len(specs) * (2 if farms else 1))
         done = [0.0, 0]
-        spectra = compute_spectra(
-            checkpoint,
-            specs,
-            device=device,
-            randomize=options.randomize,
-            seed=options.seed,
-            progress=_reporter(progress, cost, done),
-            timings=timings,
-            precision=options.precision,
+        spectra = compute(
+            checkpoint, specs, options, device, _reporter(progress, cost, done), timings
         )
         if farms:
             tic = time.perf_counter()
@@ -276,6 +311,13 @@ def _run_analysis(
             timings["farms"] = time.perf_counter() - tic
         fmt = checkpoint.format
         layout = checkpoint.notes()
+    failed = [s for s in spectra.values() if isinstance(s, Skipped)]  # a worker failed twice
+    if failed:
+        skipped = skipped + failed
+        spectra = {k: v for k, v in spectra.items() if not isinstance(v, Skipped)}
+        specs = [s for s in specs if s.name in spectra]
+        if not specs:
+            raise InputError(path, _nothing_to_analyse(skipped))
     tic = time.perf_counter()
     rows = [_row(spectra[s.name], options) for s in interrupts.checked(specs)]
     details = details_frame(rows)

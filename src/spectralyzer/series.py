@@ -29,7 +29,7 @@ from .agreement import (
 )
 from .choices import RANK_METRICS
 from .errors import InputError, OptionError
-from .pipeline import AnalysisOptions, OnPlan, OnProgress, Source, run_analysis
+from .pipeline import Analysis, AnalysisOptions, OnPlan, OnProgress, Runner, Source, run_each
 from .render import records
 from .roles import role_of
 from .runs import expand_sources, step_of
@@ -95,6 +95,7 @@ def compare(
     options: AnalysisOptions = AnalysisOptions(),  # noqa: B008 - frozen, safe default
     on_plan: OnPlan | None = None,
     progress: OnProgress | None = None,
+    runner: Runner | None = None,
 ) -> Series:
     """Analyse every model and compare them.
 
@@ -106,7 +107,9 @@ def compare(
     column labels families). ``families``: one family label per model (or a
     label -> family mapping); default: models with the same multiset of layer
     shapes form a family. ``on_plan``/``progress``: each model's, as
-    :func:`~spectralyzer.pipeline.run_analysis` reports them.
+    :func:`~spectralyzer.pipeline.run_analysis` reports them.  ``runner`` analyses
+    the models (default: one after another here; see :mod:`spectralyzer.fanout`); a
+    model it could not analyse is left out of the tables with a note.
     """
     if rank_by not in RANK_METRICS:
         raise OptionError("rank_by", f"must be one of {RANK_METRICS}, not {rank_by!r}")
@@ -123,12 +126,19 @@ def compare(
         families = dict(zip(labels, families, strict=True))
     _require(accuracy, labels, "accuracy")  # before hours of analysis, not after
     _require(families, labels, "family")
-    entries = []
-    for label, source, in_run in zip(labels, sources, in_runs, strict=True):
-        result = run_analysis(source, options, on_plan=on_plan, progress=progress)
+    entries, failed = [], []
+    results = (runner or run_each)(sources, options, on_plan, progress)
+    for label, source, in_run, result in zip(labels, sources, in_runs, results, strict=True):
+        if not isinstance(result, Analysis):  # a worker could not analyse it (fanout)
+            failed.append(f"{label} was not analysed ({result})")
+            continue
         step = step_of(source, not in_run) if isinstance(source, (str, os.PathLike)) else None
         entries.append(Entry(label, step, result.summary, result.details))
-    return assemble(entries, accuracy=accuracy, families=families, rank_by=rank_by)
+    if not entries:
+        raise InputError("compare", "no model could be analysed: " + "; ".join(failed))
+    series = assemble(entries, accuracy=accuracy, families=families, rank_by=rank_by)
+    series.notes.extend(failed)
+    return series
 
 
 def assemble(

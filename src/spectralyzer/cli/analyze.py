@@ -10,7 +10,14 @@ import click
 
 from ..demo import demo_model_path
 from .errors import handle_errors
-from .options import analysis_options, build_options, comma_list, output_options, report_option
+from .options import (
+    analysis_options,
+    build_run,
+    comma_list,
+    fanout_options,
+    output_options,
+    report_option,
+)
 from .output import show, write_report
 from .progress import progress
 
@@ -40,6 +47,7 @@ from .progress import progress
 )
 @report_option
 @analysis_options
+@fanout_options
 @handle_errors
 def analyze_command(
     model: Path | None,
@@ -60,10 +68,14 @@ def analyze_command(
     from ..pipeline import run_analysis  # on use: --help stays light
 
     path = demo_model_path() if demo else model
-    settings = build_options(**options, adapter=adapter)
-    with progress(quiet) as shown:
-        result = run_analysis(path, settings, on_plan=shown.on_plan, progress=shown.advance)
+    inputs = [path] if adapter is None else [path, adapter]
+    settings, fanout = build_run({**options, "adapter": adapter}, inputs)
+    with fanout, progress(quiet) as shown:
+        result = run_analysis(
+            path, settings, on_plan=shown.on_plan, progress=shown.advance, spectra=fanout.spectra
+        )
     result = replace(result, verbose=verbose)
     if report:
         write_report("model_report", "write_model_report", report, [path], result)
     show(result, fmt, output, [path], columns=columns)
+    fanout.check()  # layers that failed on workers: listed as skipped, and exit 2

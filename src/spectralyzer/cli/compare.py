@@ -11,7 +11,14 @@ from ..choices import RANK_METRICS
 from ..escaping import terminal
 from ..runs import ORDERS
 from .errors import handle_errors
-from .options import analysis_options, build_options, comma_list, output_options, report_option
+from .options import (
+    analysis_options,
+    build_run,
+    comma_list,
+    fanout_options,
+    output_options,
+    report_option,
+)
 from .output import emit, existing, show, write_report
 from .progress import progress
 
@@ -58,6 +65,7 @@ from .progress import progress
 @click.option("--layers-out", metavar="FILE", help="Also write the per-depth layer table as CSV.")
 @report_option
 @analysis_options
+@fanout_options
 @handle_errors
 def compare_command(
     models: tuple[Path, ...],
@@ -82,9 +90,9 @@ def compare_command(
     from ..runs import expand_sources
     from ..series import compare
 
-    settings = build_options(**options)
+    settings, fanout = build_run(options, list(models))
     sources = expand_sources(models, order)  # to count them; compare() expands them the same way
-    with progress(quiet, models=len(sources)) as shown:
+    with fanout, progress(quiet, models=len(sources)) as shown:
         series = compare(
             list(models),
             order=order,
@@ -95,6 +103,7 @@ def compare_command(
             options=settings,
             on_plan=shown.on_plan,
             progress=shown.advance,
+            runner=fanout.runner,
         )
     for line in series.warnings:
         click.echo(f"spectralyzer: warning: {terminal(line)}", err=True)
@@ -104,3 +113,4 @@ def compare_command(
     if report:
         write_report("comparison_reports", "write_series_report", report, inputs, series)
     show(series, fmt, output, inputs)
+    fanout.check()  # models that failed on workers: left out with a note, and exit 2

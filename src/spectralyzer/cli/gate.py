@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .errors import handle_errors
-from .options import analysis_options, build_options, output_options, report_option
+from .options import analysis_options, build_run, fanout_options, output_options, report_option
 from .output import emit, existing, show, write_report
 from .progress import progress
 
@@ -20,6 +20,7 @@ from .progress import progress
 @click.argument("candidate", type=click.Path(path_type=Path))
 @output_options("the table")
 @analysis_options
+@fanout_options
 @handle_errors
 def diff_command(
     base: Path, candidate: Path, fmt: str, output: str | None, quiet: bool, **options: Any
@@ -27,9 +28,16 @@ def diff_command(
     """Per-layer changes from BASE to CANDIDATE (matched by name and shape)."""
     from ..layer_diff import diff  # on use: --help stays light
 
-    settings = build_options(**options)
-    with progress(quiet, models=2) as shown:
-        result = diff(base, candidate, settings, on_plan=shown.on_plan, progress=shown.advance)
+    settings, fanout = build_run(options, [base, candidate])
+    with fanout, progress(quiet, models=2) as shown:
+        result = diff(
+            base,
+            candidate,
+            settings,
+            on_plan=shown.on_plan,
+            progress=shown.advance,
+            runner=fanout.strict_runner,
+        )
     show(result, fmt, output, [base, candidate])
 
 
@@ -47,6 +55,7 @@ def diff_command(
 @click.option("--markdown", metavar="FILE", help="Also write a Markdown summary.")
 @report_option
 @analysis_options
+@fanout_options
 @handle_errors
 def gate_command(
     base: Path,
@@ -68,8 +77,8 @@ def gate_command(
     from ..outputs import append_text, resolve_inputs
     from ..render import render
 
-    settings = build_options(**options)
-    with progress(quiet, models=2) as shown:
+    settings, fanout = build_run(options, [base, candidate])
+    with fanout, progress(quiet, models=2) as shown:
         verdict = gate(
             base,
             candidate,
@@ -77,6 +86,7 @@ def gate_command(
             settings,
             on_plan=shown.on_plan,
             progress=shown.advance,
+            runner=fanout.strict_runner,
         )
     inputs = existing([base, candidate, policy_path])
     if report:

@@ -27,6 +27,7 @@ from ..choices import (
 from ..roles import FAMILIES
 
 if TYPE_CHECKING:
+    from ..fanout import FanOut
     from ..pipeline import AnalysisOptions
 
 #: Library field -> command-line flag, where the flag is not ``--`` + the field with dashes.
@@ -249,6 +250,53 @@ def build_options(**values: Any) -> AnalysisOptions:
     from ..pipeline import make_options
 
     return make_options(**values)
+
+
+FANOUT_KEYS = ("workers", "ray", "cache", "no_cache")
+
+
+def fanout_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--workers``, ``--ray [ADDRESS]``, ``--cache DIR`` and ``--no-cache`` (see
+    :mod:`spectralyzer.fanout`); :func:`build_fanout` takes them out of the values."""
+    return _apply(
+        [
+            click.option(
+                "--workers",
+                type=int,
+                metavar="N",
+                help="Analyse on N local processes (torch threads: cores / N each).",
+            ),
+            click.option(
+                "--ray",
+                is_flag=False,
+                flag_value="local",
+                metavar="[ADDRESS]",
+                help="Analyse on Ray (extra 'ray'): alone, a local cluster started for the run; "
+                "auto or HOST:PORT, a running cluster (write --ray=ADDRESS).",
+            ),
+            click.option(
+                "--cache",
+                metavar="DIR",
+                help="Reuse and keep layer ESDs here "
+                "(default: $XDG_CACHE_HOME/spectralyzer or ~/.cache/spectralyzer).",
+            ),
+            click.option("--no-cache", is_flag=True, help="Neither read nor write the cache."),
+        ],
+        command,
+    )
+
+
+def build_run(values: dict[str, Any], inputs: list[Any]) -> tuple[AnalysisOptions, FanOut]:
+    """The options and the :class:`~spectralyzer.fanout.FanOut` (workers, cache) of the values
+    of :func:`analysis_options` and :func:`fanout_options`; the options are checked first,
+    so a bad one stops the run before any worker starts. The cache never goes into ``inputs``."""
+    from ..fanout import make_fanout
+
+    workers, ray, cache, no_cache = (values.pop(key) for key in FANOUT_KEYS)
+    if no_cache and cache:
+        raise click.UsageError("--cache and --no-cache exclude each other")
+    settings = build_options(**values)
+    return settings, make_fanout(workers, ray, cache, not no_cache, settings.threads, inputs)
 
 
 def output_options(what: str, formats: tuple[str, ...] = FORMATS) -> Decorator:

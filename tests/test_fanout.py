@@ -1,0 +1,221 @@
+"""--workers: the same tables as the serial run, retries, failures reported, progress counted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import spectralyzer.fanout as fanout_module
+from fanout_support import SHAPES, flaky, make_models, without_timings
+from spectralyzer.cli import main
+from spectralyzer.errors import SpectralyzerError
+from spectralyzer.fanout import FanOut, split
+from spectralyzer.gate_policy import gate
+from spectralyzer.pipeline import cost, make_options, run_analysis
+from spectralyzer.render import render
+from spectralyzer.series import compare
+from spectralyzer.workers import Failure, InlinePool, LocalPool, cores, threads_per_worker
+
+OPTIONS = make_options(threads=1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """Two worker processes for the whole module (starting them is the slow part)."""
+    workers = LocalPool(2, threads=1)
+    yield workers
+    workers.close()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return make_models(tmp_path_factory.mktemp("models"), 4)
+
+
+def document(result) -> dict:
+    return without_timings(json.loads(render(result, "json")))
+
+
+class Recorder:
+    """The pipeline's progress callbacks, recorded."""
+
+    def __init__(self) -> None:
+        self.plans: list[tuple[float, int]] = []
+        self.steps: list[tuple[float, int]] = []
+
+    def on_plan(self, total: float, count: int) -> None:
+        self.plans.append((total, count))
+
+    def progress(self, done: float, count: int) -> None:
+        self.steps.append((done, count))
+
+
+@pytest.mark.parametrize("randomize", [False, True])
+def test_analyze_on_two_workers_gives_the_serial_document(pool, models, randomize):
+    options = make_options(threads=1, randomize=randomize, seed=5)
+    serial = run_analysis(models[1], options)
+    shown = Recorder()
+    fanned = run_analysis(
+        models[1],
+        options,
+        on_plan=shown.on_plan,
+        progress=shown.progress,
+        spectra=FanOut(pool).spectra,
+    )
+    assert document(fanned) == document(serial)
+    assert "workers" in fanned.timings  # the ESDs were computed on the pool
+    total = sum(cost(layer.spec) for layer in serial.spectra.values())
+    assert shown.plans == [(total, len(SHAPES))]
+    assert shown.steps[-1] == (pytest.approx(total), len(SHAPES))  # counted across workers
+    assert [count for _, count in shown.steps] == sorted(count for _, count in shown.steps)
+
+
+def test_analyze_of_minilm_on_two_workers_gives_the_serial_document(pool, minilm_path):
+    serial = run_analysis(minilm_path, OPTIONS)
+    fanned = run_analysis(minilm_path, OPTIONS, spectra=FanOut(pool).spectra)
+    assert document(fanned) == document(serial)
+
+
+def test_units_share_the_work_out_and_keep_every_layer(models):
+    from spectralyzer.io import open_checkpoint
+    from spectralyzer.layers import plan
+
+    with open_checkpoint(models[0]) as checkpoint:
+        specs, _ = plan(checkpoint.tensors(), OPTIONS.selection)
+    units = split(specs * 8, workers=2)  # 32 layers
+    assert sorted(s.name for unit in units for s in unit) == sorted(s.name for s in specs * 8)
+    assert 4 <= len(units) <= 2 * 4 + 1
+    assert all(len({(s.N, s.M) for s in unit}) <= 2 for unit in units)
+
+
+def test_compare_on_two_workers_gives_the_serial_document(pool, models):
+    serial = compare(models, options=OPTIONS)
+    shown = Recorder()
+    fanned = compare(
+        models,
+        options=OPTIONS,
+        on_plan=shown.on_plan,
+        progress=shown.progress,
+        runner=FanOut(pool).runner,
+    )
+    assert without_timings(fanned.document()) == without_timings(serial.document())
+    per_model = sorted(
+        (sum(cost(layer.spec) for layer in run_analysis(m, OPTIONS).spectra.values()), len(SHAPES))
+        for m in models
+    )
+    assert sorted(shown.plans) == per_model  # each model counted once, whichever worker ran it
+    assert sorted(shown.steps) == per_model
+
+
+def test_gate_on_two_workers_gives_the_serial_verdict(pool, models):
+    serial = gate(models[0], models[2], options=OPTIONS)
+    fanned = gate(models[0], models[2], options=OPTIONS, runner=FanOut(pool).strict_runner)
+    assert document(fanned) == document(serial)
+
+
+def test_the_pool_retries_a_unit_once_then_reports_it(pool, tmp_path):
+    modes = ["fine", "once", "always", "die", "fine"]
+    finished: list[int] = []
+    items = [(str(tmp_path), i, mode) for i, mode in enumerate(modes)]
+    results = pool.run(
+        flaky, items, [f"unit {i}" for i in range(5)], lambda i, _: finished.append(i)
+    )
+    assert results[:2] == [0, 10] and results[3:] == [30, 40]
+    assert isinstance(results[2], Failure)
+    assert results[2].unit == "unit 2"
+    assert results[2].error == "ValueError: unit 2 failed on attempt 2"
+    attempts = sorted(p.name for p in tmp_path.iterdir())
+    assert attempts == ["0-1", "1-1", "1-2", "2-1", "2-2", "3-1", "3-2", "4-1"]
+    assert sorted(finished) == [0, 1, 2, 3, 4]  # each unit reported once, when it ended
+
+
+def test_a_failed_analyze_unit_is_listed_as_skipped_and_the_rest_finish(models, monkeypatch):
+    real = fanout_module.layer_spectra
+    attempts: list[int] = []
+
+    def breaks_on_b(job):
+        if any(spec.name == "b.weight" for spec in job.specs):
+            attempts.append(1)
+            raise RuntimeError("worker lost")
+        return real(job)
+
+    monkeypatch.setattr(fanout_module, "layer_spectra", breaks_on_b)
+    fan = FanOut(InlinePool())
+    result = run_analysis(models[0], OPTIONS, spectra=fan.spectra)
+    serial = run_analysis(models[0], OPTIONS)
+    assert len(attempts) == 2  # retried once
+    (failed,) = [s for s in result.skipped if s.name == "b.weight"]
+    assert "failed twice on a worker (RuntimeError: worker lost)" in failed.reason
+    assert result.summary["num_skipped"] == serial.summary["num_skipped"] + 1
+    others = serial.details[serial.details["name"] != "b.weight"].reset_index(drop=True)
+    assert result.details.drop(columns="correlation_flow", errors="ignore").equals(
+        others.drop(columns="correlation_flow", errors="ignore")
+    )
+    with pytest.raises(SpectralyzerError, match=r"1 unit\(s\) not analysed after a retry"):
+        fan.check()
+
+
+def test_diff_needs_both_models_and_says_which_failed(models, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(models[1].read_bytes()[:200])
+    fan = FanOut(InlinePool())
+    with pytest.raises(SpectralyzerError, match="broken.safetensors: InputError"):
+        gate(models[0], broken, options=OPTIONS, runner=fan.strict_runner)
+
+
+def test_cli_compare_with_a_broken_checkpoint_writes_the_rest_and_exits_2(models, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(models[1].read_bytes()[:200])
+    out = tmp_path / "out.json"
+    args = ["compare", str(models[0]), str(broken), str(models[2]), "-q", "--threads", "1"]
+    args += ["--format", "json"]
+    run = subprocess.run(
+        [sys.executable, "-m", "spectralyzer.cli", *args, "--workers", "2", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spectralyzer: error: 1 unit(s) not analysed")
+    assert "broken.safetensors" in lines[0]
+    written = json.loads(out.read_text())
+    expected = compare([models[0], models[2]], options=OPTIONS).document()
+    assert [m["model"] for m in written["models"]] == [m["model"] for m in expected["models"]]
+    assert without_timings(written)["layers"] == without_timings(expected)["layers"]
+    assert any("broken.safetensors was not analysed" in note for note in written["notes"])
+
+
+def test_ray_without_the_extra_is_one_line_naming_it(models, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    result = CliRunner().invoke(main, ["analyze", str(models[0]), "--ray", "-q"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "spectralyzer: error: --ray needs Ray, an optional extra: pip install 'spectralyzer[ray]'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "--workers: must be from 1 to"),
+        (["--ray", "other.safetensors"], "is not a Ray address"),
+    ],
+)
+def test_bad_fanout_options_exit_2_naming_the_flag(models, args, message):
+    result = CliRunner().invoke(main, ["compare", str(models[0]), *args, "-q"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_threads_per_worker_share_the_cores():
+    assert threads_per_worker(1) == cores()
+    assert threads_per_worker(2 * cores()) == 1
+    assert threads_per_worker(2, threads=3) == 3
