@@ -28,13 +28,21 @@ LAYERS = (
     {
         "engine",
         "batching",
+        "shuffle",
         "metrics",
         "flow",
         "farms",
         "low_rank",
         "cache",
     },  # matrices -> ESDs -> rows
-    {"tables", "listing", "agreement", "alarms"},  # rows -> DataFrame, summary; correlations
+    {
+        "tables",
+        "listing",
+        "agreement",
+        "alarms",
+        "analysis_options",
+        "analysis_result",
+    },  # rows -> DataFrame, summary; correlations
     {"pipeline"},  # the weight-analysis pipeline
     {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines", "fanout"},
     {"run_table", "watch", "monitor"},  # training runs: series table, watch loop, Monitor

@@ -40,11 +40,9 @@ from __future__ import annotations
 
 import math
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from math import prod
 
 import numpy as np
 import torch
@@ -56,6 +54,7 @@ from .choices import DEVICES
 from .errors import OptionError
 from .io.base import Checkpoint
 from .layers import LayerSpec
+from .shuffle import SHUFFLED_DTYPES, Shuffler
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,7 @@ class _Scale:
         """Reads the stack once, chunk by chunk (the largest |w| propagates NaN)."""
         peaks = torch.zeros(stack.shape[0], dtype=torch.float64)
         for chunk in row_chunks(stack):
-            if chunk.dtype not in _SHUFFLED_DTYPES:  # float8: no max kernels
+            if chunk.dtype not in SHUFFLED_DTYPES:  # float8: no max kernels
                 chunk = chunk.float()
             top, bottom = chunk.amax(dim=(1, 2)), chunk.amin(dim=(1, 2))  # both propagate NaN
             peaks = torch.maximum(peaks, torch.maximum(top, -bottom).double().cpu())
@@ -192,53 +191,6 @@ def _one_thread_each(fn: Callable[[torch.Tensor], torch.Tensor], items: list) ->
             return list(pool.map(fn, items))
     finally:
         torch.set_num_threads(threads)
-
-
-class Shuffler:
-    """Uniformly random permutations of matrix entries, one per stack shape, seeded.
-
-    A layer's randomised copy is its entries in the order of a uniform random
-    permutation drawn from ``seed`` and the layer's ``(slices, N, M)`` shape, so
-    it does not depend on batching, on the order of layers or on other layers.
-    Layers of one shape share the permutation: each copy is still uniformly
-    shuffled (its ESD has the same distribution as with a fresh permutation),
-    and a model's many same-shaped layers cost one permutation instead of one
-    each (drawing a permutation costs more than the eigenvalues of the matrix).
-    Cheaper structured shuffles (independent cyclic shifts of rows and columns)
-    were measured and rejected: on matrices with sorted or one-signed entries
-    their ESDs differ from a uniform permutation's (KS distance up to 0.2).
-    """
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self._orders: dict[tuple[int, ...], torch.Tensor] = {}
-
-    def order(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """The permutation of ``prod(shape)`` entries for this shape."""
-        if shape not in self._orders:
-            size = prod(shape)
-            key = zlib.crc32(repr(tuple(shape)).encode())
-            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + key) % 2**63)
-            dtype = torch.int32 if size < 2**31 else torch.int64
-            self._orders[shape] = torch.randperm(size, generator=generator, dtype=dtype)
-        return self._orders[shape]
-
-    def release(self, shape: tuple[int, ...]) -> None:
-        """Forget the permutation of a shape that will not come again (bounds memory)."""
-        self._orders.pop(shape, None)
-
-    def __call__(self, stack: torch.Tensor) -> torch.Tensor:
-        """The stack with its entries permuted (one permutation across its slices)."""
-        shape = tuple(stack.shape)
-        order = self.order(shape)
-        if order.device != stack.device:  # moved once per shape, kept on the GPU
-            order = self._orders[shape] = order.to(stack.device)
-        if stack.dtype not in _SHUFFLED_DTYPES:  # e.g. float8: index_select lacks kernels
-            stack = stack.float()
-        return stack.reshape(-1).index_select(0, order).reshape(stack.shape)
-
-
-_SHUFFLED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
 def _split(

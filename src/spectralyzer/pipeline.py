@@ -8,19 +8,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 import torch
 
 from . import __version__, interrupts
-from .choices import EXPERT_MODES, PRECISION_NAMES
-from .engine import DEVICES, LayerSpectra, compute_spectra, resolve_device
-from .errors import InputError, OptionError
+from .analysis_options import AnalysisOptions, make_options
+from .analysis_result import Analysis, nothing_to_analyse, summary_lines  # noqa: F401 (re-exported)
+from .engine import LayerSpectra, compute_spectra, resolve_device
+from .errors import InputError
 from .farms import compute_farms_spectra, farms_cost
-from .fit.estimators import Estimator
-from .fit.tail_tests import SIGNIFICANCE as TAIL_SIGNIFICANCE
 from .flow import with_flow
 from .io import open_checkpoint
 from .io.adapter import AdapterCheckpoint
@@ -28,138 +27,18 @@ from .io.aliases import find_aliases
 from .io.base import Checkpoint
 from .io.memory import MemoryCheckpoint
 from .io.open import open_adapter
-from .layers import LayerSpec, Selection, Skipped, plan
-from .listing import listing_lines
+from .layers import LayerSpec, Skipped, plan
 from .low_rank import low_rank_row
 from .metrics import LayerMetrics, layer_metrics
-from .render import number
 from .tables import (
     SUMMARY_MEANS,
     details_frame,
-    estimator_text,
     expert_means,
-    layers_table,
-    layout_lines,
     summarize,
 )
-from .threads import MAX_THREADS, torch_threads
+from .threads import torch_threads
 from .variants import variant_of
 from .windows import FarmsSettings
-
-
-@dataclass(frozen=True)
-class AnalysisOptions:
-    """Everything that changes the numbers of an analysis.
-
-    Checked on construction (the selection checks itself): a bad value raises
-    :class:`~spectralyzer.errors.OptionError` naming the field, before any file
-    is read.
-    """
-
-    selection: Selection = field(default_factory=Selection)
-    randomize: bool = False  # correlation-trap check on a randomised copy of each matrix
-    seed: int = 0  # seeds the randomisation
-    normalize: bool = False  # divide eigenvalues by N (default: eigenvalues of W^T W)
-    fix_fingers: bool = False  # clip outsized top eigenvalues from the power-law fit
-    tail_tests: bool = False  # test the power-law tail against its alternatives
-    device: str = "auto"
-    trust_pickle: bool = False
-    threads: int | None = None  # torch.set_num_threads for the run; None: torch's choice
-    precision: str = "float64"  # Gram products and eigensolver (docs/theory.md section 1.5)
-    # the alpha estimator and FARMS (docs/theory.md section 6.1)
-    estimator: str = "clauset"
-    hill_k: str | int = "median"  # hill: "median", "alphaq" or a tail size
-    xmin_peak_compat: bool = False  # xmin-peak: the released code's lower limit
-    farms: bool = False  # fit the pooled ESD of fixed-shape windows
-    farms_size: int = FarmsSettings.size  # n_req
-    farms_windows: int = FarmsSettings.windows  # K
-    farms_ratio: float = FarmsSettings.ratio  # Q'
-    split: bool = True  # fused q/k/v and gate/up tensors as their parts (spectralyzer.layouts)
-    experts: str = "each"  # expert matrices: "each" a row, "mean" a row per group, "skip"
-    adapter: str | os.PathLike[str] | None = None  # a PEFT LoRA adapter folder on the source
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.selection, Selection):
-            raise OptionError("selection", f"must be a Selection, not {self.selection!r}")
-        for key in ("randomize", "normalize", "fix_fingers", "tail_tests", "trust_pickle", "split"):
-            if not isinstance(getattr(self, key), bool):
-                raise OptionError(key, f"must be True or False, not {getattr(self, key)!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise OptionError("seed", f"must be an integer, not {self.seed!r}")
-        if self.precision not in PRECISION_NAMES:
-            raise OptionError(
-                "precision",
-                f"must be one of {', '.join(PRECISION_NAMES)}, not {self.precision!r}",
-            )
-        if self.experts not in EXPERT_MODES:
-            raise OptionError(
-                "experts", f"must be one of {', '.join(EXPERT_MODES)}, not {self.experts!r}"
-            )
-        if self.device not in DEVICES:
-            raise OptionError("device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        if self.threads is not None and (
-            not isinstance(self.threads, int)
-            or isinstance(self.threads, bool)
-            or not 1 <= self.threads <= MAX_THREADS
-        ):
-            raise OptionError(
-                "threads", f"must be an integer from 1 to {MAX_THREADS}, not {self.threads!r}"
-            )
-        if self.adapter is not None and not isinstance(self.adapter, (str, os.PathLike)):
-            raise OptionError("adapter", f"must be a folder path, not {self.adapter!r}")
-        object.__setattr__(self, "hill_k", self.fit_estimator.hill_k)  # checks the estimator
-        if self.fix_fingers and self.estimator != "clauset":
-            raise OptionError("fix_fingers", "applies to the clauset estimator only")
-        if not isinstance(self.farms, bool):
-            raise OptionError("farms", f"must be True or False, not {self.farms!r}")
-        windows = FarmsSettings(self.farms_size, self.farms_windows, self.farms_ratio)
-        if not self.farms and windows != FarmsSettings():
-            changed = next(
-                k
-                for k in ("size", "windows", "ratio")
-                if getattr(windows, k) != getattr(FarmsSettings(), k)
-            )
-            raise OptionError(f"farms_{changed}", "applies only with --farms")
-
-    @property
-    def fit_estimator(self) -> Estimator:
-        """The alpha estimator these options name (checked)."""
-        return Estimator(self.estimator, self.hill_k, self.xmin_peak_compat)
-
-    @property
-    def farms_settings(self) -> FarmsSettings | None:
-        """The FARMS windows, or None without ``farms``."""
-        if not self.farms:
-            return None
-        return FarmsSettings(self.farms_size, self.farms_windows, self.farms_ratio)
-
-    def estimator_record(self) -> dict[str, Any]:
-        """The estimator and FARMS settings as every output records them."""
-        farms = self.farms_settings
-        return {**self.fit_estimator.record(), "farms": farms.record() if farms else None}
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """The outcome of one analysis: tables, what was skipped, and where time went."""
-
-    details: pd.DataFrame
-    summary: dict[str, Any]
-    skipped: list[Skipped]
-    timings: dict[str, float]
-    spectra: dict[str, LayerSpectra] = field(default_factory=dict)  # ESDs, for plots
-    verbose: bool = False  # summary lines list each skipped tensor, not counts per reason
-
-    def document(self) -> dict[str, Any]:
-        """``{"layers": [...], "summary": {...}}``, a layer object per row of ``details``."""
-        return {"layers": self.details.to_dict(orient="records"), "summary": self.summary}
-
-    def tables(self) -> dict[str, pd.DataFrame]:
-        return {"layers": layers_table(self.details, self.summary.get("estimator"))}
-
-    def summary_lines(self) -> list[str]:
-        return summary_lines(self.summary, verbose=self.verbose)
-
 
 Source = str | os.PathLike[str] | Mapping[str, torch.Tensor] | torch.nn.Module
 #: ``on_plan(total_cost, n_matrices)``: once per model, before its spectra are computed.
@@ -296,7 +175,7 @@ def _run_analysis(
         specs = [spec for spec in specs if spec.source not in aliases]
         timings["open"] = time.perf_counter() - start
         if not specs:
-            raise InputError(path, _nothing_to_analyse(skipped))
+            raise InputError(path, nothing_to_analyse(skipped))
         farms = options.farms_settings
         weigh = (lambda s: cost(s) + farms_cost(s, farms)) if farms else cost
         if on_plan:
@@ -317,7 +196,7 @@ def _run_analysis(
         spectra = {k: v for k, v in spectra.items() if not isinstance(v, Skipped)}
         specs = [s for s in specs if s.name in spectra]
         if not specs:
-            raise InputError(path, _nothing_to_analyse(skipped))
+            raise InputError(path, nothing_to_analyse(skipped))
     tic = time.perf_counter()
     rows = [_row(spectra[s.name], options) for s in interrupts.checked(specs)]
     details = details_frame(rows)
@@ -465,69 +344,3 @@ def analyze(
     )
     result = run_analysis(source, options)
     return result.details, result.summary
-
-
-def make_options(
-    *,
-    layers: str | None = None,
-    exclude: str | None = None,
-    types: tuple[str, ...] | None = None,
-    min_evals: int = 8,
-    max_evals: int | None = 16384,
-    conv_mode: str = "slices",
-    roles: tuple[str, ...] | None = None,
-    **rest: Any,
-) -> AnalysisOptions:
-    """AnalysisOptions from the flat keyword arguments of :func:`analyze` (validated)."""
-    selection = Selection(layers, exclude, types, min_evals, max_evals, conv_mode, roles)
-    return AnalysisOptions(selection=selection, **rest)
-
-
-def summary_lines(summary: dict[str, Any], verbose: bool = False) -> list[str]:
-    """The model summary in lines people read (not yet escaped: the path is the model's),
-    ending with what was left out (:func:`~spectralyzer.listing.listing_lines`)."""
-    lines = [
-        f"model: {summary.get('model', '?')} ({summary.get('format', '?')})",
-        f"layers analysed: {summary['num_layers']}, skipped: {summary['num_skipped']}, "
-        f"fit failed (left out of means): {summary['num_fit_failed']}",
-    ]
-    if quantisation := summary.get("layout", {}).get("quantisation"):
-        lines.append(f"quantisation: {quantisation}")
-    if summary.get("num_fit_not_applicable"):
-        lines[-1] += (
-            f", fit not applicable (low-rank updates, left out of means): "
-            f"{summary['num_fit_not_applicable']}"
-        )
-    if summary.get("variants"):
-        lines.append("variants: " + ", ".join(f"{k} {v}" for k, v in summary["variants"].items()))
-        by = [
-            (k, m["alpha"])
-            for k, m in summary["means_by_variant"].items()
-            if m["alpha"] == m["alpha"]
-        ]
-        if by:
-            lines.append("alpha by variant: " + ", ".join(f"{k} {number(a)}" for k, a in by))
-    lines.append(
-        "means: " + ", ".join(f"{k} {number(summary[k])}" for k in SUMMARY_MEANS if k in summary)
-    )
-    warnings = {k: v for k, v in summary["warnings"].items() if v}
-    lines.append("warnings: " + (", ".join(f"{k} {v}" for k, v in warnings.items()) or "none"))
-    lines.append("phases: " + ", ".join(f"{k} {v}" for k, v in summary["phases"].items()))
-    lines.extend(layout_lines(summary))
-    if summary.get("num_traps") is not None:
-        lines.append(f"correlation traps: {summary['num_traps']}")
-    if summary.get("estimator"):
-        lines.append("estimator: " + estimator_text(summary["estimator"]))
-    if summary.get("tail_laws"):
-        laws = ", ".join(f"{k} {v}" for k, v in summary["tail_laws"].items())
-        lines.append(f"tail laws (likelihood ratios, p < {TAIL_SIGNIFICANCE:g}): {laws}")
-    return lines + listing_lines(summary, verbose)
-
-
-def _nothing_to_analyse(skipped: list[Skipped]) -> str:
-    if not skipped:
-        return "no weight matrix to analyse (no tensor with 2 or more dimensions matched)"
-    first = skipped[0]
-    return (
-        f"no analysable weight matrix ({len(skipped)} skipped; e.g. {first.name}: {first.reason})"
-    )
