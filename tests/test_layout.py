@@ -23,11 +23,12 @@ MAX_LINES = 400
 LAYERS = (
     {"errors", "escaping", "budget", "interrupts", "choices", "threads"},  # no spectralyzer imports
     {"io", "outputs", "render", "render_table", "hessian"},  # files in and out; text; math
-    {"layers", "roles", "fit"},  # tensors -> matrices; what each does; ESD math
+    {"layers", "roles", "fit", "allocation"},  # tensors -> matrices; what each does; ESD math
     {"engine", "metrics", "flow"},  # matrices -> ESDs -> rows
     {"tables"},  # rows -> DataFrame, summary
     {"pipeline"},  # the weight-analysis pipeline
     {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines"},  # on the pipelines
+    {"allocate_settings", "allocate_pipeline"},  # alphas -> per-layer settings
     {"gate_policy"},  # built on diff
     {"demo", "demo_nets", "report"},  # demos, figures and report folders
     {"cli"},  # the command line, on top

@@ -145,5 +145,5 @@ def make_settings(
         if value is not None and key != wanted:
             raise OptionError(key, f"is the target of another mapping, not of --for {mapping}")
     if given[wanted] is None:
-        raise OptionError(wanted, f"--for {mapping} needs its target")
+        raise OptionError(wanted, f"is required by --for {mapping} (its target)")
     return AllocationSettings(mapping, given[wanted], **hyper)
