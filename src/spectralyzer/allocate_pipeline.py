@@ -1,7 +1,7 @@
 """``allocate``: analysis -> per-layer metric -> a published mapping -> one value per layer.
 
 The metric is the ``alpha`` column of :func:`~spectralyzer.pipeline.run_analysis`;
-the math is in :mod:`spectralyzer.allocation` (docs/theory.md section 6). The
+the math is in :mod:`spectralyzer.allocation` (docs/theory.md sections 6.2 and 6.4). The
 result renders like every other (:mod:`spectralyzer.render`) and also as a
 ``{"layer name": value}`` mapping for pruning or training scripts.
 """

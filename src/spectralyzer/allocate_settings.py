@@ -1,7 +1,7 @@
 """What an allocation needs besides the analysis: the mapping, its target, its hyper-parameters.
 
 Every hyper-parameter defaults to the value in the mapping's published code
-(docs/theory.md section 6); one that belongs to another mapping is an error
+(docs/theory.md sections 6.2 and 6.4); one that belongs to another mapping is an error
 naming it, so ``--for bits --sparsity 0.7`` cannot pass silently.
 """
 

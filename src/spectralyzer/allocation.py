@@ -1,14 +1,14 @@
-"""Per-layer settings from per-layer alphas: the published mappings (docs/theory.md section 6).
+"""Per-layer settings from per-layer alphas: the published mappings (docs/theory.md section 6.2).
 
 Pure functions over arrays, one per paper, so each can be checked by hand:
 
-- :func:`alpha_pruning`: pruning sparsity (AlphaPruning, NeurIPS 2024), section 6.2;
+- :func:`alpha_pruning`: pruning sparsity (AlphaPruning, NeurIPS 2024), section 6.4;
 - :func:`linear_map`: learning rates (TempBalance, NeurIPS 2023) and weight decay
-  (AlphaDecay, 2025), section 6.3;
-- :func:`alpha_q`: quantisation bits (AlphaQ, 2026), a small integer program, section 6.4;
-- :func:`alpha_lora`: LoRA experts per block (AlphaLoRA, EMNLP 2024), section 6.5;
+  (AlphaDecay, 2025), section 6.5;
+- :func:`alpha_q`: quantisation bits (AlphaQ, 2026), a small integer program, section 6.6;
+- :func:`alpha_lora`: LoRA experts per block (AlphaLoRA, EMNLP 2024), section 6.7;
 - :func:`block_of` and :func:`group_means`: the transformer block of a layer and
-  block-wise means, section 6.1.
+  block-wise means, section 6.2.
 
 Higher alpha means a less trained layer: it is pruned more, gets a higher
 learning rate, more weight decay, fewer bits and more experts.
@@ -98,7 +98,7 @@ def alpha_pruning(
     eps: float = 0.3,
     clip_max: float | None = None,
 ) -> Sparsity:
-    """AlphaPruning's ``ww_sparsity`` (docs/theory.md section 6.2).
+    """AlphaPruning's ``ww_sparsity`` (docs/theory.md section 6.4).
 
     ``r = (1 - eps) + unit_scores(metric) * 2 eps``, then every ``r`` scaled by
     ``target * sum(n) / sum(n r)`` so the parameter-weighted mean is ``target``.
@@ -156,7 +156,7 @@ def linear_map(
 
     TempBalance (lr: low 0.5, high 1.5) and AlphaDecay (wd: low 0.666, high 3);
     min and max are taken over the tuned layers only, as both codes drop the first
-    and last layers before mapping (docs/theory.md section 6.3).
+    and last layers before mapping (docs/theory.md section 6.5).
     """
     metric = _check_metric(metric)
     tuned = np.asarray(tuned, dtype=bool)
@@ -193,7 +193,7 @@ def alpha_q(
     gamma: float = 10.0,
     choices: Sequence[int] = BIT_CHOICES,
 ) -> Bits:
-    """AlphaQ's bit allocation (docs/theory.md section 6.4) by ``scipy.optimize.milp``.
+    """AlphaQ's bit allocation (docs/theory.md section 6.6) by ``scipy.optimize.milp``.
 
     Minimise ``sum_l s_l Var(W_l) 2^(-2 b_l)``, ``s_l = (median alpha / alpha_l)^gamma``,
     over ``b_l`` in ``choices``, subject to ``sum n_l b_l <= mean_bits * sum n_l``.
@@ -236,7 +236,7 @@ def alpha_q(
 
 
 def alpha_lora(block_metric: np.ndarray, total: int = 160, beta: float = 2.5) -> np.ndarray:
-    """AlphaLoRA's experts per block (docs/theory.md section 6.5): ``T a^beta / sum a^beta``,
+    """AlphaLoRA's experts per block (docs/theory.md section 6.7): ``T a^beta / sum a^beta``,
     rounded by largest remainders so the counts sum to ``total`` exactly."""
     block_metric = _check_metric(block_metric)
     if not (isinstance(total, int) and total >= 0):
