@@ -311,3 +311,19 @@ def test_mapping_json_drives_torch_prune(tmp_path):
     achieved = sum(zeros.values()) / sum(sizes.values())
     assert abs(achieved - 0.7) <= len(ratios) / sum(sizes.values())
     assert max(ratios.values()) <= 0.99
+
+
+def test_extreme_exponents_do_not_overflow():
+    experts = alpha_lora(np.array([2.0, 4.0, 3.0]), total=10, beta=1000.0)
+    np.testing.assert_array_equal(experts, [0, 10, 0])  # (4/3)^1000: all to the largest
+    bits = alpha_q(np.array([2.0, 4.0, 3.0]), np.ones(3), np.array([1, 1, 1]), 3.0, gamma=50.0)
+    np.testing.assert_array_equal(bits.bits, [4, 2, 3])  # s = 1.5^50, 0.75^50, 1
+    huge = alpha_q(np.array([2.0, 4.0, 3.0]), np.ones(3), np.array([1, 1, 1]), 3.0, gamma=1e4)
+    assert huge.bits[0] == 4 and huge.bits.sum() <= 9  # 1.5^10000 overflows a float
+
+
+def test_clipping_that_cannot_reach_the_target_is_an_error():
+    # eps 1: the lowest-alpha layer's ratio is 0 for any scale, so 0.6 of the rest
+    # cannot be reached under 0.8 when that layer holds most of the parameters
+    with pytest.raises(OptionError, match="clip_max"):
+        alpha_pruning(np.array([1.0, 2.0]), np.array([900, 100]), 0.6, eps=1.0, clip_max=0.8)

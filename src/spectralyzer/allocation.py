@@ -108,8 +108,8 @@ def alpha_pruning(
     metric, params = _check_metric(metric), np.asarray(params, dtype=float)
     if not 0 <= target < 1:
         raise OptionError("sparsity", f"must be in [0, 1), not {target!r}")
-    if not 0 <= eps:
-        raise OptionError("eps", f"must be >= 0, not {eps!r}")
+    if not 0 <= eps <= 1:
+        raise OptionError("eps", f"must be from 0 to 1, not {eps!r}")
     raw = (1 - eps) + unit_scores(metric) * 2 * eps
     unclipped = raw * (target * params.sum() / (params * raw).sum())
     outside = int(np.sum((unclipped < 0) | (unclipped >= 1)))
@@ -117,33 +117,37 @@ def alpha_pruning(
         return Sparsity(unclipped, unclipped, outside, 0)
     if not target <= clip_max < 1:
         raise OptionError("clip_max", f"must be in [--sparsity, 1), not {clip_max!r}")
-    ratios, held = clip_to_mean(raw, params, target, 0.0, clip_max)
+    ratios, held = clip_to_mean(raw, params, target, clip_max)
     return Sparsity(ratios, unclipped, outside, held)
 
 
 def clip_to_mean(
-    raw: np.ndarray, weights: np.ndarray, target: float, low: float, high: float
+    raw: np.ndarray, weights: np.ndarray, target: float, high: float
 ) -> tuple[np.ndarray, int]:
-    """``c * raw`` clipped to ``[low, high]``, with ``c`` chosen so the weighted mean is ``target``.
+    """``clip(c * raw, 0, high)`` with ``c`` chosen so the weighted mean is ``target``.
 
-    Water-filling: clip, then rescale only the free entries to restore the mean,
-    and repeat until no free entry leaves the bounds (at most one pass per entry).
-    Returns the values and how many are held at a bound.
+    Water-filling: entries with ``raw <= 0`` are 0 for every ``c``; clip the largest
+    at ``high``, rescale the free ones to restore the mean, and repeat until no free
+    entry exceeds ``high`` (an entry once over stays over: ``c`` only grows). At most
+    one pass per entry. Returns the values and how many are held at a bound.
     """
-    values = np.asarray(raw, dtype=float).copy()
-    held = np.zeros(values.size, dtype=bool)
+    raw, weights = np.asarray(raw, dtype=float), np.asarray(weights, dtype=float)
     goal = target * weights.sum()
-    for _ in range(values.size + 1):
+    positive = raw > 0
+    if goal > high * weights[positive].sum() * (1 + 1e-12):
+        raise OptionError("clip_max", f"{high!r} cannot reach the target: raise it or lower eps")
+    values = np.zeros_like(raw)
+    held = ~positive
+    for _ in range(raw.size + 1):
         free = ~held
-        rest = goal - (weights[held] * values[held]).sum()
-        denominator = (weights[free] * raw[free]).sum()
-        values[free] = raw[free] * (rest / denominator) if denominator > 0 else rest
-        over = free & ((values > high) | (values < low))
+        rest = goal - high * weights[held & positive].sum()
+        values[free] = raw[free] * (rest / (weights[free] * raw[free]).sum()) if free.any() else 0
+        over = free & (values > high)
         if not over.any():
             break
-        values[over] = np.clip(values[over], low, high)
+        values[over] = high
         held |= over
-    return values, int(held.sum())
+    return values, int((~positive).sum() + (held & positive).sum())
 
 
 # --- learning rate (TempBalance) and weight decay (AlphaDecay)
@@ -207,15 +211,18 @@ def alpha_q(
             "mean_bits",
             f"{mean_bits!r} is infeasible: every layer needs at least {choices[0]:g} bits",
         )
-    sensitivity = (np.median(metric) / metric) ** gamma
+    if not np.all(metric > 0):
+        raise OptionError("layers", "AlphaQ needs positive alphas")
+    log_s = gamma * np.log(np.median(metric) / metric)  # in logs: gamma 10 overflows easily
+    with np.errstate(divide="ignore"):
+        log_cost = (log_s + np.log(variance))[:, None] - 2 * np.log(2) * choices[None, :]
+    top = log_cost.max() if np.isfinite(log_cost.max()) else 0.0
     layers, k = metric.size, choices.size
-    cost = (sensitivity * variance)[:, None] * 2.0 ** (-2 * choices)[None, :]
-    scale = cost.max() if cost.max() > 0 else 1.0
     one_each = np.kron(np.eye(layers), np.ones(k))  # sum_k x_lk = 1
     budget_row = (params[:, None] * choices[None, :]).ravel()
     budget = np.floor(mean_bits * params.sum() + 1e-9)  # integer bits: no tolerance slack
     result = milp(
-        (cost / scale).ravel(),
+        np.exp(log_cost - top).ravel(),  # scaled to max 1: the optimum is unchanged
         integrality=np.ones(layers * k),
         bounds=Bounds(0, 1),
         constraints=[
@@ -227,9 +234,37 @@ def alpha_q(
     if result.x is None:
         raise OptionError("mean_bits", f"{mean_bits!r} is infeasible ({result.message})")
     pick = np.round(result.x).reshape(layers, k).argmax(axis=1)
+    pick = _spend_leftover(pick, log_cost, params, choices, budget)
     bits = choices[pick].astype(int)
-    objective = float((cost[np.arange(layers), pick]).sum())
-    return Bits(bits, sensitivity, objective)
+    with np.errstate(over="ignore"):  # reported as inf when beyond floats; the choice is exact
+        objective = float(np.exp(log_cost[np.arange(layers), pick]).sum())
+        return Bits(bits, np.exp(log_s), objective)
+
+
+def _spend_leftover(
+    pick: np.ndarray, log_cost: np.ndarray, params: np.ndarray, choices: np.ndarray, budget: float
+) -> np.ndarray:
+    """Raise layers to their next width while the budget allows, best gain per bit first.
+
+    The solver ranks costs only to its tolerance (~1e-9 of the objective); with gamma 10
+    the costs span many decades, so a layer of tiny cost may be left below a width the
+    budget still pays for. Each raise lowers the objective and keeps the budget.
+    """
+    pick = pick.copy()
+    while True:
+        used = float((params * choices[pick]).sum())
+        best, best_gain = -1, -np.inf
+        for layer in np.flatnonzero(pick < choices.size - 1):
+            extra = params[layer] * (choices[pick[layer] + 1] - choices[pick[layer]])
+            if used + extra > budget:
+                continue
+            step = choices[pick[layer] + 1] - choices[pick[layer]]
+            gain = log_cost[layer, pick[layer]] + np.log1p(-(4.0**-step)) - np.log(extra)
+            if gain > best_gain:
+                best, best_gain = layer, gain
+        if best < 0:
+            return pick
+        pick[best] += 1
 
 
 # --- LoRA experts (AlphaLoRA)
@@ -241,7 +276,10 @@ def alpha_lora(block_metric: np.ndarray, total: int = 160, beta: float = 2.5) ->
     block_metric = _check_metric(block_metric)
     if not (isinstance(total, int) and total >= 0):
         raise OptionError("experts", f"must be a whole number >= 0, not {total!r}")
-    weights = block_metric**beta
+    if not np.all(block_metric > 0):
+        raise OptionError("layers", "AlphaLoRA needs positive alphas")
+    logs = beta * np.log(block_metric)
+    weights = np.exp(logs - logs.max())  # a^beta / max a^beta: no overflow for large beta
     return largest_remainder(total * weights / weights.sum(), total)
 
 
