@@ -1,6 +1,6 @@
 """Train the tiny GPT-style language model of data/tiny_gpt/ deterministically (CPU, seeded).
 
-Run from the repo root (a few minutes on two cores):
+Run from the repo root (about 5 minutes of two idle cores: 10 CPU-minutes):
 
     python data/train_tiny_gpt.py
 
