@@ -327,3 +327,13 @@ def test_clipping_that_cannot_reach_the_target_is_an_error():
     # cannot be reached under 0.8 when that layer holds most of the parameters
     with pytest.raises(OptionError, match="clip_max"):
         alpha_pruning(np.array([1.0, 2.0]), np.array([900, 100]), 0.6, eps=1.0, clip_max=0.8)
+
+
+def test_format_mapping_is_name_to_value_json_for_every_row():
+    table = cli(MLP, "--for", "lr", "--lr", 1e-3, "--format", "json")
+    mapping = cli(MLP, "--for", "lr", "--lr", 1e-3, "--format", "mapping")
+    assert mapping.exit_code == 0, mapping.output
+    rows = json.loads(table.output)["layers"]
+    assert json.loads(mapping.output) == {r["name"]: r["value"] for r in rows}
+    # TempBalance with three layers: the two ends stay at eta, the middle one is mapped alone
+    assert [r["value"] for r in rows] == [1e-3, 0.5e-3, 1e-3]
