@@ -105,7 +105,9 @@ def allocate_command(
     from ..allocate_pipeline import run_allocation  # on use: --help stays light
     from ..allocate_settings import make_settings
 
-    settings = make_settings(mapping, **{k: values.pop(k) for k in SETTINGS})
+    # --estimator (once the analysis offers it; None: the paper's) chooses the allocation's
+    estimator = values.pop("estimator", None)
+    settings = make_settings(mapping, estimator=estimator, **{k: values.pop(k) for k in SETTINGS})
     path = demo_model_path() if demo else model
     options = build_options(**values)
     with progress(quiet) as shown:
