@@ -24,7 +24,7 @@ LAYERS = (
     # no spectralyzer imports
     {"errors", "escaping", "budget", "interrupts", "choices", "threads", "variants"},
     {"io", "outputs", "render", "render_table", "hessian", "runs", "workers", "ray_runner"},
-    {"layers", "layouts", "roles", "fit", "windows"},  # tensors -> matrices (FARMS windows); roles
+    {"layers", "layouts", "roles", "fit", "windows", "allocation"},  # tensors -> matrices; math
     {
         "engine",
         "batching",
@@ -46,6 +46,7 @@ LAYERS = (
     {"pipeline"},  # the weight-analysis pipeline
     {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines", "fanout"},
     {"run_table", "watch", "monitor"},  # training runs: series table, watch loop, Monitor
+    {"allocate_settings", "allocate_pipeline"},  # alphas -> per-layer settings
     {"gate_policy"},  # built on diff
     {"demo", "demo_nets", "report"},  # demos, figures and report folders
     {"cli"},  # the command line, on top

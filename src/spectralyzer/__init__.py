@@ -4,7 +4,7 @@
 >>> details, summary = spectralyzer.analyze("model.safetensors")  # doctest: +SKIP
 
 The public functions are named for what they do (``analyze``, ``compare``,
-``diff``, ``gate``, ``probe``); the modules holding them are named for the
+``diff``, ``gate``, ``probe``, ``allocate``); the modules holding them are named for the
 pipeline (``pipeline``, ``series``, ``layer_diff``, ``gate_policy``,
 ``probe_pipeline``), so importing a module never hides a function. Any result
 renders as text with ``spectralyzer.render.render(result, fmt)``.
@@ -23,6 +23,9 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 # public name -> the module that defines it (imported on first use: `--help` stays fast)
 _PUBLIC = {
+    "allocate": "allocate_pipeline",
+    "Allocation": "allocate_pipeline",
+    "AllocationSettings": "allocate_settings",
     "analyze": "pipeline",
     "run_analysis": "pipeline",
     "Analysis": "pipeline",
@@ -46,6 +49,8 @@ _PUBLIC = {
 
 __all__ = [
     "AlarmError",
+    "Allocation",
+    "AllocationSettings",
     "Analysis",
     "AnalysisOptions",
     "Diff",
@@ -59,6 +64,7 @@ __all__ = [
     "SpectralyzerError",
     "Verdict",
     "__version__",
+    "allocate",
     "analyze",
     "compare",
     "diff",
@@ -69,6 +75,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .alarms import AlarmError
+    from .allocate_pipeline import Allocation, allocate
+    from .allocate_settings import AllocationSettings
     from .errors import InputError, OptionError, SpectralyzerError
     from .gate_policy import Policy, Verdict, gate
     from .layer_diff import Diff, diff

@@ -36,3 +36,5 @@ RANK_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log
 LOSS_NAMES = ("cross_entropy", "mse")
 #: Precisions of the probe (``probe --precision``).
 PRECISION_NAMES = ("float64", "float32")
+#: What ``allocate --for`` sets per layer (:mod:`spectralyzer.allocation`).
+ALLOCATIONS = ("sparsity", "lr", "weight-decay", "bits", "lora-experts")

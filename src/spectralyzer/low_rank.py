@@ -1,7 +1,7 @@
 """Rows of low-rank updates (LoRA ``lora-delta``): no power-law or Marchenko-Pastur fit.
 
 A LoRA update ``dW = s * B @ A`` has at most ``r`` non-zero eigenvalues of
-``dW^T dW``, and the engine computes exactly those (docs/theory.md section 6.4).
+``dW^T dW``, and the engine computes exactly those (docs/theory.md section 6.10).
 They are the whole spectrum of a learned rank-``r`` matrix, not the tail of a
 bulk of ``M`` eigenvalues: the heavy-tailed fit and the Marchenko-Pastur bulk
 behind alpha, the spikes and the phases do not describe it (a rank-16 update

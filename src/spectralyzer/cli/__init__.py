@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .allocate import allocate_command
 from .analyze import analyze_command
 from .compare import compare_command
 from .errors import Commands, handle_errors, internal_error_line
@@ -36,5 +37,6 @@ for _command in (
     gate_command,
     probe_command,
     watch_command,
+    allocate_command,
 ):
     main.add_command(_command)

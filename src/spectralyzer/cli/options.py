@@ -82,9 +82,9 @@ estimator_options = [
     click.option(
         "--estimator",
         type=click.Choice(ESTIMATORS),
-        default="clauset",
-        show_default=True,
-        help="How alpha is fitted: clauset (xmin by minimum KS distance), hill (xmin fixed "
+        default=None,
+        help="How alpha is fitted (default clauset; for allocate, the mapping's paper's "
+        "estimator): clauset (xmin by minimum KS distance), hill (xmin fixed "
         "at the median eigenvalue, TempBalance's alpha_mid) or xmin-peak (KS scan for xmin in "
         "[0.95, 1.5] x the ESD's histogram peak, AlphaPruning's alpha_peak).",
     ),
@@ -249,6 +249,8 @@ def build_options(**values: Any) -> AnalysisOptions:
     """
     from ..pipeline import make_options
 
+    if values.get("estimator", "") is None:  # not given: AnalysisOptions' default (clauset)
+        del values["estimator"]
     return make_options(**values)
 
 

@@ -4,7 +4,7 @@ For each target module the adapter's update is ``dW = s * B @ A`` (``out x in``,
 rank at most ``r``; :mod:`.adapter_config`).  Its non-zero singular values are
 those of the small ``k x in`` matrix ``C = s * R_B @ A``, where ``B = Q_B R_B`` is
 a thin QR factorisation and ``k = min(out, r)``: ``dW^T dW = s^2 A^T R_B^T Q_B^T
-Q_B R_B A = C^T C`` (docs/theory.md section 6.4).  That matrix is listed as
+Q_B R_B A = C^T C`` (docs/theory.md section 6.10).  That matrix is listed as
 ``<weight>@lora`` (variant ``lora-delta``), so the engine decomposes an
 ``r x r`` Gram matrix and never forms ``out x in``.  With a base model, its
 tensors are listed unchanged (``base``) and ``W + dW`` of each target module
