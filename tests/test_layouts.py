@@ -107,7 +107,7 @@ def test_no_split_still_cuts_experts_apart(tmp_path):
 def test_experts_mean_gives_one_row_per_group(tmp_path):
     path = llm_layouts.mixtral_fused(tmp_path / "mx").path
     each = analyse(path).details.set_index("name")
-    mean = analyse(path, experts="mean")
+    mean = analyse(path, expert_rows="mean")
     details = mean.details.set_index("name")
     group = "model.layers.1.mlp.experts.gate_up_proj[*]:gate"
     members = [f"model.layers.1.mlp.experts.gate_up_proj[{x}]:gate" for x in range(EXPERTS)]
@@ -123,21 +123,21 @@ def test_experts_mean_gives_one_row_per_group(tmp_path):
 
 def test_experts_mean_groups_per_expert_modules_too(tmp_path):
     path = llm_layouts.mixtral_per_expert(tmp_path / "m").path
-    details = analyse(path, experts="mean").details.set_index("name")
+    details = analyse(path, expert_rows="mean").details.set_index("name")
     assert details.loc["model.layers.0.block_sparse_moe.experts.*.w2.weight", "num_experts"] == 4
 
 
 def test_experts_skip_of_an_all_expert_model_says_why(tmp_path):
     written = llm_layouts.gpt_oss(tmp_path / "oss")
-    with pytest.raises(InputError, match=r"expert matrix, left out \(--experts skip\)"):
-        analyse(written.path, experts="skip")
+    with pytest.raises(InputError, match=r"expert matrix, left out \(--expert-rows skip\)"):
+        analyse(written.path, expert_rows="skip")
 
 
 def test_experts_skip_leaves_the_rest(tmp_path):
     tensors = dict(llm_layouts.mixtral_fused(tmp_path / "mx").tensors)
     tensors["model.layers.0.self_attn.q_proj.weight"] = torch.randn(HIDDEN, HIDDEN)
     path = write_hf_folder(tmp_path / "mixed", tensors, {"model_type": "mixtral"})
-    result = analyse(path, experts="skip")
+    result = analyse(path, expert_rows="skip")
     assert list(result.details["name"]) == ["model.layers.0.self_attn.q_proj.weight"]
     reasons = {s["name"]: s["reason"] for s in result.summary["skipped"]}
     assert reasons["model.layers.1.mlp.experts.down_proj"].startswith("expert matrix, left out")
@@ -174,8 +174,8 @@ def test_output_head_has_one_role_across_architectures(tmp_path):
 def test_unknown_roles_are_refused():
     with pytest.raises(OptionError, match="roles"):
         Selection(roles=("attention",))
-    with pytest.raises(OptionError, match="experts"):
-        AnalysisOptions(experts="median")
+    with pytest.raises(OptionError, match="expert_rows"):
+        AnalysisOptions(expert_rows="median")
 
 
 def test_rows_come_in_natural_order(tmp_path):

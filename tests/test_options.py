@@ -40,7 +40,7 @@ AGREEING = {
     "threads": ({"threads": 1}, ["--threads", "1"]),
     "roles": ({"roles": ("other",)}, ["--roles", "other"]),
     "split": ({"split": False}, ["--no-split"]),
-    "experts": ({"experts": "mean"}, ["--experts", "mean"]),
+    "expert_rows": ({"expert_rows": "mean"}, ["--expert-rows", "mean"]),
 }
 
 #: (field, bad library value, flag, bad command-line value or None for a flag without one)
@@ -65,7 +65,7 @@ REFUSED = [
     ("threads", True, "--threads", "-2"),
     ("threads", 2**63, "--threads", str(2**63)),  # overflowed torch.set_num_threads: exit 3
     ("roles", ("attention",), "--roles", "attention"),
-    ("experts", "median", "--experts", "median"),
+    ("expert_rows", "median", "--expert-rows", "median"),
     ("split", "no", "--split", None),
 ]
 

@@ -42,7 +42,7 @@ class AnalysisOptions:
     farms_windows: int = FarmsSettings.windows  # K
     farms_ratio: float = FarmsSettings.ratio  # Q'
     split: bool = True  # fused q/k/v and gate/up tensors as their parts (spectralyzer.layouts)
-    experts: str = "each"  # expert matrices: "each" a row, "mean" a row per group, "skip"
+    expert_rows: str = "each"  # expert matrices: "each" a row, "mean" a row per group, "skip"
     adapter: str | os.PathLike[str] | None = None  # a PEFT LoRA adapter folder on the source
 
     def __post_init__(self) -> None:
@@ -58,9 +58,10 @@ class AnalysisOptions:
                 "precision",
                 f"must be one of {', '.join(PRECISION_NAMES)}, not {self.precision!r}",
             )
-        if self.experts not in EXPERT_MODES:
+        if self.expert_rows not in EXPERT_MODES:
             raise OptionError(
-                "experts", f"must be one of {', '.join(EXPERT_MODES)}, not {self.experts!r}"
+                "expert_rows",
+                f"must be one of {', '.join(EXPERT_MODES)}, not {self.expert_rows!r}",
             )
         if self.device not in DEVICES:
             raise OptionError("device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")

@@ -22,7 +22,7 @@ LAYER_TYPES = (
 )
 #: How a convolution becomes matrices (``--conv-mode``).
 CONV_MODES = ("slices", "unfold")
-#: What becomes of expert matrices (``--experts``): a row each, one row per group, left out.
+#: What becomes of expert matrices (``--expert-rows``): a row each, one row per group, left out.
 EXPERT_MODES = ("each", "mean", "skip")
 #: Where the spectra are computed (``--device``).
 DEVICES = ("auto", "cpu", "cuda")

@@ -282,7 +282,7 @@ def plan(
             continue
         if experts == "skip" and any(role.startswith("expert") for _, _, _, role in rows):
             skipped.append(
-                Skipped(info.name, info.shape, "expert matrix, left out (--experts skip)")
+                Skipped(info.name, info.shape, "expert matrix, left out (--expert-rows skip)")
             )
             continue
         for name, shape, part, _ in rows:

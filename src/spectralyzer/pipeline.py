@@ -166,7 +166,7 @@ def _run_analysis(
             randomize=options.randomize,
             config=checkpoint.config(),
             split=options.split,
-            experts=options.experts,
+            experts=options.expert_rows,
         )
         # aliases are source tensors (a stack or fused tensor is compared whole), in file
         # order: the first name in the file is the canonical one
@@ -200,7 +200,7 @@ def _run_analysis(
     tic = time.perf_counter()
     rows = [_row(spectra[s.name], options) for s in interrupts.checked(specs)]
     details = details_frame(rows)
-    if options.experts == "mean":
+    if options.expert_rows == "mean":
         details = expert_means(details)
     if fmt == AdapterCheckpoint.format:
         details.insert(1, "variant", details["name"].map(variant_of))
@@ -215,7 +215,7 @@ def _run_analysis(
         normalize=options.normalize,
         conv_mode=options.selection.conv_mode,
         split=options.split,
-        experts=options.experts,
+        experts=options.expert_rows,
         randomized=options.randomize,
         fix_fingers=options.fix_fingers,
         tail_tests=options.tail_tests,
@@ -293,7 +293,7 @@ def analyze(
     max_evals: int | None = 16384,
     conv_mode: str = "slices",
     split: bool = True,
-    experts: str = "each",
+    expert_rows: str = "each",
     randomize: bool = False,
     seed: int = 0,
     normalize: bool = False,
@@ -315,7 +315,7 @@ def analyze(
     ``estimator``: the AnalysisOptions fields ``estimator``, ``hill_k``,
     ``xmin_peak_compat``, ``farms``, ``farms_size``, ``farms_windows``, ``farms_ratio``.
     ``roles`` selects by role or family (:mod:`spectralyzer.roles`); ``split=False``
-    keeps fused q/k/v and gate/up tensors whole; ``experts`` is ``"each"``, ``"mean"``
+    keeps fused q/k/v and gate/up tensors whole; ``expert_rows`` is ``"each"``, ``"mean"``
     (a row per expert group) or ``"skip"`` (:mod:`spectralyzer.layouts`).
 
     >>> details, summary = analyze("model.safetensors")  # doctest: +SKIP
@@ -329,7 +329,7 @@ def analyze(
         max_evals=max_evals,
         conv_mode=conv_mode,
         split=split,
-        experts=experts,
+        expert_rows=expert_rows,
         randomize=randomize,
         seed=seed,
         normalize=normalize,

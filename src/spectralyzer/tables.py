@@ -66,7 +66,7 @@ def details_frame(rows: Sequence[LayerMetrics]) -> pd.DataFrame:
 
 
 def expert_means(details: pd.DataFrame) -> pd.DataFrame:
-    """``--experts mean``: the rows of each expert group (``experts.gate_up_proj[*]:gate``,
+    """``--expert-rows mean``: the rows of each expert group (``experts.gate_up_proj[*]:gate``,
     ``experts.*.w1.weight``: the same matrix of every expert of one layer) replaced by
     one row named for the group, where it first appears (docs/theory.md section 1.8).
 
@@ -113,7 +113,7 @@ def summarize(details: pd.DataFrame, skipped: Sequence[Skipped], **context: Any)
     summary["num_layers"] = int(len(details))
     summary["num_skipped"] = len(skipped)
     experts = details["role"].astype(str).str.startswith("expert")
-    if "num_experts" in details:  # --experts mean: a row per group
+    if "num_experts" in details:  # --expert-rows mean: a row per group
         summary["num_expert_matrices"] = int(details["num_experts"].sum())
         summary["num_expert_groups"] = int((details["num_experts"] > 0).sum())
     else:
@@ -164,7 +164,7 @@ def layers_table(details: pd.DataFrame, estimator: dict[str, Any] | None = None)
     if estimator:
         frame["estimator"] = estimator_text(estimator)
     shown = [c for c in TABLE_COLUMNS if c in frame]
-    if "num_experts" in frame and (frame["num_experts"] > 0).any():  # --experts mean
+    if "num_experts" in frame and (frame["num_experts"] > 0).any():  # --expert-rows mean
         shown.insert(shown.index("shape") + 1, "num_experts")
     if "variant" in frame:  # with a LoRA adapter: base, lora-delta or merged
         shown.insert(1, "variant")

@@ -169,7 +169,7 @@ def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
                 "name:gate, ...).",
             ),
             click.option(
-                "--experts",
+                "--expert-rows",
                 type=click.Choice(EXPERT_MODES),
                 default="each",
                 show_default=True,
