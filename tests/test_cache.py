@@ -28,13 +28,13 @@ OPTIONS = make_options(threads=1)
 def computed(monkeypatch):
     """Names of the layers the engine computed, one list per call (cache misses)."""
     calls: list[list[str]] = []
-    real = cache_module.compute_spectra
+    real = cache_module.spectra_with
 
-    def counting(checkpoint, specs, **kwargs):
+    def counting(checkpoint, specs, *args):
         calls.append([s.name for s in specs])
-        return real(checkpoint, specs, **kwargs)
+        return real(checkpoint, specs, *args)
 
-    monkeypatch.setattr(cache_module, "compute_spectra", counting)
+    monkeypatch.setattr(cache_module, "spectra_with", counting)
     return calls
 
 
@@ -86,16 +86,16 @@ def test_compare_after_adding_a_checkpoint_analyses_only_the_new_one(tmp_path, c
 
 def test_a_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     (model,) = make_models(tmp_path, 1)
-    real = cache_module.compute_spectra
+    real = cache_module.spectra_with
     calls: list[list[str]] = []
 
-    def dies_on_the_third_group(checkpoint, specs, **kwargs):
+    def dies_on_the_third_group(checkpoint, specs, *args):
         calls.append([s.name for s in specs])
         if len(calls) == 3:
             raise KeyboardInterrupt  # the run is killed in the middle
-        return real(checkpoint, specs, **kwargs)
+        return real(checkpoint, specs, *args)
 
-    monkeypatch.setattr(cache_module, "compute_spectra", dies_on_the_third_group)
+    monkeypatch.setattr(cache_module, "spectra_with", dies_on_the_third_group)
     with pytest.raises(KeyboardInterrupt):
         analyse(model, tmp_path / "cache")
     done_before = sum(calls[:2], [])

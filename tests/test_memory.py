@@ -47,10 +47,10 @@ BOUND = 128 * MIB  # allowed growth of private memory over the one-layer run
 
 CHILD = """
 import functools, sys
-import spectralyzer.pipeline as pipeline
+import spectralyzer.engine as engine
 from spectralyzer import cli
 from spectralyzer.engine import compute_spectra
-pipeline.compute_spectra = functools.partial(compute_spectra, batch_elements=int(sys.argv[1]))
+engine.compute_spectra = functools.partial(compute_spectra, batch_elements=int(sys.argv[1]))
 cli.main(["analyze", sys.argv[2], "--format", "json", "-o", sys.argv[3], "-q"])
 """
 
@@ -60,7 +60,7 @@ cli.main(["analyze", sys.argv[2], "--format", "json", "-o", sys.argv[3], "-q"])
 HELD_EXIT = 99
 HOLDING_CHILD = """
 import os, sys
-import spectralyzer.pipeline as pipeline
+import spectralyzer.engine as engine
 from spectralyzer import cli
 from spectralyzer.engine import compute_spectra
 
@@ -77,7 +77,7 @@ def holding(checkpoint, specs, **kwargs):
         raise
     return compute_spectra(checkpoint, specs, batch_elements=int(sys.argv[1]), **kwargs)
 
-pipeline.compute_spectra = holding
+engine.compute_spectra = holding
 cli.main(["analyze", sys.argv[2], "--format", "json", "-o", sys.argv[3], "-q"])
 """.replace("HELD_EXIT", str(HELD_EXIT))
 

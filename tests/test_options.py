@@ -143,17 +143,17 @@ def test_bad_value_names_the_field_in_the_library_and_the_flag_on_the_cli(field,
 
 
 def test_threads_apply_during_the_run_and_are_restored_after(monkeypatch):
-    import spectralyzer.pipeline as pipeline
+    import spectralyzer.engine as engine
 
     before, seen = torch.get_num_threads(), []
     wanted = 2 if before == 1 else 1  # differs from the current count, so the check bites
-    original = pipeline.compute_spectra
+    original = engine.compute_spectra
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "compute_spectra", spy)
+    monkeypatch.setattr(engine, "compute_spectra", spy)
     library_json(threads=wanted)
     assert seen == [wanted]
     assert torch.get_num_threads() == before

@@ -26,38 +26,29 @@ def batches_of(specs: list[LayerSpec], batch_elements: int) -> Iterable[list[Lay
     a window: the matrices cut from one tensor (experts, q/k/v) land in one
     window, so the tensor is loaded once and held only while that window runs.
     """
-    for window in _windows(specs, batch_elements):
+    sources = (list(group) for _, group in groupby(specs, key=lambda spec: spec.source))
+    for window in _runs(sources, batch_elements):
         by_shape: dict[tuple[int, int], list[LayerSpec]] = defaultdict(list)
         for spec in window:
             by_shape[(spec.N, spec.M)].append(spec)
         for group in by_shape.values():
-            batch: list[LayerSpec] = []
-            size = 0
-            for spec in group:
-                n = spec.num_slices * spec.N * spec.M
-                if batch and size + n > batch_elements:
-                    yield batch
-                    batch, size = [], 0
-                batch.append(spec)
-                size += n
-            if batch:
-                yield batch
+            yield from _runs(([spec] for spec in group), batch_elements)
 
 
-def _windows(specs: list[LayerSpec], batch_elements: int) -> Iterator[list[LayerSpec]]:
-    """Runs of specs of about ``batch_elements`` entries, never parting a source's specs."""
-    window: list[LayerSpec] = []
+def _runs(groups: Iterable[list[LayerSpec]], limit: int) -> Iterator[list[LayerSpec]]:
+    """The groups joined, in order, into runs of at most ``limit`` matrix entries; a group
+    is never parted (one larger than ``limit`` is a run of its own)."""
+    run: list[LayerSpec] = []
     size = 0
-    for _, group in groupby(specs, key=lambda spec: spec.source):
-        members = list(group)
+    for members in groups:
         n = sum(spec.num_slices * spec.N * spec.M for spec in members)
-        if window and size + n > batch_elements:
-            yield window
-            window, size = [], 0
-        window.extend(members)
+        if run and size + n > limit:
+            yield run
+            run, size = [], 0
+        run.extend(members)
         size += n
-    if window:
-        yield window
+    if run:
+        yield run
 
 
 class Sources:

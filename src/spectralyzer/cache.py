@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from . import __version__, interrupts
-from .engine import ESD, LayerSpectra, compute_spectra
+from .engine import ESD, LayerSpectra, spectra_with
 from .io.base import Checkpoint
 from .layers import LayerSpec
 from .outputs import Inputs, write_file
@@ -225,16 +225,7 @@ def cached_spectra(
             finished([s for s in group if s.name in result])
         if not misses:
             continue
-        fresh = compute_spectra(
-            checkpoint,
-            misses,
-            device=device,
-            randomize=options.randomize,
-            seed=options.seed,
-            progress=finished,
-            timings=timings,
-            precision=options.precision,
-        )
+        fresh = spectra_with(checkpoint, misses, options, device, finished, timings)
         for spec in misses:
             cache.put(keys[spec.name], fresh[spec.name])
             result[spec.name] = fresh[spec.name]

@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -247,6 +248,28 @@ def compute_spectra(
         clock,
         progress,
         _GRAM_DTYPES[precision],
+    )
+
+
+def spectra_with(
+    checkpoint: Checkpoint,
+    specs: list[LayerSpec],
+    options: Any,
+    device: torch.device,
+    finished: Callable[[list[LayerSpec]], None] | None,
+    timings: dict[str, float],
+) -> dict[str, LayerSpectra]:
+    """:func:`compute_spectra` with the settings of an analysis' ``options`` (its
+    ``randomize``, ``seed`` and ``precision``): the pipeline's and the cache's one call."""
+    return compute_spectra(
+        checkpoint,
+        specs,
+        device=device,
+        randomize=options.randomize,
+        seed=options.seed,
+        progress=finished,
+        timings=timings,
+        precision=options.precision,
     )
 
 

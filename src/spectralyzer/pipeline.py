@@ -17,7 +17,7 @@ import torch
 from . import __version__, interrupts
 from .analysis_options import AnalysisOptions, make_options
 from .analysis_result import Analysis, nothing_to_analyse, summary_lines  # noqa: F401 (re-exported)
-from .engine import LayerSpectra, compute_spectra, resolve_device
+from .engine import LayerSpectra, resolve_device, spectra_with
 from .errors import InputError
 from .farms import compute_farms_spectra, farms_cost
 from .flow import with_flow
@@ -95,25 +95,8 @@ def open_source(
     return open_checkpoint(source, trust_pickle=trust_pickle, adapter=adapter)
 
 
-def local_spectra(
-    checkpoint: Checkpoint,
-    specs: list[LayerSpec],
-    options: AnalysisOptions,
-    device: torch.device,
-    finished: Callable[[list[LayerSpec]], None] | None,
-    timings: dict[str, float],
-) -> dict[str, LayerSpectra]:
-    """The default :data:`SpectraFn`: every ESD computed here, nothing cached."""
-    return compute_spectra(
-        checkpoint,
-        specs,
-        device=device,
-        randomize=options.randomize,
-        seed=options.seed,
-        progress=finished,
-        timings=timings,
-        precision=options.precision,
-    )
+#: The default :data:`SpectraFn`: every ESD computed here, nothing cached.
+local_spectra = spectra_with
 
 
 def run_each(
