@@ -31,3 +31,7 @@ RANK_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log
 LOSS_NAMES = ("cross_entropy", "mse")
 #: Precisions of the probe (``probe --precision``).
 PRECISION_NAMES = ("float64", "float32")
+#: How the probe computes Hessian-vector products (``probe --hvp``).
+HVP_NAMES = ("exact", "finite-difference")
+#: Storage of the probe's Lanczos basis (``probe --lanczos-basis``): the probe's precision, or lower.
+BASIS_NAMES = ("full", "float32", "bfloat16")
