@@ -96,7 +96,8 @@ def test_probe_by_finite_differences_matches_exact_lambda_1():
     exact = spectralyzer.probe(model, x, y, top_k=2, steps=20)
     fd = spectralyzer.probe(model, x, y, top_k=2, steps=20, hvp="finite-difference", hvp_batch=4)
     assert fd.attention is None  # first derivatives only: the fused kernel is kept
-    for a, b in zip(exact.curvatures[0].top_eigenvalues, fd.curvatures[0].top_eigenvalues):
+    pairs = zip(exact.curvatures[0].top_eigenvalues, fd.curvatures[0].top_eigenvalues, strict=True)
+    for a, b in pairs:
         assert math.isclose(a, b, rel_tol=1e-8)
     assert any("central differences" in line for line in fd.summary_lines())
 
