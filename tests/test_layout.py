@@ -27,7 +27,8 @@ LAYERS = (
     {"engine", "metrics", "flow"},  # matrices -> ESDs -> rows
     {"tables"},  # rows -> DataFrame, summary
     {"pipeline"},  # the weight-analysis pipeline
-    {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines"},  # on the pipelines
+    # on the pipelines
+    {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines", "probe_batching"},
     {"gate_policy"},  # built on diff
     {"demo", "demo_nets", "report"},  # demos, figures and report folders
     {"cli"},  # the command line, on top
