@@ -92,3 +92,9 @@ def test_default_hvp_batch_is_the_largest_that_fits_the_budget():
     plan = spectralyzer.probe(model, x, y, top_k=2, steps=10, memory_budget=budget).memory
     assert plan.hvp_batch == 17 and plan.micro_batches == 3
     assert plan.total <= budget < plan.total + per_sample
+
+
+def test_model_without_parameters_is_refused_in_one_line():
+    x, y = data(4)
+    with pytest.raises(spectralyzer.InputError, match="no parameters"):
+        spectralyzer.probe(nn.ReLU(), x, y)

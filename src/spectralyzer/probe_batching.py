@@ -173,6 +173,8 @@ def plan_memory(
     The graph is measured by two forward and backward passes on 1 and 2 samples.
     """
     n = len(inputs)
+    if not list(model.parameters()):
+        raise InputError(labels[0], "the model has no parameters: there is no curvature to probe")
     parameters = sum(p.numel() for p in model.parameters())
     itemsize = next(model.parameters()).element_size()
     terms = probe_terms(options, parameters, itemsize, weight_blocks(model), adam)
