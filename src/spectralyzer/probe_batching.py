@@ -9,8 +9,8 @@ only one micro-batch's graph is alive at a time (docs/theory.md section 4.13).
 Memory (docs/theory.md section 4.14), in bytes, for ``P`` parameters of ``b``
 bytes and a Lanczos basis of ``c`` bytes per number (``--lanczos-basis``):
 
-* vectors, always: ``(6 + top_k) P b`` (parameters, gradient, work vectors,
-  the top-k Ritz vectors), ``+ 3 P b`` with ``--hvp finite-difference``;
+* vectors, always: ``7 P b`` (parameters, gradient, work vectors, the top
+  Ritz vector), ``+ 3 P b`` with ``--hvp finite-difference``;
 * one probe at a time, the largest of: Lanczos ``steps P c``; SLQ
   ``slq_steps P c``; Hutch++ ``3 (trace_matvecs // 3) P b``; Adam's
   preconditioned Lanczos ``steps P c + 2 P b``; the batch-size table
@@ -104,7 +104,7 @@ def probe_terms(
 
 def vector_bytes(options: ProbeOptions, parameters: int, itemsize: int) -> int:
     """Parameters, gradient, work and Ritz vectors (and the finite-difference copies)."""
-    count = 6 + options.top_k + (3 if options.hvp == "finite-difference" else 0)
+    count = 7 + (3 if options.hvp == "finite-difference" else 0)
     return count * parameters * itemsize
 
 

@@ -166,7 +166,9 @@ def curvature(
     """
     checked = Interruptible(op)
     basis = BASIS_DTYPES[options.lanczos_basis]
-    values, vectors = top_eigenpairs(checked, options.top_k, options.steps, generator, basis)
+    values, vectors = top_eigenpairs(
+        checked, options.top_k, options.steps, generator, basis, vectors=1
+    )
     top = values.tolist()
     g = op.gradient
     gg = float(g @ g)

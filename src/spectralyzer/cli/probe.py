@@ -51,7 +51,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 MEMORY_HELP = """\b
 Memory, for P parameters of b bytes (8 float64, 4 float32), a Lanczos basis of
 c bytes per number (b, or 4/2 with --lanczos-basis float32/bfloat16):
-  vectors        (6 + top_k) P b  (+ 3 P b with --hvp finite-difference)
+  vectors        7 P b  (+ 3 P b with --hvp finite-difference)
   + the largest of:
     Lanczos      steps P c
     --slq        slq_steps P c

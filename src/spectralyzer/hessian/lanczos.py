@@ -106,15 +106,18 @@ def top_eigenpairs(
     steps: int,
     generator: torch.Generator,
     basis_dtype: torch.dtype | None = None,
+    vectors: int | None = None,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """The ``k`` largest Ritz values (descending) of ``steps`` Lanczos steps and their Ritz vectors.
 
-    Vectors are the rows of the returned ``(k, dim)`` tensor (unit norm). The
-    start vector is drawn on the CPU from ``generator`` (reproducible on any device).
+    Vectors are the rows of the returned ``(vectors, dim)`` tensor (unit norm;
+    ``vectors`` defaults to ``k``: each costs ``dim`` numbers). The start vector
+    is drawn on the CPU from ``generator`` (reproducible on any device).
     """
     tri = lanczos(op, random_start(op, generator), min(steps, op.dim), basis_dtype)
-    values, vectors = tri.ritz()
-    top = torch.from_numpy(vectors[:, ::-1][:, :k].copy())
+    values, eigenvectors = tri.ritz()
+    count = k if vectors is None else vectors
+    top = torch.from_numpy(eigenvectors[:, ::-1][:, :count].copy())
     ritz = combine(tri.basis, top, op.dtype).T
     return values[::-1][:k].copy(), ritz
 
@@ -127,4 +130,4 @@ def top_eigenvalues(
     basis_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """The ``k`` largest eigenvalues (descending): :func:`top_eigenpairs` without the vectors."""
-    return top_eigenpairs(op, k, steps, generator, basis_dtype)[0]
+    return top_eigenpairs(op, k, steps, generator, basis_dtype, vectors=0)[0]
