@@ -123,3 +123,36 @@ def test_memory_budget_sets_hvp_batch_and_is_reported(probe_files):
 def test_memory_budget_must_be_a_size(probe_files, size):
     result = CliRunner().invoke(main, ["probe", *probe_files, "--memory-budget", size])
     assert result.exit_code == 2 and "--memory-budget" in result.output
+
+
+def test_disk_basis_gives_the_same_numbers_as_the_basis_in_memory(monkeypatch):
+    monkeypatch.setattr("spectralyzer.hessian.lanczos.BLOCK_BYTES", 8 * 40 * 1024)  # 3 blocks
+    matrix = torch.randn(
+        3000, 3000, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
+    op = LinearMap.of_matrix(matrix + matrix.T)
+    start = torch.randn(3000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    memory = lanczos(op, start, 25)
+    disk = lanczos(op, start, 25, "disk")
+    # the same vectors; only the order of summation in the products may differ (layout)
+    assert np.allclose(memory.alpha, disk.alpha, rtol=1e-12, atol=1e-12)
+    assert np.allclose(memory.beta, disk.beta, rtol=1e-12, atol=0)
+    assert torch.allclose(disk.basis.block(25, slice(0, 3000)), memory.basis, rtol=0, atol=1e-13)
+    coefficients = torch.randn(25, 2, dtype=torch.float64)
+    assert torch.allclose(combine(disk.basis, coefficients, torch.float64),
+                          combine(memory.basis, coefficients, torch.float64),
+                          rtol=0, atol=1e-12)  # fmt: skip
+
+
+def test_probe_with_disk_basis_reports_it_and_agrees():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x, y = torch.randn(20, 4, dtype=torch.float64), torch.randint(0, 3, (20,))
+    full = spectralyzer.probe(model, x, y, top_k=3, steps=40, slq=True, slq_steps=10)
+    disk = spectralyzer.probe(model, x, y, top_k=3, steps=40, slq=True, slq_steps=10,
+                              lanczos_basis="disk")  # fmt: skip
+    got, want = disk.curvatures[0], full.curvatures[0]
+    assert np.allclose(got.top_eigenvalues, want.top_eigenvalues, rtol=1e-12, atol=0)
+    assert np.allclose(got.density.density, want.density.density, rtol=1e-9, atol=1e-12)
+    assert disk.memory.terms["lanczos"] == 0 and full.memory.terms["lanczos"] == 40 * 67 * 8
+    assert any("temporary file" in line for line in disk.summary_lines())

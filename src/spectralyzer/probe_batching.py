@@ -7,7 +7,9 @@ micro-batches of ``hvp_batch`` (:class:`.hessian.microbatch.MicroBatched`), so
 only one micro-batch's graph is alive at a time (docs/theory.md section 4.13).
 
 Memory (docs/theory.md section 4.14), in bytes, for ``P`` parameters of ``b``
-bytes and a Lanczos basis of ``c`` bytes per number (``--lanczos-basis``):
+bytes and a Lanczos basis of ``c`` bytes per number in memory
+(``--lanczos-basis``: ``b``, 4 for float32, 2 for bfloat16, 0 on disk, where
+it takes ``steps P b`` of the temporary folder instead):
 
 * vectors, always: ``7 P b`` (parameters, gradient, work vectors, the top
   Ritz vector), ``+ 3 P b`` with ``--hvp finite-difference``;
@@ -84,7 +86,8 @@ def probe_terms(
 ) -> dict[str, int]:
     """Bytes of each probe that may run (module docstring); ``blocks``: per-layer block sizes."""
     p, b = parameters, itemsize
-    c = BASIS_DTYPES[options.lanczos_basis].itemsize if options.lanczos_basis != "full" else b
+    storage = BASIS_DTYPES[options.lanczos_basis]
+    c = storage.itemsize if isinstance(storage, torch.dtype) else 0 if storage == "disk" else b
     terms = {"lanczos": options.steps * p * c}
     if options.slq:
         terms["slq"] = options.slq_steps * p * c

@@ -221,6 +221,8 @@ def _product_lines(result: ProbeResult) -> list[str]:
             "Hessian products by central differences of gradients (step eps^(1/3) x "
             "min(|w|, |loss|/|g|)): relative error about the precision's eps^(2/3)"
         )
-    if o.lanczos_basis != "full":
+    if o.lanczos_basis == "disk":
+        lines.append(f"Lanczos basis stored in a temporary file, in {o.precision}")
+    elif o.lanczos_basis != "full":
         lines.append(f"Lanczos basis stored in {o.lanczos_basis} (products in {o.precision})")
     return lines

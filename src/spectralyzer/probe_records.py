@@ -39,8 +39,8 @@ def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 #: Losses by name: mean over the batch (the Hessian is that of the mean loss).
 LOSSES: dict[str, LossFn] = dict(zip(LOSS_NAMES, (nn.functional.cross_entropy, _mse), strict=True))
 PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float64, torch.float32), strict=True))
-#: Storage of the Lanczos basis by name ("full": the probe's precision).
-BASIS_DTYPES = dict(zip(BASIS_NAMES, (None, torch.float32, torch.bfloat16), strict=True))
+#: Storage of the Lanczos basis by name ("full": the probe's precision; "disk": a temporary file).
+BASIS_DTYPES = dict(zip(BASIS_NAMES, (None, torch.float32, torch.bfloat16, "disk"), strict=True))
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class ProbeOptions:
     hvp: str = "exact"  # or "finite-difference" (central differences of gradients)
     hvp_batch: int | None = None  # micro-batch of the products; default from the memory budget
     memory_budget: int | None = None  # bytes; refuse before starting when the formula exceeds it
-    lanczos_basis: str = "full"  # storage of the Lanczos basis: full, float32 or bfloat16
+    lanczos_basis: str = "full"  # storage of the Lanczos basis: full, float32, bfloat16 or disk
 
     def __post_init__(self) -> None:
         check(self)

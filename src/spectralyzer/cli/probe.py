@@ -50,7 +50,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 
 MEMORY_HELP = """\b
 Memory, for P parameters of b bytes (8 float64, 4 float32), a Lanczos basis of
-c bytes per number (b, or 4/2 with --lanczos-basis float32/bfloat16):
+c bytes per number in memory (b; 4, 2 with --lanczos-basis float32, bfloat16;
+0 with disk, which writes steps P b to $TMPDIR instead):
   vectors        7 P b  (+ 3 P b with --hvp finite-difference)
   + the largest of:
     Lanczos      steps P c
@@ -171,7 +172,8 @@ c bytes per number (b, or 4/2 with --lanczos-basis float32/bfloat16):
     default="full",
     show_default=True,
     help="Store the Lanczos basis (steps x P numbers, the largest term) in the probe's "
-    "precision, or in float32/bfloat16: Ritz values within about that type's eps x lambda_1.",
+    "precision, in float32/bfloat16 (Ritz values within about that type's eps x lambda_1), or "
+    "in a temporary file (disk: same numbers, read back block by block).",
 )
 @trust_option
 @output_options("the report")

@@ -122,7 +122,7 @@ def preconditioned_top(
     sizes: Sequence[int],
     steps: int,
     generator: torch.Generator,
-    basis_dtype: torch.dtype | None = None,
+    basis_dtype: torch.dtype | str | None = None,
 ) -> tuple[float, str, float]:
     """``lambda_1(D H D)`` by Lanczos on :class:`PreconditionedOperator`; and the parameter
     (of ``names``, flat ``sizes``) holding the largest share of its eigenvector (name, share

@@ -66,7 +66,7 @@ class ScalingPlan:
     steps: int  # Lanczos steps of each sub-batch
     reference_batch: int | None = None  # default: the smallest of batch_sizes
     dataset_size: float = math.inf
-    basis_dtype: torch.dtype | None = None  # of the sub-batches' Lanczos bases
+    basis_dtype: torch.dtype | str | None = None  # of the sub-batches' Lanczos bases
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def sub_batch_top_eigenvalues(
     repeats: int,
     steps: int,
     generator: torch.Generator,
-    basis_dtype: torch.dtype | None = None,
+    basis_dtype: torch.dtype | str | None = None,
 ) -> list[float]:
     """Top eigenvalue (Lanczos, ``steps`` steps) of ``repeats`` random sub-batches of ``batch``."""
     values = []

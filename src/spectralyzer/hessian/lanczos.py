@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .basis import Basis, Storage, allocate, block, first_rows
 from .operator import CurvatureOperator
 
 #: The largest temporary of a product with the basis (a block of its columns, converted).
@@ -33,7 +34,7 @@ class Tridiagonal:
 
     alpha: np.ndarray
     beta: np.ndarray
-    basis: torch.Tensor  # (steps, dim), maybe in a lower precision than the operator
+    basis: Basis  # (steps, dim), maybe in a lower precision than the operator, or on disk
 
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
         """Ritz values (ascending) and the eigenvectors of T."""
@@ -42,28 +43,32 @@ class Tridiagonal:
         return eigh_tridiagonal(self.alpha, self.beta)
 
 
-def _blocks(basis: torch.Tensor, rows: int) -> list[slice]:
+def _blocks(basis: Basis, rows: int) -> list[slice]:
     """Column blocks of ``basis[:rows]`` whose float64 copy stays within :data:`BLOCK_BYTES`."""
     width = max(1024, BLOCK_BYTES // (8 * max(rows, 1)))
     return [slice(c, c + width) for c in range(0, basis.shape[1], width)]
 
 
-def combine(basis: torch.Tensor, coefficients: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def combine(basis: Basis, coefficients: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``basis^T c`` (a ``(dim,)`` or ``(dim, k)`` result in ``dtype``), block by block."""
     rows = coefficients.shape[0]
     out = torch.empty((basis.shape[1], *coefficients.shape[1:]), dtype=dtype, device=basis.device)
     for cols in _blocks(basis, rows):
-        out[cols] = basis[:rows, cols].to(dtype).T @ coefficients.to(dtype)
+        out[cols] = block(basis, rows, cols).to(dtype).T @ coefficients.to(dtype)
     return out
 
 
-def orthogonalise(w: torch.Tensor, basis: torch.Tensor, rows: int) -> torch.Tensor:
-    """``w - Q^T (Q w)`` against the first ``rows`` stored vectors, twice (Kahan-Parlett)."""
+def orthogonalise(w: torch.Tensor, basis: Basis, rows: int) -> torch.Tensor:
+    """``w - Q^T (Q w)`` against the first ``rows`` stored vectors, twice (Kahan-Parlett).
+
+    ``w`` is updated in place, block by block (no second vector of ``dim``).
+    """
     for _ in range(2):
         coefficients = torch.zeros(rows, dtype=w.dtype, device=w.device)
         for cols in _blocks(basis, rows):
-            coefficients += basis[:rows, cols].to(w.dtype) @ w[cols]
-        w = w - combine(basis, coefficients, w.dtype)
+            coefficients += block(basis, rows, cols).to(w.dtype) @ w[cols]
+        for cols in _blocks(basis, rows):
+            w[cols] -= block(basis, rows, cols).to(w.dtype).T @ coefficients
     return w
 
 
@@ -71,14 +76,15 @@ def lanczos(
     op: CurvatureOperator,
     start: torch.Tensor,
     steps: int,
-    basis_dtype: torch.dtype | None = None,
+    basis_dtype: Storage = None,
 ) -> Tridiagonal:
     """``steps`` Lanczos steps from ``start`` (normalised here); stops early on an invariant subspace.
 
-    The basis is stored in ``basis_dtype`` (default: the operator's).
+    The basis is stored in ``basis_dtype`` (default: the operator's; "disk": a
+    temporary file, :mod:`.basis`).
     """
     q = start / start.norm()
-    basis = torch.empty((steps, op.dim), dtype=basis_dtype or q.dtype, device=q.device)
+    basis = allocate(steps, op.dim, basis_dtype, q)
     basis[0] = q
     alphas, betas = [], []
     for step in range(steps):
@@ -92,7 +98,7 @@ def lanczos(
         betas.append(beta)
         q = w / beta
         basis[step + 1] = q
-    return Tridiagonal(np.array(alphas), np.array(betas), basis[: len(alphas)])
+    return Tridiagonal(np.array(alphas), np.array(betas), first_rows(basis, len(alphas)))
 
 
 def random_start(op: CurvatureOperator, generator: torch.Generator) -> torch.Tensor:
@@ -105,7 +111,7 @@ def top_eigenpairs(
     k: int,
     steps: int,
     generator: torch.Generator,
-    basis_dtype: torch.dtype | None = None,
+    basis_dtype: Storage = None,
     vectors: int | None = None,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """The ``k`` largest Ritz values (descending) of ``steps`` Lanczos steps and their Ritz vectors.
@@ -127,7 +133,7 @@ def top_eigenvalues(
     k: int,
     steps: int,
     generator: torch.Generator,
-    basis_dtype: torch.dtype | None = None,
+    basis_dtype: Storage = None,
 ) -> np.ndarray:
     """The ``k`` largest eigenvalues (descending): :func:`top_eigenpairs` without the vectors."""
     return top_eigenpairs(op, k, steps, generator, basis_dtype, vectors=0)[0]

@@ -44,7 +44,7 @@ def slq(
     steps: int,
     vectors: int,
     generator: torch.Generator,
-    basis_dtype: torch.dtype | None = None,
+    basis_dtype: torch.dtype | str | None = None,
 ) -> SpectralDensity:
     """Average of the Gauss quadrature rules of ``vectors`` random starts, ``steps`` each
     (the Lanczos basis stored in ``basis_dtype``, default the operator's)."""
