@@ -35,7 +35,8 @@ user would, each in its own process:
 5. peak RSS (the kernel's ``ru_maxrss`` of the child, i.e. its VmHWM), wall
    time and lambda__1 for the whole batch's graph kept (``--hvp-batch 16``),
    micro-batches of 2 (``--hvp-batch 2``), and micro-batches with the Lanczos
-   basis in bfloat16; the probe's own memory estimate beside each; with
+   basis in bfloat16 or on disk; the probe's own memory estimate beside each
+   (it leaves out the interpreter and libraries, about 0.5 GB here); with
    ``--baseline-src`` (e.g. the main checkout's ``src``) the same command on
    that code too (no micro-batching there);
 6. in this process: one forward+backward pass, and one Hessian product by
@@ -278,6 +279,7 @@ MINILM_RUNS = {
     "whole": ["--hvp-batch", "16"],
     "micro": ["--hvp-batch", "2"],
     "bf16": ["--hvp-batch", "2", "--lanczos-basis", "bfloat16"],
+    "disk": ["--hvp-batch", "2", "--lanczos-basis", "disk"],
 }
 
 
@@ -365,9 +367,7 @@ def minilm_products(weights: Path, batch: Path) -> None:
     base = min(timed(forward_backward, 2, cpu))
     print(f"\nMiniLM + head, 16 x 32, float32: one forward+backward {base:.2f} s; one product:")
     routes = {
-        "exact, whole-batch graph (build + product)": lambda: HessianOperator(
-            model, LOSS, inputs, targets
-        ),
+        "exact, whole-batch graph kept": lambda: HessianOperator(model, LOSS, inputs, targets),
         "exact, micro-batches of 2": lambda: MicroBatched(
             lambda idx: HessianOperator(model, LOSS, inputs[idx], targets[idx]), len(inputs), 2
         ),
@@ -385,7 +385,7 @@ def minilm_products(weights: Path, batch: Path) -> None:
 
 def fd_errors(weights: Path, batch: Path) -> None:
     inputs, targets = load_batch(batch)
-    factory, demo_weights, demo_batch = probe_demo()
+    factory, demo_weights, demo_batch, _ = probe_demo()
     demo_x, demo_y = load_batch(demo_batch)
     cases = {
         "MiniLM + head, 16 x 32": (
@@ -436,7 +436,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="runs of the single passes")
     parser.add_argument("--probe-repeats", type=int, default=2, help="runs of each probe")
     parser.add_argument("--minilm", action="store_true", help="the MiniLM + head case instead")
-    parser.add_argument("--minilm-runs", default="whole,micro,bf16", help="which runs of item 5")
+    parser.add_argument(
+        "--minilm-runs", default="whole,micro,bf16,disk", help="which runs of item 5"
+    )
     parser.add_argument("--baseline-src", help="also run item 5 on this src folder (e.g. main's)")
     args = parser.parse_args()
     if args.minilm:
@@ -448,7 +450,7 @@ def main() -> None:
     devices = ["cpu", "cuda"] if args.device == "auto" else [args.device]
     devices = [torch.device(d) for d in devices if d == "cpu" or torch.cuda.is_available()]
 
-    factory, weights, batch = probe_demo()
+    factory, weights, batch, _ = probe_demo()
     model = load_runnable(factory, weights)
     inputs, targets = load_batch(batch)
     if args.batch is not None:
