@@ -218,8 +218,8 @@ def _product_lines(result: ProbeResult) -> list[str]:
     lines = [result.memory.line()] if result.memory else []
     if o.hvp == "finite-difference":
         lines.append(
-            "Hessian products by central differences of gradients (step eps^(1/3) x "
-            "min(|w|, |loss|/|g|)): relative error about the precision's eps^(2/3)"
+            "Hessian products by central differences of gradients (step (eps |w| s^2)^(1/3), "
+            "s = min(|w|, |loss|/|g|)): relative error about (eps |w| / s)^(2/3)"
         )
     if o.lanczos_basis == "disk":
         lines.append(f"Lanczos basis stored in a temporary file, in {o.precision}")

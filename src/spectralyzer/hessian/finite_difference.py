@@ -9,10 +9,12 @@ built and freed per micro-batch.  Each product costs two gradients (two
 forward and two backward passes per micro-batch); the parameters are moved to
 ``w +- h u`` in place and put back bit for bit from a saved copy.
 
-The step follows the usual balance for central differences: the truncation
-error is ``h^2/6`` times the fourth derivative along ``u``, the rounding error
-about ``eps * |g| / h``; both are ``O(eps^(2/3))`` when ``h = eps^(1/3) s``
-for ``s`` the length over which the loss varies.  ``s`` is the smaller of the
+The step balances three errors (docs/theory.md section 4.15): truncation,
+``(h/s)^2`` relative for a loss that varies on the length ``s``; rounding of
+the moved parameters, whose shift ``h u`` is stored to ``eps |w_i|`` per
+entry, about ``eps ||w|| / h`` relative; and rounding in the gradients
+(smaller).  Their sum is smallest at ``h = (eps ||w|| s^2)^(1/3)``, with an
+error about ``(eps ||w|| / s)^(2/3)``.  ``s`` is the smaller of the
 parameters' norm ``||w||`` and ``|L| / ||g||`` (how far the loss would move by
 its own size along the gradient): :func:`central_step`.
 """
@@ -30,12 +32,16 @@ from .operator import LossFn, ParameterBlock
 
 
 def central_step(eps: float, weight_norm: float, gradient_norm: float, loss: float) -> float:
-    """``h = eps^(1/3) * s``, ``s = min(||w||, |L| / ||g||)`` (1 where neither is positive)."""
-    scales = [weight_norm] if weight_norm > 0 else []
-    if gradient_norm > 0 and loss != 0:
-        scales.append(abs(loss) / gradient_norm)
-    scale = min(scales) if scales else 1.0
-    return eps ** (1 / 3) * (scale if math.isfinite(scale) else 1.0)
+    """``h = (eps ||w|| s^2)^(1/3)``, ``s = min(||w||, |L| / ||g||)`` (module docstring).
+
+    ``||w||`` below 1 counts as 1 (the rounding of tiny weights is not what limits the step);
+    ``s`` is ``||w||`` when the gradient or the loss is zero.
+    """
+    weight = max(weight_norm, 1.0) if math.isfinite(weight_norm) else 1.0
+    scale = weight
+    if gradient_norm > 0 and loss != 0 and math.isfinite(loss / gradient_norm):
+        scale = min(scale, abs(loss) / gradient_norm)
+    return (eps * weight * scale**2) ** (1 / 3)
 
 
 class FiniteDifferenceHessian(ParameterBlock):
