@@ -24,6 +24,27 @@ of `--repeats` runs (after a warm-up) of:
 
 ``--device auto`` (the default) times the CPU, and CUDA too when torch sees it;
 CUDA is synchronised around every timed call.  Threads: torch's default.
+
+    python bench/bench_probe.py --minilm [--minilm-runs whole,micro,bf16] [--baseline-src DIR]
+
+measures the issue-17 case instead: all-MiniLM-L6-v2 with a 4-class head on
+[CLS] (``examples/minilm_head.py``, default SDPA attention), 16 sequences of
+32 token ids, ``probe --precision float32 --top-k 3 --steps 20`` run as a
+user would, each in its own process:
+
+5. peak RSS (the kernel's ``ru_maxrss`` of the child, i.e. its VmHWM), wall
+   time and lambda__1 for the whole batch's graph kept (``--hvp-batch 16``),
+   micro-batches of 2 (``--hvp-batch 2``), and micro-batches with the Lanczos
+   basis in bfloat16 or on disk; the probe's own memory estimate beside each
+   (it leaves out the interpreter and libraries, about 0.5 GB here); with
+   ``--baseline-src`` (e.g. the main checkout's ``src``) the same command on
+   that code too (no micro-batching there);
+6. in this process: one forward+backward pass, and one Hessian product by
+   each route (whole-batch graph, micro-batches of 2, finite differences),
+   as multiples of it;
+7. the relative error of finite-difference products against the exact
+   product computed in float64, in float32 and bfloat16, on the MiniLM case
+   and on the probe demo (3 random vectors each).
 """
 
 from __future__ import annotations
@@ -32,17 +53,23 @@ import argparse
 import contextlib
 import copy
 import importlib
+import json
 import os
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from unittest import mock
 
 import torch
 
 from spectralyzer.demo import probe_demo
+from spectralyzer.hessian.finite_difference import FiniteDifferenceHessian
 from spectralyzer.hessian.ggn import GGNOperator
 from spectralyzer.hessian.lanczos import top_eigenvalues
+from spectralyzer.hessian.microbatch import MicroBatched
 from spectralyzer.hessian.operator import HessianOperator
 from spectralyzer.hessian.slq import slq
 from spectralyzer.hessian.trace import hutch_plus_plus
@@ -246,6 +273,154 @@ def bench(model0, inputs0, targets0, device, precision, args) -> None:
         )
 
 
+ROOT = Path(__file__).resolve().parents[1]
+PROBE_ARGS = ["--precision", "float32", "--top-k", "3", "--steps", "20", "-q", "--format", "json"]
+MINILM_RUNS = {
+    "whole": ["--hvp-batch", "16"],
+    "micro": ["--hvp-batch", "2"],
+    "bf16": ["--hvp-batch", "2", "--lanczos-basis", "bfloat16"],
+    "disk": ["--hvp-batch", "2", "--lanczos-basis", "disk"],
+}
+
+
+def minilm_files(folder: Path) -> tuple[Path, Path]:
+    """The example's weights and a 16 x 32 token-id batch, written into ``folder``."""
+    sys.path.insert(0, str(ROOT))
+    from examples.minilm_head import write_batch, write_weights
+
+    weights, batch = folder / "minilm_head.safetensors", folder / "batch.pt"
+    write_weights(weights)
+    write_batch(batch, n=16, length=32)
+    return weights, batch
+
+
+def minilm_runs(weights: Path, batch: Path, folder: Path, runs: list[str], baseline: str | None):
+    """Item 5: each configuration of the probe in its own process, with its peak RSS."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from memprobe import run_measured
+
+    base = ["examples.minilm_head:factory", "--weights", str(weights), "--data", str(batch)]
+    cases = [(name, MINILM_RUNS[name], str(ROOT / "src")) for name in runs]
+    if baseline:
+        cases.append(("baseline", [], baseline))
+    print(f"\nMiniLM + head, 16 x 32 tokens, probe {' '.join(PROBE_ARGS)}, one process each:")
+    print(f"  {'run':<9} {'peak RSS':>9} {'estimate':>9} {'wall s':>7} {'lambda_1':>12}  options")
+    reference = None
+    for name, extra, src in cases:
+        out = folder / f"{name}.json"
+        env = {**os.environ, "PYTHONPATH": src}
+        command = [sys.executable, "-m", "spectralyzer.cli", "probe", *base, *PROBE_ARGS]
+        with contextlib.chdir(ROOT):
+            old = os.environ.copy()
+            os.environ.update(env)
+            try:
+                code, err, peaks = run_measured([*command, *extra, "-o", str(out)])
+            finally:
+                os.environ.clear()
+                os.environ.update(old)
+        if code != 0:
+            print(f"  {name:<9} exit {code}: {err.strip().splitlines()[-1] if err.strip() else ''}")
+            continue
+        doc = json.loads(out.read_text())
+        lam = doc["curvatures"]["hessian"]["lambda_1"]
+        reference = lam if reference is None else reference
+        memory = doc.get("memory") or {}
+        estimate = f"{memory['total'] / 2**30:.2f}G" if memory else "-"
+        print(
+            f"  {name:<9} {peaks['maxrss'] / 2**30:8.2f}G {estimate:>9} {peaks['wall']:7.1f} "
+            f"{lam:12.6f}  {' '.join(extra) or '(as the code chooses)'}; "
+            f"relative change of lambda_1 {abs(lam - reference) / abs(reference):.1e}"
+        )
+
+
+def relative_errors(make, inputs, targets, dtype, count: int = 3) -> list[float]:
+    """Item 7: |FD - exact64| / |exact64| for ``count`` random vectors, FD in ``dtype``."""
+    model64 = make().double().eval()
+    x64 = inputs.double() if inputs.is_floating_point() else inputs
+    exact = HessianOperator(model64, LOSS, x64, targets)
+    gen = torch.Generator().manual_seed(0)
+    vectors = [torch.randn(exact.dim, generator=gen, dtype=torch.float64) for _ in range(count)]
+    want = [exact.matvec(v) for v in vectors]
+    del exact, model64
+    model = make().to(dtype).eval()
+    x = inputs.to(dtype) if inputs.is_floating_point() else inputs
+    fd = FiniteDifferenceHessian(model, LOSS, x, targets, micro_batch=4)
+    errors = []
+    for v, w in zip(vectors, want, strict=True):
+        got = fd.matvec(v.to(dtype)).double()
+        errors.append(float((got - w).norm() / w.norm()))
+    return errors
+
+
+def minilm_products(weights: Path, batch: Path) -> None:
+    """Item 6: one product by each route against one forward+backward pass (float32)."""
+    model = load_runnable("examples.minilm_head:factory", weights)
+    inputs, targets = load_batch(batch)
+    params = [p.requires_grad_(True) for p in model.parameters()]
+
+    def forward_backward() -> None:
+        for p in params:
+            p.grad = None
+        LOSS(model(inputs), targets).backward()
+
+    cpu = torch.device("cpu")
+    base = min(timed(forward_backward, 2, cpu))
+    print(f"\nMiniLM + head, 16 x 32, float32: one forward+backward {base:.2f} s; one product:")
+    routes = {
+        "exact, whole-batch graph kept": lambda: HessianOperator(model, LOSS, inputs, targets),
+        "exact, micro-batches of 2": lambda: MicroBatched(
+            lambda idx: HessianOperator(model, LOSS, inputs[idx], targets[idx]), len(inputs), 2
+        ),
+        "finite differences, micro-batches of 4": lambda: FiniteDifferenceHessian(
+            model, LOSS, inputs, targets, micro_batch=4
+        ),
+    }
+    v = torch.randn(sum(p.numel() for p in params), generator=torch.Generator().manual_seed(0))
+    for name, build in routes.items():
+        op = build()
+        seconds = min(timed(lambda op=op: op.matvec(v), 2, cpu))
+        print(f"  {name:<44} {seconds:7.2f} s  {seconds / base:6.2f} x fwd+bwd")
+        del op
+
+
+def fd_errors(weights: Path, batch: Path) -> None:
+    inputs, targets = load_batch(batch)
+    factory, demo_weights, demo_batch, _ = probe_demo()
+    demo_x, demo_y = load_batch(demo_batch)
+    cases = {
+        "MiniLM + head, 16 x 32": (
+            lambda: load_runnable("examples.minilm_head:factory", weights),
+            inputs,
+            targets,
+        ),
+        "probe demo (digits CNN), 64 samples": (
+            lambda: load_runnable(factory, demo_weights),
+            demo_x[:64],
+            demo_y[:64],
+        ),
+    }
+    print("\nfinite-difference products, relative error against the exact float64 product:")
+    for name, (make, x, y) in cases.items():
+        for dtype in (torch.float32, torch.bfloat16):
+            errors = relative_errors(make, x, y, dtype)
+            eps = torch.finfo(dtype).eps
+            print(
+                f"  {name:<36} {str(dtype)[6:]:<9} "
+                + ", ".join(f"{e:.2e}" for e in errors)
+                + f"  (eps^(2/3) = {eps ** (2 / 3):.1e})"
+            )
+
+
+def minilm(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(ROOT):
+        weights, batch = minilm_files(Path(tmp))
+        runs = [r for r in args.minilm_runs.split(",") if r]
+        minilm_runs(weights, batch, Path(tmp), runs, args.baseline_src)
+        minilm_products(weights, batch)
+        fd_errors(weights, batch)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -260,14 +435,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="keep the first N samples (default: all 512)")
     parser.add_argument("--repeats", type=int, default=10, help="runs of the single passes")
     parser.add_argument("--probe-repeats", type=int, default=2, help="runs of each probe")
+    parser.add_argument("--minilm", action="store_true", help="the MiniLM + head case instead")
+    parser.add_argument(
+        "--minilm-runs", default="whole,micro,bf16,disk", help="which runs of item 5"
+    )
+    parser.add_argument("--baseline-src", help="also run item 5 on this src folder (e.g. main's)")
     args = parser.parse_args()
+    if args.minilm:
+        minilm(args)
+        return
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     devices = ["cpu", "cuda"] if args.device == "auto" else [args.device]
     devices = [torch.device(d) for d in devices if d == "cpu" or torch.cuda.is_available()]
 
-    factory, weights, batch = probe_demo()
+    factory, weights, batch, _ = probe_demo()
     model = load_runnable(factory, weights)
     inputs, targets = load_batch(batch)
     if args.batch is not None:

@@ -44,7 +44,15 @@ LAYERS = (
         "analysis_result",
     },  # rows -> DataFrame, summary; correlations
     {"pipeline"},  # the weight-analysis pipeline
-    {"series", "layer_diff", "probe_pipeline", "probe_records", "probe_lines", "fanout"},
+    {
+        "series",
+        "layer_diff",
+        "probe_pipeline",
+        "probe_records",
+        "probe_lines",
+        "probe_batching",
+        "fanout",
+    },
     {"run_table", "watch", "monitor"},  # training runs: series table, watch loop, Monitor
     {"allocate_settings", "allocate_pipeline"},  # alphas -> per-layer settings
     {"gate_policy"},  # built on diff

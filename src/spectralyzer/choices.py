@@ -38,3 +38,8 @@ LOSS_NAMES = ("cross_entropy", "mse")
 PRECISION_NAMES = ("float64", "float32")
 #: What ``allocate --for`` sets per layer (:mod:`spectralyzer.allocation`).
 ALLOCATIONS = ("sparsity", "lr", "weight-decay", "bits", "lora-experts")
+#: How the probe computes Hessian-vector products (``probe --hvp``).
+HVP_NAMES = ("exact", "finite-difference")
+#: Storage of the probe's Lanczos basis (``probe --lanczos-basis``): the probe's precision, a
+#: lower one, or a temporary file.
+BASIS_NAMES = ("full", "float32", "bfloat16", "disk")

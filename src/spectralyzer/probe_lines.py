@@ -208,4 +208,21 @@ def _header(result: ProbeResult) -> list[str]:
         f"{result.device}, seed {o.seed}",
         EVAL_MODE,
         *([result.attention] if result.attention else []),
+        *_product_lines(result),
     ]
+
+
+def _product_lines(result: ProbeResult) -> list[str]:
+    """How the curvature products were computed, and the memory they were planned in."""
+    o = result.options
+    lines = [result.memory.line()] if result.memory else []
+    if o.hvp == "finite-difference":
+        lines.append(
+            "Hessian products by central differences of gradients (step (eps |w| s^2)^(1/3), "
+            "s = min(|w|, |loss|/|g|)): relative error about (eps |w| / s)^(2/3)"
+        )
+    if o.lanczos_basis == "disk":
+        lines.append(f"Lanczos basis stored in a temporary file, in {o.precision}")
+    elif o.lanczos_basis != "full":
+        lines.append(f"Lanczos basis stored in {o.lanczos_basis} (products in {o.precision})")
+    return lines

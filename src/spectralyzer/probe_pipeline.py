@@ -41,15 +41,16 @@ from .hessian import step_sizes as ss
 from .hessian.adam_state import AdamState, adam_stability, adam_state, preconditioned_top
 from .hessian.attention import NOTE
 from .hessian.batch_scaling import ProbedBatch, ScalingPlan, batch_scaling
-from .hessian.ggn import GGNOperator
 from .hessian.lanczos import top_eigenpairs, top_eigenvalues
-from .hessian.operator import CurvatureOperator, HessianOperator, LossFn
+from .hessian.operator import CurvatureOperator
 from .hessian.slq import SpectralDensity, slq
 from .hessian.trace import hutch_plus_plus
 from .io.optimizer_state import SavedAdam, load_optimizer_state, read_optimizer_state
 from .io.runnable import load_batch, load_runnable
 from .pipeline import analyze
+from .probe_batching import Operators, plan_memory
 from .probe_records import (
+    BASIS_DTYPES,
     LOSSES,
     PRECISIONS,
     Curvature,
@@ -60,14 +61,12 @@ from .probe_records import (
     ProbeResult,
     check_batch,
     effective_rank,
-    first_line,
     micro_batch,
     model_boundary,
 )
+from .roles import role_of
 
 MATRICES = ("hessian", "ggn")
-#: What a model raises when the batch does not fit it (shapes, dtypes, label range).
-BATCH_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
 
 
 class Interruptible:
@@ -156,7 +155,7 @@ def _density(density: SpectralDensity, lambda_1: float, options: ProbeOptions) -
 
 
 def curvature(
-    op: HessianOperator | GGNOperator,
+    op: Any,
     matrix: str,
     options: ProbeOptions,
     generator: torch.Generator,
@@ -166,7 +165,10 @@ def curvature(
     Also returns the top Ritz vector (the batch-size probe needs it).
     """
     checked = Interruptible(op)
-    values, vectors = top_eigenpairs(checked, options.top_k, options.steps, generator)
+    basis = BASIS_DTYPES[options.lanczos_basis]
+    values, vectors = top_eigenpairs(
+        checked, options.top_k, options.steps, generator, basis, vectors=1
+    )
     top = values.tolist()
     g = op.gradient
     gg = float(g @ g)
@@ -175,7 +177,7 @@ def curvature(
     if options.trace:
         trace = hutch_plus_plus(checked, options.trace_matvecs, generator)
     if options.slq:
-        raw = slq(checked, options.slq_steps, options.slq_vectors, generator)
+        raw = slq(checked, options.slq_steps, options.slq_vectors, generator, basis)
         density = _density(raw, top[0], options)
     steps = min(options.steps, op.dim)
     return Curvature(matrix, top, steps, gradient_curvature, trace, density), vectors[0]
@@ -206,27 +208,25 @@ def guidance(hessian: Curvature, batch_size: int, momentum: float) -> Guidance:
 
 
 def layer_table(
-    model: nn.Module,
-    loss_fn: LossFn,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    options: ProbeOptions,
-    generator: torch.Generator,
+    model: nn.Module, operators: Operators, options: ProbeOptions, generator: torch.Generator
 ) -> pd.DataFrame:
-    """Per weight matrix: its Hessian block's top eigenvalue and trace, beside its alpha.
+    """Per weight matrix: its Hessian block's top eigenvalue and trace, beside its alpha and role.
 
     The weight analysis is spectralyzer's own (``analyze`` of the model's
-    state dict, default options); the rows are joined by parameter name.
+    state dict, default options); the rows are joined by parameter name and
+    grouped by role (:func:`.roles.role_of`: attention q/k/v/o, MLP, ... as
+    ``analyze`` names them), roles in order of first appearance, each by depth.
     """
     state = {k: v.detach().to("cpu", torch.float64) for k, v in model.state_dict().items()}
     details, _ = analyze(state, min_evals=1)
     named = dict(model.named_parameters())
+    basis = BASIS_DTYPES[options.lanczos_basis]
     rows = []
     for name in details["name"]:
         if name not in named:  # a buffer, not a parameter
             continue
-        op = Interruptible(HessianOperator(model, loss_fn, inputs, targets, params=[name]))
-        top = float(top_eigenvalues(op, 1, options.layer_steps, generator)[0])
+        op = Interruptible(operators.build("hessian", params=[name]))
+        top = float(top_eigenvalues(op, 1, options.layer_steps, generator, basis)[0])
         trace = hutch_plus_plus(op, options.layer_trace_matvecs, generator)
         rows.append(
             {
@@ -240,8 +240,14 @@ def layer_table(
         )
         del op
     columns = ["name", "layer_type", "shape", "alpha", "alpha_weighted", "log_spectral_norm"]
-    weights = details[columns + ["phase"]]
-    return weights.merge(pd.DataFrame(rows), on="name", how="inner")
+    weights = details[columns + ["phase"]].copy()
+    roles = [role_of(n, t) for n, t in zip(weights["name"], weights["layer_type"], strict=True)]
+    weights.insert(1, "role", roles)
+    weights["order"] = range(len(weights))
+    table = weights.merge(pd.DataFrame(rows), on="name", how="inner")
+    first = table.groupby("role")["order"].transform("min")  # roles in order of first appearance
+    table = table.assign(first=first).sort_values(["first", "order"], kind="stable")
+    return table.drop(columns=["first", "order"]).reset_index(drop=True)
 
 
 @model_boundary  # an operation without double backward: one line naming it
@@ -271,25 +277,13 @@ def run_probe(
     loss_fn = LOSSES[options.loss]
     generator = torch.Generator().manual_seed(options.seed)
     n = len(inputs)
+    labels = (model_label, data_label)
+    memory = plan_memory(
+        model, loss_fn, inputs, targets, options, adam=adam is not None, labels=labels
+    )
+    operators = Operators(model, loss_fn, inputs, targets, options, memory.hvp_batch, labels)
 
-    def operator(kind: type, idx: torch.Tensor | None = None) -> Any:
-        x, y = (inputs, targets) if idx is None else (inputs[idx], targets[idx])
-        try:  # runs the user's forward: its failures are the model's, not ours
-            return kind(model, loss_fn, x, y)
-        except BATCH_ERRORS as err:
-            raise InputError(
-                data_label,
-                f"the model cannot compute the {options.loss} loss on this batch "
-                f"({first_line(err)})",
-            ) from err
-        except SystemExit as err:
-            raise InputError(model_label, f"the model exited (SystemExit {err.code})") from err
-        except Exception as err:  # AssertionError, KeyError, ...: the boundary to user code
-            raise InputError(
-                model_label, f"the model raised {first_line(err)} on {data_label}"
-            ) from err
-
-    op = operator(HessianOperator)
+    op = operators.build("hessian")
     loss, gradient_norm, parameters = op.loss, float(op.gradient.norm()), op.dim
     attention = NOTE if op.math_attention else None
     if not math.isfinite(loss):
@@ -299,14 +293,20 @@ def run_probe(
     adam_record = None
     if adam is not None:
         top = preconditioned_top(
-            Interruptible(op), adam, op.names, op.sizes, options.steps, generator
+            Interruptible(op),
+            adam,
+            op.names,
+            op.sizes,
+            options.steps,
+            generator,
+            BASIS_DTYPES[options.lanczos_basis],
         )
         adam_record = adam_stability(*top, adam)
     del op
     timings["hessian"] = time.perf_counter() - start
     if options.ggn:
         tic = time.perf_counter()
-        curvatures.append(curvature(operator(GGNOperator), "ggn", options, generator)[0])
+        curvatures.append(curvature(operators.build("ggn"), "ggn", options, generator)[0])
         timings["ggn"] = time.perf_counter() - tic
     scaling = None
     if options.batch_sizes:
@@ -319,9 +319,10 @@ def run_probe(
             steps=options.steps,
             reference_batch=options.reference_batch,
             dataset_size=options.dataset_size,
+            basis_dtype=BASIS_DTYPES[options.lanczos_basis],
         )
         scaling = batch_scaling(
-            lambda idx: Interruptible(operator(HessianOperator, idx.to(inputs.device))),
+            lambda idx: Interruptible(operators.build("hessian", idx.to(inputs.device))),
             ProbedBatch(n, hessian.lambda_1, top_vector),
             plan,
             generator,
@@ -330,7 +331,7 @@ def run_probe(
     layers = None
     if options.per_layer:
         tic = time.perf_counter()
-        layers = layer_table(model, loss_fn, inputs, targets, options, generator)
+        layers = layer_table(model, operators, options, generator)
         timings["per_layer"] = time.perf_counter() - tic
     timings["total"] = time.perf_counter() - start
     return ProbeResult(
@@ -353,6 +354,7 @@ def run_probe(
         else None,
         timings=timings,
         attention=attention,
+        memory=memory,
     )
 
 

@@ -12,14 +12,14 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from .choices import DEVICES, LOSS_NAMES, PRECISION_NAMES
+from .choices import BASIS_NAMES, DEVICES, HVP_NAMES, LOSS_NAMES, PRECISION_NAMES
 from .errors import InputError, OptionError
 from .hessian.adam_state import AdamStability
 from .hessian.attention import NoDoubleBackward
@@ -27,6 +27,9 @@ from .hessian.batch_scaling import BatchScaling
 from .hessian.operator import LossFn
 from .hessian.trace import TraceEstimate
 from .probe_lines import EVAL_MODE, Section, assumptions, sections
+
+if TYPE_CHECKING:
+    from .probe_batching import MemoryPlan
 
 
 def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -36,6 +39,8 @@ def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 #: Losses by name: mean over the batch (the Hessian is that of the mean loss).
 LOSSES: dict[str, LossFn] = dict(zip(LOSS_NAMES, (nn.functional.cross_entropy, _mse), strict=True))
 PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float64, torch.float32), strict=True))
+#: Storage of the Lanczos basis by name ("full": the probe's precision; "disk": a temporary file).
+BASIS_DTYPES = dict(zip(BASIS_NAMES, (None, torch.float32, torch.bfloat16, "disk"), strict=True))
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,10 @@ class ProbeOptions:
     seed: int = 0
     device: str = "auto"
     precision: str = "float64"
+    hvp: str = "exact"  # or "finite-difference" (central differences of gradients)
+    hvp_batch: int | None = None  # micro-batch of the products; default from the memory budget
+    memory_budget: int | None = None  # bytes; refuse before starting when the formula exceeds it
+    lanczos_basis: str = "full"  # storage of the Lanczos basis: full, float32, bfloat16 or disk
 
     def __post_init__(self) -> None:
         check(self)
@@ -84,7 +93,7 @@ _COUNTS = {
     "layer_steps": 1,
     "layer_trace_matvecs": 1,
 }
-_OPTIONAL_COUNTS = ("micro_batch", "reference_batch")
+_OPTIONAL_COUNTS = ("micro_batch", "reference_batch", "hvp_batch", "memory_budget")
 SEEDS = range(-(2**63), 2**64)  # what torch.Generator.manual_seed accepts
 #: Real-valued options: (name, test, what the test wants).
 _REALS = (
@@ -109,7 +118,13 @@ def check(options: ProbeOptions) -> None:
     What depends on the batch (its size against ``micro_batch`` and
     ``dataset_size``) is checked by :func:`check_batch` once the batch is known.
     """
-    choices = (("loss", LOSSES), ("precision", PRECISIONS), ("device", DEVICES))
+    choices = (
+        ("loss", LOSSES),
+        ("precision", PRECISIONS),
+        ("device", DEVICES),
+        ("hvp", HVP_NAMES),
+        ("lanczos_basis", BASIS_DTYPES),
+    )
     for name, allowed in choices:
         if getattr(options, name) not in allowed:
             raise OptionError(
@@ -125,6 +140,8 @@ def check(options: ProbeOptions) -> None:
         value = getattr(options, name)
         if value is not None and (not _is_int(value) or value < 1):
             raise OptionError(name, f"must be a positive integer, not {value!r}")
+    if options.hvp != "exact" and options.ggn:
+        raise OptionError("hvp", f"{options.hvp} gives Hessian products only; --ggn needs exact")
     if options.steps < options.top_k:
         raise OptionError("steps", f"({options.steps}) must be at least top_k ({options.top_k})")
     if not all(_is_int(b) and b >= 1 for b in options.batch_sizes):
@@ -249,6 +266,7 @@ class ProbeResult:
     epoch_noise: list[EpochNoise] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     attention: str | None = None  # the note when attention ran on the math backend
+    memory: MemoryPlan | None = None  # micro-batching of the products and the memory formula
 
     def document(self) -> dict[str, Any]:
         """Everything, as plain data (NaN and infinities left for the renderer to null)."""
@@ -275,6 +293,7 @@ class ProbeResult:
             "assumptions": assumptions(self),
             "timings": self.timings,
             "attention": self.attention,
+            "memory": asdict(self.memory) if self.memory else None,
         }
 
     def tables(self) -> dict[str, pd.DataFrame]:

@@ -6,12 +6,13 @@ Parses the options, calls :func:`spectralyzer.probe_pipeline.probe_files`, rende
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..choices import LOSS_NAMES, PRECISION_NAMES
+from ..choices import BASIS_NAMES, HVP_NAMES, LOSS_NAMES, PRECISION_NAMES
 from ..demo import probe_demo
 from .errors import handle_errors
 from .options import device_option, output_options, seed_option, trust_option
@@ -30,7 +31,40 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
     return sizes
 
 
-@click.command(name="probe")
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """``2G``, ``512M``, ``1.5GiB``, ``1000000``: bytes (binary units)."""
+    if value is None:
+        return None
+    found = _SIZE.fullmatch(value)
+    if not found:
+        raise click.BadParameter(f"{value!r} is not a size such as 2G, 512M or 1500000")
+    size = int(float(found.group(1)) * _UNITS[found.group(2).upper()])
+    if size < 1:
+        raise click.BadParameter(f"{value!r} is not a positive size")
+    return size
+
+
+MEMORY_HELP = """\b
+Memory, for P parameters of b bytes (8 float64, 4 float32), a Lanczos basis of
+c bytes per number in memory (b; 4, 2 with --lanczos-basis float32, bfloat16;
+0 with disk, which writes steps P b to $TMPDIR instead):
+  vectors        7 P b  (+ 3 P b with --hvp finite-difference)
+  + the largest of:
+    Lanczos      steps P c
+    --slq        slq_steps P c
+    --trace      3 (trace_matvecs // 3) P b
+    Adam state   steps P c + 2 P b
+    --batch-sizes max(steps P c, 16 (variance_vectors + 1) P)
+    --per-layer  largest block P_l (layer_steps c + 3 (layer_trace_matvecs // 3) b)
+  + the graph of one micro-batch of --hvp-batch samples (measured on 1 and 2).
+"""
+
+
+@click.command(name="probe", epilog=MEMORY_HELP)
 @click.argument("model", required=False)
 @click.option(
     "--data",
@@ -109,6 +143,37 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
 @device_option
 @click.option(
     "--precision", type=click.Choice(PRECISION_NAMES), default="float64", show_default=True
+)
+@click.option(
+    "--hvp",
+    type=click.Choice(HVP_NAMES),
+    default="exact",
+    show_default=True,
+    help="Hessian-vector products by double backward (exact), or by central differences of "
+    "gradients (first derivatives only: for models without a double backward).",
+)
+@click.option(
+    "--hvp-batch",
+    type=int,
+    metavar="N",
+    help="Accumulate each product over micro-batches of N samples: peak memory is one "
+    "micro-batch's graph (default: the largest N whose graph fits --memory-budget, else 1 GiB).",
+)
+@click.option(
+    "--memory-budget",
+    callback=_size,
+    metavar="SIZE",
+    help="e.g. 2G: choose --hvp-batch within it, and refuse before starting when the memory "
+    "formula below exceeds it.",
+)
+@click.option(
+    "--lanczos-basis",
+    type=click.Choice(BASIS_NAMES),
+    default="full",
+    show_default=True,
+    help="Store the Lanczos basis (steps x P numbers, the largest term) in the probe's "
+    "precision, in float32/bfloat16 (Ritz values within about that type's eps x lambda_1), or "
+    "in a temporary file (disk: same numbers, read back block by block).",
 )
 @trust_option
 @output_options("the report")

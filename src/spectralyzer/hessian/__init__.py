@@ -6,7 +6,10 @@ Imports nothing outside this folder; the pipeline that uses it is :mod:`spectral
 - :mod:`.ggn`: the Generalised Gauss-Newton matrix ``J^T H_L J``, same interface.
 - :mod:`.attention`: the math attention backend while a graph is built (fused kernels have
   no double backward), and :class:`~.attention.NoDoubleBackward` naming an operation without one.
+- :mod:`.microbatch`: products accumulated over micro-batches; the size of one micro-batch's graph.
+- :mod:`.finite_difference`: Hessian products by central differences of gradients.
 - :mod:`.lanczos`: Lanczos with full re-orthogonalisation; top eigenpairs.
+- :mod:`.basis`: where the Lanczos basis lives (a tensor, maybe in lower precision, or a file).
 - :mod:`.trace`: Hutchinson's and Hutch++ trace estimators with standard errors.
 - :mod:`.slq`: stochastic Lanczos quadrature for the spectral density.
 - :mod:`.batch_scaling`: top eigenvalue and learning rate against batch size (Granziol et al.).

@@ -122,11 +122,14 @@ def preconditioned_top(
     sizes: Sequence[int],
     steps: int,
     generator: torch.Generator,
+    basis_dtype: torch.dtype | str | None = None,
 ) -> tuple[float, str, float]:
     """``lambda_1(D H D)`` by Lanczos on :class:`PreconditionedOperator`; and the parameter
     (of ``names``, flat ``sizes``) holding the largest share of its eigenvector (name, share
     of ``|u|^2``)."""
-    values, vectors = top_eigenpairs(PreconditionedOperator(op, adam), 1, steps, generator)
+    values, vectors = top_eigenpairs(
+        PreconditionedOperator(op, adam), 1, steps, generator, basis_dtype
+    )
     shares = [float(part.square().sum()) for part in vectors[0].split(list(sizes))]
     top = int(np.argmax(shares))
     return float(values[0]), names[top], shares[top] / sum(shares)

@@ -66,6 +66,7 @@ class ScalingPlan:
     steps: int  # Lanczos steps of each sub-batch
     reference_batch: int | None = None  # default: the smallest of batch_sizes
     dataset_size: float = math.inf
+    basis_dtype: torch.dtype | str | None = None  # of the sub-batches' Lanczos bases
 
 
 @dataclass(frozen=True)
@@ -178,12 +179,13 @@ def sub_batch_top_eigenvalues(
     repeats: int,
     steps: int,
     generator: torch.Generator,
+    basis_dtype: torch.dtype | str | None = None,
 ) -> list[float]:
     """Top eigenvalue (Lanczos, ``steps`` steps) of ``repeats`` random sub-batches of ``batch``."""
     values = []
     for _ in range(repeats):
         op = factory(torch.randperm(n, generator=generator)[:batch])
-        values.append(float(top_eigenvalues(op, 1, steps, generator)[0]))
+        values.append(float(top_eigenvalues(op, 1, steps, generator, basis_dtype)[0]))
         del op
     return values
 
@@ -212,7 +214,7 @@ def batch_scaling(
     for batch in plan.batch_sizes:
         if batch < n:
             measured = sub_batch_top_eigenvalues(
-                factory, n, batch, plan.repeats, plan.steps, generator
+                factory, n, batch, plan.repeats, plan.steps, generator, plan.basis_dtype
             )
             values = torch.tensor(measured, dtype=torch.float64)
             mean, spread = float(values.mean()), math.sqrt(_unbiased(values))

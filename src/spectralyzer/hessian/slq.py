@@ -40,12 +40,17 @@ class SpectralDensity:
 
 
 def slq(
-    op: CurvatureOperator, steps: int, vectors: int, generator: torch.Generator
+    op: CurvatureOperator,
+    steps: int,
+    vectors: int,
+    generator: torch.Generator,
+    basis_dtype: torch.dtype | str | None = None,
 ) -> SpectralDensity:
-    """Average of the Gauss quadrature rules of ``vectors`` random starts, ``steps`` each."""
+    """Average of the Gauss quadrature rules of ``vectors`` random starts, ``steps`` each
+    (the Lanczos basis stored in ``basis_dtype``, default the operator's)."""
     nodes, weights = [], []
     for _ in range(vectors):
-        theta, u = lanczos(op, random_start(op, generator), min(steps, op.dim)).ritz()
+        theta, u = lanczos(op, random_start(op, generator), min(steps, op.dim), basis_dtype).ritz()
         nodes.append(theta)
         weights.append(u[0] ** 2 / vectors)
     return SpectralDensity(np.concatenate(nodes), np.concatenate(weights))
