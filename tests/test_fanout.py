@@ -219,3 +219,22 @@ def test_threads_per_worker_share_the_cores():
     assert threads_per_worker(1) == cores()
     assert threads_per_worker(2 * cores()) == 1
     assert threads_per_worker(2, threads=3) == 3
+
+
+def test_ray_init_leaves_the_signal_handlers_as_they_were():
+    """ray.init installs a SIGTERM handler that exits at once (code 15, not 143, no flag);
+    the runner puts the run's handlers back around it."""
+    import signal
+
+    from spectralyzer.ray_runner import _handlers_kept
+
+    def mine(signum, frame):  # pragma: no cover - never delivered
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with _handlers_kept():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # what ray.init does, in effect
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .errors import OptionError, SpectralyzerError
@@ -67,7 +70,8 @@ class RayPool(Pool):
             settings["address"] = address
         try:
             if not self.ray.is_initialized():
-                self.ray.init(**settings)
+                with _handlers_kept():
+                    self.ray.init(**settings)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise SpectralyzerError(f"--ray {address}: cannot start or join Ray ({err})") from None
         self._task: Any = None
@@ -94,3 +98,20 @@ class RayPool(Pool):
     def close(self) -> None:
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+@contextmanager
+def _handlers_kept() -> Iterator[None]:
+    """Restore the SIGINT/SIGTERM handlers that ``ray.init`` replaces with its own (which
+    exit at once): the run's flag handlers (``interrupts``) must stay in charge, and a
+    library caller's handlers must survive the run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)

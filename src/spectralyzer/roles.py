@@ -30,9 +30,9 @@ import re
 
 from .variants import target_of
 
+#: In the order of a forward pass through a block (tables grouped by role follow it).
 ROLES = (
     "embedding",
-    "lm-head",
     "attn-q",
     "attn-k",
     "attn-v",
@@ -51,6 +51,7 @@ ROLES = (
     "conv",
     "recurrent",
     "lora",
+    "lm-head",
     "other",
 )
 FAMILIES = (
