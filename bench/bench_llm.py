@@ -122,7 +122,7 @@ def run_cli(
         out = Path(tmp) / "out.json"
         cmd = [sys.executable, "-m", "spectralyzer.cli", "analyze", str(folder)]
         cmd += ["--format", "json", "-q", "-o", str(out), "--device", device]
-        cmd += ["--precision", precision]
+        cmd += ["--precision", precision, "--no-cache"]  # analysis, not reuse
         if randomize:
             cmd.append("--randomize")
         if threads is not None:
