@@ -49,6 +49,25 @@ def test_bounded_basis_top_eigenvalues_against_exact(seed, basis):
     assert np.all(np.abs(got - exact) <= bound)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("basis", [None, torch.float32, "disk"])
+def test_top_eigenpairs_on_cuda_equal_the_cpu(basis):
+    """Ritz vectors are formed on the operator's device (the coefficients come from the CPU)."""
+    from spectralyzer.hessian.lanczos import top_eigenpairs
+
+    cpu = tiny(3)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 3)).double().cuda()
+    x = torch.randn(30, 5, dtype=torch.float64).cuda()
+    y = torch.randint(0, 3, (30,)).cuda()
+    gpu = HessianOperator(model, LOSS, x, y)
+    values_cpu, vectors_cpu = top_eigenpairs(cpu, 2, 30, torch.Generator().manual_seed(0), basis)
+    values_gpu, vectors_gpu = top_eigenpairs(gpu, 2, 30, torch.Generator().manual_seed(0), basis)
+    assert vectors_gpu.device.type == "cuda"
+    np.testing.assert_allclose(values_gpu, values_cpu, rtol=1e-9)
+    assert torch.allclose(vectors_gpu.cpu().abs(), vectors_cpu.abs(), atol=1e-6)
+
+
 def test_basis_is_stored_in_the_requested_precision_and_orthonormal():
     matrix = torch.diag(torch.linspace(1, 2, 3000, dtype=torch.float64))
     start = torch.randn(3000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -64,7 +83,9 @@ def test_products_with_the_basis_run_in_blocks(monkeypatch):
     assert BLOCK_BYTES == 2**26  # the module's own value, untouched outside this test
     basis = torch.randn(5, 5000, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
     c = torch.randn(5, 2, dtype=torch.float64)
-    assert torch.allclose(combine(basis, c, torch.float64), basis.double().T @ c)
+    assert torch.allclose(
+        combine(basis, c, torch.float64, torch.device("cpu")), basis.double().T @ c
+    )
 
 
 def test_memory_formula_terms():
@@ -139,8 +160,8 @@ def test_disk_basis_gives_the_same_numbers_as_the_basis_in_memory(monkeypatch):
     assert np.allclose(memory.beta, disk.beta, rtol=1e-12, atol=0)
     assert torch.allclose(disk.basis.block(25, slice(0, 3000)), memory.basis, rtol=0, atol=1e-13)
     coefficients = torch.randn(25, 2, dtype=torch.float64)
-    assert torch.allclose(combine(disk.basis, coefficients, torch.float64),
-                          combine(memory.basis, coefficients, torch.float64),
+    assert torch.allclose(combine(disk.basis, coefficients, torch.float64, torch.device("cpu")),
+                          combine(memory.basis, coefficients, torch.float64, torch.device("cpu")),
                           rtol=0, atol=1e-12)  # fmt: skip
 
 

@@ -49,12 +49,16 @@ def _blocks(basis: Basis, rows: int) -> list[slice]:
     return [slice(c, c + width) for c in range(0, basis.shape[1], width)]
 
 
-def combine(basis: Basis, coefficients: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``basis^T c`` (a ``(dim,)`` or ``(dim, k)`` result in ``dtype``), block by block."""
+def combine(
+    basis: Basis, coefficients: torch.Tensor, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """``basis^T c`` (a ``(dim,)`` or ``(dim, k)`` result in ``dtype`` on ``device``, the
+    operator's: the coefficients come from the CPU, a disk basis is read to the CPU)."""
     rows = coefficients.shape[0]
-    out = torch.empty((basis.shape[1], *coefficients.shape[1:]), dtype=dtype, device=basis.device)
+    out = torch.empty((basis.shape[1], *coefficients.shape[1:]), dtype=dtype, device=device)
+    c = coefficients.to(device=device, dtype=dtype)
     for cols in _blocks(basis, rows):
-        out[cols] = block(basis, rows, cols).to(dtype).T @ coefficients.to(dtype)
+        out[cols] = block(basis, rows, cols).to(device=device, dtype=dtype).T @ c
     return out
 
 
@@ -66,9 +70,9 @@ def orthogonalise(w: torch.Tensor, basis: Basis, rows: int) -> torch.Tensor:
     for _ in range(2):
         coefficients = torch.zeros(rows, dtype=w.dtype, device=w.device)
         for cols in _blocks(basis, rows):
-            coefficients += block(basis, rows, cols).to(w.dtype) @ w[cols]
+            coefficients += block(basis, rows, cols).to(w.device, w.dtype) @ w[cols]
         for cols in _blocks(basis, rows):
-            w[cols] -= block(basis, rows, cols).to(w.dtype).T @ coefficients
+            w[cols] -= block(basis, rows, cols).to(w.device, w.dtype).T @ coefficients
     return w
 
 
@@ -124,7 +128,7 @@ def top_eigenpairs(
     values, eigenvectors = tri.ritz()
     count = k if vectors is None else vectors
     top = torch.from_numpy(eigenvectors[:, ::-1][:, :count].copy())
-    ritz = combine(tri.basis, top, op.dtype).T
+    ritz = combine(tri.basis, top, op.dtype, op.device).T
     return values[::-1][:k].copy(), ritz
 
 
