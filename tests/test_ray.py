@@ -20,8 +20,10 @@ OPTIONS = make_options(threads=1)
 @pytest.fixture(scope="module")
 def cluster():
     """A local cluster of 2 CPUs; ``--ray`` in this process joins it (as in a user's program)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    from spectralyzer.ray_runner import RayPool
+    from spectralyzer.ray_runner import RayPool, _handlers_kept
+
+    with _handlers_kept():  # ray.init's SIGTERM handler would outlive the fixture
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
     pool = RayPool("local", workers=2, threads=1)
     assert not pool.started  # joined, so closing the pool leaves the cluster to the fixture

@@ -64,7 +64,7 @@ from .probe_records import (
     micro_batch,
     model_boundary,
 )
-from .roles import ROLES, role_of
+from .roles import role_of
 
 MATRICES = ("hessian", "ggn")
 
@@ -215,7 +215,8 @@ def layer_table(
     The weight analysis is spectralyzer's own (``analyze`` of the model's
     state dict, default options); the rows are joined by parameter name and
     grouped by role (:func:`.roles.role_of`: attention q/k/v/o, MLP, ... as
-    ``analyze`` names them), roles in the order of :data:`.roles.ROLES`, each by depth.
+    ``analyze`` names them), roles in the order the model declares its parameters, each
+    by depth.
     """
     state = {k: v.detach().to("cpu", torch.float64) for k, v in model.state_dict().items()}
     details, _ = analyze(state, min_evals=1)
@@ -243,11 +244,12 @@ def layer_table(
     weights = details[columns + ["phase"]].copy()
     roles = [role_of(n, t) for n, t in zip(weights["name"], weights["layer_type"], strict=True)]
     weights.insert(1, "role", roles)
-    weights["order"] = range(len(weights))
+    weights["order"] = weights["name"].map({name: i for i, name in enumerate(named)})
     table = weights.merge(pd.DataFrame(rows), on="name", how="inner")
-    rank = table["role"].map({role: i for i, role in enumerate(ROLES)})  # forward-pass order
-    table = table.assign(rank=rank).sort_values(["rank", "order"], kind="stable")
-    return table.drop(columns=["rank", "order"]).reset_index(drop=True)
+    # roles in the order the model declares its parameters (its forward pass, usually)
+    first = table.groupby("role")["order"].transform("min")
+    table = table.assign(first=first).sort_values(["first", "order"], kind="stable")
+    return table.drop(columns=["first", "order"]).reset_index(drop=True)
 
 
 @model_boundary  # an operation without double backward: one line naming it
