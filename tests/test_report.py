@@ -44,12 +44,14 @@ def test_report_folder_contents(report):
             "depth.png",
             "histograms.png",
             "flow.png",  # 0.weight, 2.weight, 4.weight: blocks 0, 2, 4 of the role *.weight
-            "esd_0.weight.png",
-            "esd_2.weight.png",
-            "esd_4.weight.png",
+            "esd_0.weight.svg",  # per-layer panels: SVG written without matplotlib
+            "esd_2.weight.svg",
+            "esd_4.weight.svg",
         ]
     )
-    assert all((report / "figures" / f).read_bytes().startswith(PNG) for f in figures)
+    for f in figures:
+        data = (report / "figures" / f).read_bytes()
+        assert data.startswith(PNG) if f.endswith(".png") else data.startswith(b"<svg")
     assert len(pd.read_csv(report / "layers.csv")) == 3
     assert json.loads((report / "summary.json").read_text())["num_layers"] == 3
     markdown = (report / "report.md").read_text()
@@ -60,7 +62,9 @@ def test_report_folder_contents(report):
 def test_html_is_self_contained(report):
     page = (report / "index.html").read_text()
     sources = re.findall(r'(?:src|href)="([^"]*)"', page)
-    assert len(sources) == 6 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 6
+    assert sum(s.startswith("data:image/png;base64,") for s in sources) == 3  # depth, hist, flow
+    assert sum(s.startswith("data:image/svg+xml;base64,") for s in sources) == 3  # the layers
     assert "http://" not in page and "https://" not in page
 
 

@@ -132,7 +132,7 @@ def checkpoint(folder: Path, names: list[str]) -> Path:
 
 
 def esd_images(report: Path) -> list[str]:
-    return sorted(p.name for p in (report / "figures").glob("esd_*.png"))
+    return sorted(p.name for p in (report / "figures").glob("esd_*.svg"))
 
 
 def test_report_markdown_and_csv_are_inert(tmp_path):
@@ -151,7 +151,7 @@ def test_report_figures_survive_math_and_long_names(tmp_path, kind):
     result = run("analyze", model, "--report", tmp_path / "report", "-q")
     assert result.exit_code == 0, result.output
     esd = esd_images(tmp_path / "report")
-    assert len(esd) == 2 and f"esd_{PLAIN}.png" in esd  # ordinary names keep their file name
+    assert len(esd) == 2 and f"esd_{PLAIN}.svg" in esd  # ordinary names keep their file name
     assert all(len(n) <= 255 and re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in esd)
 
 

@@ -109,11 +109,11 @@ def test_an_earlier_report_is_replaced_and_marks_every_file_it_wrote(earlier_rep
     outputs = outputs_module()
     report = tmp_path / "report"
     shutil.copytree(earlier_report, report)
-    assert (report / "figures" / "esd_0.weight.png").is_file()
+    assert (report / "figures" / "esd_0.weight.svg").is_file()
     result = run("analyze", MODEL, "--layers", "^2", "--report", report)
     assert result.exit_code == 0, result.output
     figures = {p.name for p in (report / "figures").iterdir()}
-    assert "esd_2.weight.png" in figures and "esd_0.weight.png" not in figures
+    assert "esd_2.weight.svg" in figures and "esd_0.weight.svg" not in figures
     marker = json.loads((report / outputs.MARKER).read_text())
     written = {p.relative_to(report).as_posix() for p in report.rglob("*") if p.is_file()} - {
         outputs.MARKER

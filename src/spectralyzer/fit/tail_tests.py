@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import integrate, optimize, special, stats
+from scipy import special  # stats, optimize and integrate load when a test runs (start-up)
 
 ALTERNATIVES = ("exponential", "lognormal", "truncated_power_law")
 SIGNIFICANCE = 0.1  # p below which the sign of R decides (CSN section 5 uses 0.1)
@@ -134,6 +134,8 @@ def likelihood_ratio(
 
 def wilks_p(R: float) -> float:
     """``P(chi2_1 > 2|R|)``: significance of a log-likelihood gain of one nested parameter."""
+    from scipy import stats
+
     return float(stats.chi2.sf(abs(2.0 * R), 1))
 
 
@@ -161,6 +163,8 @@ def exponential_loglik(t: np.ndarray, lam: float, tmax: float = math.inf) -> np.
 
 def fit_exponential(t: np.ndarray, tmax: float = math.inf) -> tuple[tuple[float], np.ndarray]:
     """MLE of the exponential: ``lam = 1 / (mean(t) - 1)`` untruncated, numerical when truncated."""
+    from scipy import optimize
+
     lam = 1.0 / (float(t.mean()) - 1.0) if t.mean() > 1.0 else 1e6
     if not math.isinf(tmax):
         res = optimize.minimize_scalar(
@@ -199,6 +203,8 @@ def fit_lognormal(t: np.ndarray, tmax: float = math.inf) -> tuple[tuple[float, f
     lognormal then mimics a power law), so starts far below the data are tried
     and the best optimum kept; ``mu`` is held above ``-MU_FLOOR`` standard units.
     """
+    from scipy import optimize
+
     lt = np.log(t)
     n, m, sd = t.size, float(lt.mean()), max(float(lt.std()), 1e-3)
     log_b = math.log(tmax) if math.isfinite(tmax) else math.inf
@@ -243,6 +249,8 @@ def truncated_power_law_loglik(
 
 
 def _log_tpl_mass(a: float, lam: float, tmax: float) -> float:
+    from scipy import integrate, optimize
+
     if lam == 0.0:  # the power law itself
         return _log_power_law_mass(a, tmax)
     # the integrand exp(f(u)), f(u) = (1 - a) u - lam (e^u - 1), is log-concave: integrate
@@ -281,6 +289,8 @@ def fit_truncated_power_law(
     The power law is the ``lam = 0`` member, so the optimum is never below it:
     the nested test's ``R <= 0`` holds by construction.
     """
+    from scipy import optimize
+
     lt_sum = float(np.log(t).sum())
     shift_sum = float((t - 1.0).sum())
     n = t.size

@@ -55,8 +55,10 @@ def png(fig) -> bytes:
 
 
 def figure_html(data: bytes, alt: str) -> str:
+    """A PNG or SVG figure, embedded (the page stays one self-contained file)."""
+    mime = "image/svg+xml" if data.lstrip().startswith(b"<svg") else "image/png"
     encoded = base64.b64encode(data).decode()
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}"></figure>'
+    return f'<figure><img alt="{html.escape(alt)}" src="data:{mime};base64,{encoded}"></figure>'
 
 
 def table_html(frame: pd.DataFrame, table_id: str, row_classes: Sequence[str] | None = None) -> str:

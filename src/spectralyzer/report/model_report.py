@@ -19,7 +19,8 @@ from ..render import json_text, markdown_table, render, shown_frame
 from ..tables import SUMMARY_MEANS
 from .html import cards_html, figure_html, page, png, table_html
 from .panels import esd_panels
-from .plots import depth_figure, esd_figure, flow_figure, histogram_figure
+from .plots import depth_figure, flow_figure, histogram_figure
+from .svg import esd_svg
 
 
 def write_model_report(analysis: Analysis, folder: str | os.PathLike[str]) -> Path:
@@ -36,10 +37,12 @@ def write_model_report(analysis: Analysis, folder: str | os.PathLike[str]) -> Pa
     if flow is not None:
         images["flow.png"] = png(flow)
     layer_images = []
-    image_names = file_names(details["name"], prefix="esd_", suffix=".png")
+    # one SVG per layer, written without matplotlib (docs/benchmarks.md: PNGs cost more
+    # than the analysis of a small model)
+    image_names = file_names(details["name"], prefix="esd_", suffix=".svg")
     for row, evals, rand in esd_panels(analysis):
         name = image_names[row["name"]]
-        images[name] = png(esd_figure(row, evals, rand))
+        images[name] = esd_svg(row, evals, rand).encode()
         layer_images.append((row["name"], name))
     for name, data in images.items():
         (figures / name).write_bytes(data)

@@ -22,8 +22,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import LogFormatter, LogLocator, NullLocator  # noqa: E402
 
 from ..escaping import figure_text  # noqa: E402
-from ..fit.mp import mp_density  # noqa: E402
 from ..flow import roles  # noqa: E402
+from .esd_curves import esd_curves  # noqa: E402
 
 TYPE_COLOURS = {
     "linear": "tab:blue",
@@ -61,30 +61,28 @@ def esd_grid(panels: list[tuple[pd.Series, np.ndarray, np.ndarray | None]]) -> F
 
 
 def draw_esd(ax, row: pd.Series, evals: np.ndarray, randomized: np.ndarray | None = None) -> None:
-    """Draw one layer's ESD panel on ``ax`` (see :func:`esd_figure`)."""
-    positive = evals[evals > 0]
-    if positive.size:
-        bins = np.logspace(math.log10(positive.min()), math.log10(positive.max()) + 1e-9, 60)
-        density = _density(positive, bins)
-        floor = density[density > 0].min() / 10  # empty bins sit on this baseline
+    """Draw one layer's ESD panel on ``ax`` (:func:`.esd_curves.esd_curves` says what)."""
+    c = esd_curves(row, evals, randomized)
+    if c is not None:
         # one stairs artist per histogram: ax.hist draws a patch per bin (4x slower in total)
-        ax.stairs(np.maximum(density, floor), bins, baseline=floor, fill=True,
+        ax.stairs(np.maximum(c.density, c.floor), c.bins, baseline=c.floor, fill=True,
                   color="tab:blue", alpha=0.55, label="ESD")  # fmt: skip
-        if randomized is not None and (randomized > 0).any():
-            rand = randomized[randomized > 0]
-            ax.stairs(np.maximum(_density(rand, bins), floor), bins, baseline=floor,
+        if c.randomized is not None:
+            ax.stairs(np.maximum(c.randomized, c.floor), c.bins, baseline=c.floor,
                       color="0.35", label="randomised ESD")  # fmt: skip
-        _power_law(ax, row, positive.size)
-        _marchenko_pastur(ax, row, bins)
-        traps = row["num_traps"]
-        if randomized is not None and math.isfinite(traps) and traps > 0:
-            top = np.sort(randomized)[-int(traps) :]
-            ax.plot(top, np.full(top.size, _floor(ax) * 3), "x", color="tab:orange", markersize=8,
-                    label=f"{int(traps)} correlation trap(s)")  # fmt: skip
-        spikes = int(row["num_spikes"])
-        if spikes:
-            ax.plot(np.sort(positive)[-spikes:], np.full(spikes, _floor(ax)), "|", color="red",
-                    markersize=12, label=f"{spikes} spikes")  # fmt: skip
+        if c.power_law is not None:
+            ax.plot(*c.power_law, color="black", lw=1.2, label=f"power law, alpha {c.alpha:.2f}")
+            ax.axvline(c.xmin, color="black", ls=":", lw=1, label="xmin")
+        if c.mp is not None:
+            if c.mp[0].size:
+                ax.plot(*c.mp, color="tab:green", lw=1.2, label="Marchenko-Pastur fit")
+            ax.axvline(c.lambda_plus, color="tab:green", ls="--", lw=1, label="lambda+")
+        if c.traps.size:
+            ax.plot(c.traps, np.full(c.traps.size, c.floor * 3), "x", color="tab:orange",
+                    markersize=8, label=f"{c.traps.size} correlation trap(s)")  # fmt: skip
+        if c.spikes.size:
+            ax.plot(c.spikes, np.full(c.spikes.size, c.floor), "|", color="red",
+                    markersize=12, label=f"{c.spikes.size} spikes")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     for axis in (ax.xaxis, ax.yaxis):
@@ -99,41 +97,6 @@ def draw_esd(ax, row: pd.Series, evals: np.ndarray, randomized: np.ndarray | Non
     title = figure_text(row["name"])  # no mathtext from names, long ones shortened
     ax.set_title(f"{title}\n{row['phase']}, alpha {row['alpha']:.2f}{warning}", fontsize=8)
     ax.legend(fontsize=6, loc="lower left")
-
-
-def _density(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
-    """Histogram density: counts / (n * bin width), as ``hist(density=True)`` draws it
-    (values outside ``bins`` are not counted but stay in ``n``)."""
-    counts, _ = np.histogram(values, bins)
-    return counts / (values.size * np.diff(bins))
-
-
-def _power_law(ax, row: pd.Series, total: int) -> None:
-    alpha, xmin, xmax = row["alpha"], row["xmin"], row["xmax"]
-    if not (math.isfinite(alpha) and xmin > 0 and xmax > xmin):
-        return
-    x = np.logspace(math.log10(xmin), math.log10(xmax), 50)
-    share = row["n_tail"] / total
-    ax.plot(x, share * (alpha - 1) / xmin * (x / xmin) ** -alpha, color="black", lw=1.2,
-            label=f"power law, alpha {alpha:.2f}")  # fmt: skip
-    ax.axvline(xmin, color="black", ls=":", lw=1, label="xmin")
-
-
-def _marchenko_pastur(ax, row: pd.Series, bins: np.ndarray) -> None:
-    sigma, lam_plus = row["sigma_mp"], row["lambda_plus"]
-    if not (math.isfinite(sigma) and math.isfinite(lam_plus)):
-        return
-    x = np.logspace(math.log10(bins[0]), math.log10(bins[-1]), 400)
-    density = mp_density(x, sigma**2, int(row["N"]), int(row["M"]))
-    shown = density > 0
-    if shown.any():
-        ax.plot(x[shown], density[shown], color="tab:green", lw=1.2, label="Marchenko-Pastur fit")
-    ax.axvline(lam_plus, color="tab:green", ls="--", lw=1, label="lambda+")
-
-
-def _floor(ax) -> float:
-    low, _ = ax.get_ylim()
-    return low * 1.5 if low > 0 else 1e-6
 
 
 def depth_figure(details: pd.DataFrame) -> Figure:
