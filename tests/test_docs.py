@@ -31,7 +31,7 @@ SECTION_TOPICS = {
     "3": "heavy-tailed",
     "4": "hessian",
     "5": "weightwatcher",
-    "6": "planned",
+    "6": "estimators",
 }
 
 # written in two pieces so that this file does not cite them itself
