@@ -112,6 +112,8 @@ def test_rank_4_is_analysed_with_the_fit_not_applicable(tmp_path):
     assert set(details["layer_type"]) == {"lora"} and set(details["variant"]) == {"lora-delta"}
     assert set(details["phase"]) == {"low-rank"}
     assert set(details["warning"]) == {"fit-not-applicable"}
+    # every fitted column is undefined, including those added after the LoRA rows were
+    assert details["erg_gap"].isna().all() and (details["num_small_outliers"] == 0).all()
     assert details["alpha"].isna().all() and np.isfinite(details["log_norm"]).all()
     assert summary["num_fit_failed"] == 0
     assert summary["num_fit_not_applicable"] == len(MODULES)

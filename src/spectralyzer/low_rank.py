@@ -17,36 +17,12 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from .metrics import LayerMetrics
+from .metrics import FIT_COUNTS, FIT_FIELDS, LayerMetrics
 
 #: Phase of a low-rank update's row.
 LOW_RANK_PHASE = "low-rank"
 NOT_APPLICABLE = "fit-not-applicable"
 
-#: Fields that come from the power-law or MP fit (undefined here), and their counts.
-_FIT_FIELDS = (
-    "alpha",
-    "alpha_weighted",
-    "xmin",
-    "xmax",
-    "D",
-    "sigma",
-    "log_alpha_norm",
-    "sigma_mp",
-    "lambda_plus",
-    "mp_softrank",
-    "num_traps",
-    "rand_distance",
-    "R_exponential",
-    "p_exponential",
-    "R_lognormal",
-    "p_lognormal",
-    "R_truncated",
-    "p_truncated",
-    "tpl_alpha",
-    "tpl_lambda",
-)
-_FIT_COUNTS = ("n_tail", "num_fingers", "num_spikes")
 #: Warnings about the fit; the others (non-finite weights, overflow) stay.
 _FIT_WARNINGS = {
     "fit-failed",
@@ -68,8 +44,8 @@ def low_rank_row(row: LayerMetrics) -> LayerMetrics:
     kept = [c for c in row.warning.split(";") if c and c not in _FIT_WARNINGS]
     return replace(
         row,
-        **dict.fromkeys(_FIT_FIELDS, math.nan),
-        **dict.fromkeys(_FIT_COUNTS, 0),
+        **dict.fromkeys(FIT_FIELDS, math.nan),
+        **dict.fromkeys(FIT_COUNTS, 0),
         tail_law="",
         phase=LOW_RANK_PHASE,
         warning=";".join([NOT_APPLICABLE, *kept]),

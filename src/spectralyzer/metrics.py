@@ -68,6 +68,33 @@ COUNTS = (
     "num_spikes",
     "num_small_outliers",
 )  # integer columns, 0 when undefined
+#: Columns that come from the power-law or Marchenko-Pastur fit (or the shuffled copy's),
+#: so undefined where no fit applies (a LoRA update's rank-r spectrum, :mod:`.low_rank`);
+#: a new fitted column belongs here.
+FIT_FIELDS = (
+    "alpha",
+    "alpha_weighted",
+    "xmin",
+    "xmax",
+    "D",
+    "sigma",
+    "log_alpha_norm",
+    "erg_gap",
+    "sigma_mp",
+    "lambda_plus",
+    "mp_softrank",
+    "num_traps",
+    "rand_distance",
+    "R_exponential",
+    "p_exponential",
+    "R_lognormal",
+    "p_lognormal",
+    "R_truncated",
+    "p_truncated",
+    "tpl_alpha",
+    "tpl_lambda",
+)
+FIT_COUNTS = ("n_tail", "num_fingers", "num_spikes", "num_small_outliers")  # of COUNTS
 WARNINGS = (
     "nonfinite-weights",
     "eigenvalue-overflow",  # finite weights whose eigenvalues exceed the float64 range
