@@ -89,8 +89,13 @@ def test_randomize_finds_a_planted_correlation_trap():
     assert (
         0 <= rows.loc["clean.weight", "rand_distance"] < 0.1
     )  # a Gaussian is its own randomisation
+    # the same shuffle alone as in a batch of two: only the eigensolver's rounding differs
+    # (LAPACK's threaded call on one matrix against one thread per matrix)
     again, _ = spectralyzer.analyze({"trap.weight": as_tensor(trapped)}, randomize=True, seed=1)
-    assert again.loc[0, "rand_distance"] == rows.loc["trap.weight", "rand_distance"]
+    assert again.loc[0, "num_traps"] == rows.loc["trap.weight", "num_traps"]
+    assert again.loc[0, "rand_distance"] == pytest.approx(
+        rows.loc["trap.weight", "rand_distance"], rel=1e-12
+    )
 
 
 PHASE_CASES = {
@@ -267,14 +272,3 @@ def test_fix_fingers_clips_planted_outsized_eigenvalues():
     assert fixed.loc[0, "xmax"] <= top * 1.01
     assert fixed.loc[0, "alpha"] > plain.loc[0, "alpha"]
     assert summary["fix_fingers"] is True
-
-
-def test_rand_distance_is_the_two_sample_ks_statistic():
-    from scipy import stats
-
-    from spectralyzer.metrics import ks_distance
-
-    rng = np.random.default_rng(3)
-    a, b = np.sort(rng.normal(size=300)), np.sort(rng.normal(0.2, 1.0, size=200))
-    assert ks_distance(a, b) == pytest.approx(stats.ks_2samp(a, b).statistic, abs=1e-12)
-    assert ks_distance(a, a) == 0

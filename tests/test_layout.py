@@ -24,11 +24,21 @@ LAYERS = (
     # no spectralyzer imports
     {"errors", "escaping", "budget", "interrupts", "choices", "threads", "variants"},
     {"io", "outputs", "render", "render_table", "hessian", "runs", "workers", "ray_runner"},
-    {"layers", "layouts", "roles", "fit", "windows", "allocation"},  # tensors -> matrices; math
+    {
+        "layers",
+        "layouts",
+        "roles",
+        "fit",
+        "top_eigen",
+        "windows",
+        "allocation",
+    },  # tensors -> matrices; math
     {
         "engine",
         "batching",
         "shuffle",
+        "randomized",
+        "prefetch",
         "metrics",
         "flow",
         "farms",

@@ -150,20 +150,26 @@ def test_every_esd_is_sorted_non_negative_and_complete(
         layer = spectra[spec.name]
         assert layer.spec == spec
         assert (layer.randomized is not None) == randomize
-        for esd in (layer.esd, layer.randomized) if randomize else (layer.esd,):
-            assert esd.finite == finite
-            if not finite:
-                assert esd.evals.size == 0
-                continue
-            evals = esd.evals
-            assert evals.dtype == np.float64 and evals.shape == (spec.num_slices * spec.M,)
-            assert np.all(np.isfinite(evals)) and np.all(evals >= 0)
-            assert np.all(np.diff(evals) >= 0)
-        if finite:
-            # trace of W^T W: exact sum of squares up to float64 rounding of the Gram/eigensolver
-            frob = float((weights**2).sum())
-            slack = 1e-12 * spec.num_evals * max(float(layer.esd.evals[-1]), 1e-300)
-            assert abs(layer.esd.evals.sum() - frob) <= 1e-9 * frob + slack
+        esd = layer.esd
+        assert esd.finite == finite
+        if not finite:
+            assert esd.evals.size == 0
+            assert not randomize or not layer.randomized.finite
+            continue
+        evals = esd.evals
+        assert evals.dtype == np.float64 and evals.shape == (spec.num_slices * spec.M,)
+        assert np.all(np.isfinite(evals)) and np.all(evals >= 0)
+        assert np.all(np.diff(evals) >= 0)
+        # trace of W^T W: exact sum of squares up to float64 rounding of the Gram/eigensolver
+        frob = float((weights**2).sum())
+        slack = 1e-12 * spec.num_evals * max(float(esd.evals[-1]), 1e-300)
+        assert abs(esd.evals.sum() - frob) <= 1e-9 * frob + slack
+        if randomize:  # a shuffle keeps every entry: the same trace, the same number of evals
+            rand = layer.randomized
+            assert rand.finite and rand.size == spec.num_slices * spec.M
+            assert abs(rand.total - frob) <= 1e-9 * frob + slack
+            assert 0 <= rand.count <= rand.size and np.all(np.diff(rand.top) <= 0)
+            assert rand.top.sum() <= rand.total * (1 + 1e-9) + rand.top.size * rand.error
 
 
 @SETTINGS

@@ -23,7 +23,7 @@ def _analysed(name: str = "w.weight"):
     result = run_analysis({name: w}, make_options(randomize=True))
     row = result.details.iloc[0]
     spectra = result.spectra[row["name"]]
-    return row, spectra.esd.evals, spectra.randomized.evals
+    return row, spectra.esd.evals, spectra.randomized
 
 
 def test_density_is_the_normalised_histogram():

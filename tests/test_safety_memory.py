@@ -351,9 +351,9 @@ def test_chunked_gram_gives_the_numbers_of_the_whole_product(monkeypatch):
         ref, got = whole[spec.name], chunked[spec.name]
         top = ref.esd.evals[-1]
         np.testing.assert_allclose(got.esd.evals, ref.esd.evals, rtol=1e-12, atol=1e-13 * top)
-        np.testing.assert_allclose(
-            got.randomized.evals, ref.randomized.evals, rtol=1e-5, atol=1e-6 * top
-        )
+        rand, rand_ref = got.randomized, ref.randomized
+        np.testing.assert_allclose(rand.top, rand_ref.top, rtol=1e-10, atol=1e-12 * top)
+        assert (rand.total, rand.count) == (rand_ref.total, rand_ref.count)
         # sum(lambda) = ||W||_F^2, computed independently in float64
         frobenius = float((tensors[spec.name].double() ** 2).sum())
         np.testing.assert_allclose(ref.esd.evals.sum(), frobenius, rtol=1e-12)

@@ -1,6 +1,7 @@
 """A resumable cache of ESDs, keyed by what was analysed, one entry per layer.
 
-An entry holds a layer's eigenvalues (and those of its randomised copy); the fits
+An entry holds a layer's eigenvalues (and the top of its randomised copy's spectrum,
+:class:`~.fit.traps.ShuffledTop`); the fits
 are recomputed from them on every run (cheap next to the eigendecomposition), so
 the fit options need not be part of the key.  The key is a BLAKE2b digest of
 
@@ -36,6 +37,7 @@ import torch
 
 from . import __version__, interrupts
 from .engine import ESD, LayerSpectra, spectra_with
+from .fit.traps import ShuffledTop
 from .io.base import Checkpoint
 from .layers import LayerSpec
 from .outputs import Inputs, write_file
@@ -58,7 +60,7 @@ EXCLUDED = frozenset(
         "tail_tests",
     }
 )
-MAGIC = b"spectralyzer-esd-2\n"  # 2: each ESD records its solver eps
+MAGIC = b"spectralyzer-esd-3\n"  # 3: the randomised copy is its spectrum's top (section 3.8)
 DIGEST = 32  # bytes of every BLAKE2b digest here
 #: Matrix entries read per group before its misses are computed (one engine batch).
 GROUP_ELEMENTS = 2**25
@@ -138,14 +140,18 @@ class Cache:
 
 
 def _encode(key: str, spectra: LayerSpectra) -> bytes:
-    esds = [spectra.esd, spectra.randomized]
+    esd, rand = spectra.esd, spectra.randomized
     header = {
         "key": key,
-        "esds": [None if e is None else [e.evals.size, e.finite, e.overflow, e.eps] for e in esds],
+        "esd": [esd.evals.size, esd.finite, esd.overflow, esd.eps],
+        "rand": None
+        if rand is None
+        else [rand.top.size, rand.total, rand.count, rand.size, rand.error, rand.finite],
     }
     text = json.dumps(header).encode()
-    arrays = [np.ascontiguousarray(e.evals, dtype="<f8").tobytes() for e in esds if e]
-    body = _LENGTH.pack(len(text)) + text + b"".join(arrays)
+    arrays = [esd.evals] + ([rand.top] if rand is not None else [])
+    data = b"".join(np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays)
+    body = _LENGTH.pack(len(text)) + text + data
     return MAGIC + _blake(body) + body
 
 
@@ -159,18 +165,24 @@ def _decode(data: bytes, key: str, spec: LayerSpec) -> LayerSpectra:
     header = json.loads(body[_LENGTH.size : _LENGTH.size + length])
     if header["key"] != key:
         raise ValueError("entry of another key")
-    offset, esds = _LENGTH.size + length, []
-    for record in header["esds"]:
-        if record is None:
-            esds.append(None)
-            continue
-        size, finite, overflow, eps = record
-        evals = np.frombuffer(body, dtype="<f8", count=size, offset=offset).astype(np.float64)
+    offset = _LENGTH.size + length
+
+    def floats(size: int) -> np.ndarray:
+        nonlocal offset
+        values = np.frombuffer(body, dtype="<f8", count=size, offset=offset).astype(np.float64)
         offset += 8 * size
-        esds.append(ESD(evals, finite=bool(finite), overflow=bool(overflow), eps=float(eps)))
-    if offset != len(body) or esds[0] is None:
+        return values
+
+    size, finite, overflow, eps = header["esd"]
+    esd = ESD(floats(size), finite=bool(finite), overflow=bool(overflow), eps=float(eps))
+    rand = None
+    if header["rand"] is not None:
+        size, total, count, slices_m, error, finite = header["rand"]
+        top = floats(size)
+        rand = ShuffledTop(top, float(total), int(count), int(slices_m), float(error), bool(finite))
+    if offset != len(body):
         raise ValueError("entry sizes disagree")
-    return LayerSpectra(spec, esds[0], esds[1])
+    return LayerSpectra(spec, esd, rand)
 
 
 def groups(specs: list[LayerSpec], elements: int = GROUP_ELEMENTS) -> Iterator[list[LayerSpec]]:

@@ -9,9 +9,9 @@ weights are upcast, float64 weights kept).  Entries of float32 (or narrower)
 weights multiply exactly in float64, so the only error is float64 rounding: every eigenvalue is within about ``M * eps64 * lambda_max``
 (eps64 = 2.2e-16) of the exact one, i.e. 1e-8 relative for any eigenvalue above
 ``1e-5 lambda_max`` when ``M <= 4096`` (tested against ``numpy.linalg.svd``).
-The randomised copies used for the correlation-trap check only need to be
-compared with a Marchenko-Pastur edge known to a few percent, so they are
-computed in float32 (relative error about ``M * 1e-7`` of ``lambda_max``).
+The randomised copies used for the correlation-trap check need only the top of
+their spectrum (:mod:`spectralyzer.randomized`): a block Krylov space for a large
+single matrix, the whole float64 spectrum otherwise (docs/theory.md section 3.8).
 
 Threads: on the CPU, the eigensolver runs one share of a batch per thread
 with torch's intra-op threads set to 1 for that call (restored afterwards).
@@ -53,8 +53,11 @@ from .batching import Sources, batches_of
 from .budget import CHUNK_ELEMENTS
 from .choices import DEVICES
 from .errors import OptionError
+from .fit.traps import ShuffledTop
 from .io.base import Checkpoint
 from .layers import LayerSpec
+from .prefetch import PREFETCH_DEPTH, loaded
+from .randomized import full_top, krylov_pays, shuffled_layer, unscaled
 from .shuffle import SHUFFLED_DTYPES, Shuffler
 
 
@@ -74,7 +77,7 @@ class LayerSpectra:
 
     spec: LayerSpec
     esd: ESD
-    randomized: ESD | None = None
+    randomized: ShuffledTop | None = None  # the top of its shuffled copy's spectrum
     farms: ESD | None = None  # pooled ESD of the FARMS windows (spectralyzer.farms), when asked
 
 
@@ -294,32 +297,37 @@ def _spectra_of_batches(
 ) -> dict[str, LayerSpectra]:
     result: dict[str, LayerSpectra] = {}
     depth = PREFETCH_DEPTH if device.type == "cuda" else 0
-    stacks = _loaded([spec for batch in batches for spec in batch], sources, device, depth)
+    stacks = loaded([spec for batch in batches for spec in batch], sources, device, depth)
     for index, batch in enumerate(batches):
         interrupts.check()
         matrices, size = sum(spec.num_slices for spec in batch), batch[0].M
         grams = torch.zeros((matrices, size, size), dtype=gram_dtype, device=device)
-        shuffled = torch.zeros_like(grams, dtype=torch.float32) if randomize else None
-        scales, start = [], 0
+        krylov = randomize and krylov_pays(batch[0].num_slices, size)
+        shuffled = (
+            torch.zeros_like(grams, dtype=torch.float64) if randomize and not krylov else None
+        )
+        scales, tops, start = [], [], 0
         for spec in batch:
             rows = slice(start, start + spec.num_slices)
             start += spec.num_slices
-            randomized = (shuffled[rows], shuffle) if shuffled is not None else None
             stack = next(stacks)
             clock.lap("load")
-            scales.append(_add_layer(stack, grams[rows], randomized, clock))
+            scales.append(_add_layer(stack, grams[rows], clock))
+            if randomize:
+                tops.append(_randomized(stack, scales[-1], shuffle, shuffled, rows))
+                clock.lap("randomize")
             del stack
         # on a worker the main thread can leave on SIGTERM/Ctrl-C (minutes for 8192 x 8192)
         esds = _split(interrupts.abandonable(symmetric_eigenvalues, grams), batch, scales)
         del grams
         clock.lap("eigenvalues")
-        rands: list[ESD | None] = [None] * len(batch)
         if shuffled is not None:
-            evals = interrupts.abandonable(symmetric_eigenvalues, shuffled)
-            rands = list(_split(evals, batch, scales, common=True))
+            evals = interrupts.abandonable(symmetric_eigenvalues, shuffled).double().cpu().numpy()
+            parts = zip(tops, _rows(batch), scales, strict=True)
+            tops = [_full(top, evals[rows], scale) for top, rows, scale in parts]
             del shuffled
             clock.lap("randomize")
-        for spec, esd, rand in zip(batch, esds, rands, strict=True):
+        for spec, esd, rand in zip(batch, esds, tops or [None] * len(batch), strict=True):
             result[spec.name] = LayerSpectra(spec, esd, rand)
             if last_use[_stack_shape(spec)] == index:
                 shuffle.release(_stack_shape(spec))
@@ -328,46 +336,38 @@ def _spectra_of_batches(
     return result
 
 
-#: Tensors read ahead of the GPU's work (each at most the largest layer, in its stored dtype)
-PREFETCH_DEPTH = 2
+def _rows(batch: list[LayerSpec]) -> Iterator[slice]:
+    start = 0
+    for spec in batch:
+        yield slice(start, start + spec.num_slices)
+        start += spec.num_slices
 
 
-def _loaded(
-    specs: list[LayerSpec], sources: Sources, device: torch.device, depth: int
-) -> Iterator[torch.Tensor]:
-    """The ``(slices, N, M)`` stack of each spec, in order, cut from ``sources``.
-
-    With ``depth > 0`` a reader thread keeps up to ``depth`` stacks read ahead, in pinned
-    memory and already on their way to ``device`` (asynchronous copies), so reading the
-    file and copying to the GPU overlap the GPU's products and eigensolver. Only the
-    reader thread touches ``sources`` (and its checkpoint).
-    """
-    if depth == 0:
-        for spec in specs:
-            yield sources.matrices(spec)
-        return
-
-    def read(spec: LayerSpec) -> torch.Tensor:
-        stack = sources.matrices(spec).contiguous()
-        return stack.pin_memory().to(device, non_blocking=True)
-
-    with ThreadPoolExecutor(1) as reader:
-        pending = [reader.submit(read, spec) for spec in specs[:depth]]
-        for i in range(len(specs)):
-            stack = pending.pop(0).result()
-            if i + depth < len(specs):
-                pending.append(reader.submit(read, specs[i + depth]))
-            yield stack
-
-
-def _add_layer(
+def _randomized(
     stack: torch.Tensor,
-    grams: torch.Tensor,
-    randomized: tuple[torch.Tensor, Shuffler] | None,
-    clock: _Clock,
-) -> _Scale:
-    """Add the (scaled) Gram matrices of one layer's ``stack`` into ``grams`` and, when asked,
-    those of its shuffled copy into ``randomized[0]``.
+    scale: _Scale,
+    shuffle: Shuffler,
+    shuffled: torch.Tensor | None,
+    rows: slice,
+) -> ShuffledTop | tuple[float, int]:
+    """The top of a layer's shuffled copy (or its pending sums, see :func:`shuffled_layer`)."""
+    if not scale.finite:
+        return ShuffledTop.undefined(stack.shape[0] * stack.shape[2])
+    gram = shuffled[rows] if shuffled is not None else None
+    return shuffled_layer(stack, int(scale.common()[0]), shuffle, gram)
+
+
+def _full(top: ShuffledTop | tuple[float, int], evals: np.ndarray, scale: _Scale) -> ShuffledTop:
+    """A pending layer's whole shuffled spectrum from the batch's ``eigvalsh``."""
+    if isinstance(top, ShuffledTop):
+        return top
+    total, count = top
+    spectrum = full_top(evals.reshape(-1), total, count, evals.shape[-1])
+    return unscaled(spectrum, int(scale.common()[0]))
+
+
+def _add_layer(stack: torch.Tensor, grams: torch.Tensor, clock: _Clock) -> _Scale:
+    """Add the (scaled) Gram matrices of one layer's ``stack`` into ``grams``.
 
     A layer with non-finite weights adds nothing (its Gram matrices stay 0).
     """
@@ -375,10 +375,6 @@ def _add_layer(
     if scale.finite:
         accumulate_gram(grams, stack, scale.exponents)
         clock.lap("eigenvalues")
-        if randomized is not None:
-            target, shuffle = randomized
-            accumulate_gram(target, shuffle(stack), scale.common())
-            clock.lap("randomize")
     return scale
 
 

@@ -20,9 +20,9 @@ rank_loss              eigenvalues at or below the numerical-zero tolerance
 sigma_mp, lambda_plus, Marchenko-Pastur fit (:mod:`spectralyzer.fit.mp`)
 num_spikes, mp_softrank
 num_small_outliers     eigenvalues below the MP lower edge (:mod:`~.fit.small_end`)
-num_traps              spikes of the randomised ESD (correlation traps)
-rand_distance          Kolmogorov-Smirnov distance between the ESD and the
-                       randomised ESD (scale-free, in [0, 1])
+num_traps              spikes of the randomised ESD's MP fit (correlation traps)
+rand_distance          Kolmogorov-Smirnov distance between the ESD and the fitted
+                       law of the randomised copy (scale-free, in [0, 1])
 tail_law, R_*, p_*,    likelihood-ratio tests of the power-law tail against the
 tpl_alpha, tpl_lambda  exponential, lognormal and truncated power law
                        (``tail_tests``; :mod:`spectralyzer.fit.tail_tests`)
@@ -53,6 +53,7 @@ from .fit.phases import classify_phase
 from .fit.powerlaw import XMIN_FLOOR, PowerLawFit, fit_power_law_clipped
 from .fit.small_end import count_small_outliers
 from .fit.tail_tests import TailTests, compare_tail
+from .fit.traps import ShuffledTop, rand_distance, trap_fit
 from .windows import FarmsSettings, window_grid
 
 ALPHA_UNDER_TRAINED = 6.0  # alpha above: under-trained / random-like (docs/theory.md section 3.5)
@@ -200,27 +201,13 @@ def norm_metrics(evals: np.ndarray, alpha: float, tol: float) -> dict[str, float
     }
 
 
-def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic ``sup |F_a - F_b|`` of sorted samples."""
-    grid = np.concatenate((a, b))
-    fa = np.searchsorted(a, grid, side="right") / a.size
-    fb = np.searchsorted(b, grid, side="right") / b.size
-    return float(np.abs(fa - fb).max())
-
-
-def trap_metrics(esd: ESD, randomized: ESD | None, N: int, M: int) -> tuple[float, float]:
-    """(num_traps, rand_distance): spikes of the randomised ESD, and its distance to the ESD.
-
-    The randomised ESD is computed in float32 (see :mod:`spectralyzer.engine`), so
-    its numerical zeros are those below ``10 M eps32 lambda_max``.
-    """
-    if randomized is None:
+def trap_metrics(esd: ESD, randomized: ShuffledTop | None, N: int, M: int) -> tuple[float, float]:
+    """(num_traps, rand_distance): the spikes of the shuffled copy's MP fit, and the KS
+    distance between the ESD and that copy's fitted law (:mod:`spectralyzer.fit.traps`)."""
+    if randomized is None or not randomized.finite:
         return math.nan, math.nan
-    if not randomized.finite or randomized.evals.size == 0:
-        return math.nan, math.nan
-    tol = float(randomized.evals[-1]) * 10 * M * randomized.eps
-    traps = fit_mp(randomized.evals, N, M, zero_tol=tol).num_spikes
-    return float(traps), ks_distance(esd.evals, randomized.evals)
+    fit = trap_fit(randomized, N, M)
+    return float(fit.num_spikes), rand_distance(esd.evals, randomized, fit, N, M)
 
 
 def warnings_for(pl: PowerLawFit, num_evals: int, num_traps: float) -> list[str]:

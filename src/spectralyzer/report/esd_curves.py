@@ -4,8 +4,9 @@ One computation for both drawings of a panel, the matplotlib figure of ``plot``
 (:mod:`.plots`) and the SVG of the report (:mod:`.svg`). The curves are the fitted
 models of docs/theory.md sections 2 and 3: the power law
 ``p(x) = (alpha - 1) / xmin (x / xmin)^-alpha`` on ``[xmin, xmax]``, scaled by the
-tail's share of the eigenvalues, and the Marchenko-Pastur density with the fitted
-sigma (:func:`spectralyzer.fit.mp.mp_density`).
+tail's share of the eigenvalues, the Marchenko-Pastur density with the fitted
+sigma (:func:`spectralyzer.fit.mp.mp_density`) and, with ``--randomize``, the fitted
+law of the shuffled copy (:func:`spectralyzer.fit.traps.rand_cdf`) with its traps.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..fit.mp import mp_density
+from ..fit.traps import ShuffledTop, rand_cdf, trap_fit
 
 BINS = 60  # log-spaced histogram bins of a panel
 
@@ -27,7 +29,7 @@ class EsdCurves:
 
     bins: np.ndarray  # BINS + 1 edges, log-spaced over the positive eigenvalues
     density: np.ndarray  # histogram density of the ESD per bin (0 for an empty bin)
-    randomized: np.ndarray | None  # the same for the randomised ESD, on the same bins
+    randomized: np.ndarray | None  # the randomised copy's fitted law, mass per bin / width
     floor: float  # baseline of empty bins: a tenth of the smallest non-zero density
     power_law: tuple[np.ndarray, np.ndarray] | None  # fitted tail (x, p(x))
     xmin: float | None
@@ -46,7 +48,7 @@ def density(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
 
 
 def esd_curves(
-    row: pd.Series, evals: np.ndarray, randomized: np.ndarray | None = None
+    row: pd.Series, evals: np.ndarray, randomized: ShuffledTop | None = None
 ) -> EsdCurves | None:
     """The panel of one layer (its metrics ``row``), or None when no eigenvalue is positive."""
     positive = evals[evals > 0]
@@ -55,9 +57,13 @@ def esd_curves(
     bins = np.logspace(math.log10(positive.min()), math.log10(positive.max()) + 1e-9, BINS + 1)
     bins[0] = positive.min()  # 10 ** log10(x) can round above x and drop the smallest value
     dens = density(positive, bins)
-    rand = None
-    if randomized is not None and (randomized > 0).any():
-        rand = density(randomized[randomized > 0], bins)
+    rand, trapped = None, np.empty(0)
+    if randomized is not None:
+        N, M = int(row["N"]), int(row["M"])
+        fit = trap_fit(randomized, N, M)
+        mass = np.diff(rand_cdf(bins, randomized, fit, N, M)) * randomized.size
+        rand = mass / (max(randomized.count, 1) * np.diff(bins))
+        trapped = np.sort(randomized.top[: fit.num_spikes])
     alpha, xmin, xmax = float(row["alpha"]), float(row["xmin"]), float(row["xmax"])
     power_law = None
     if math.isfinite(alpha) and xmin > 0 and xmax > xmin:
@@ -70,10 +76,6 @@ def esd_curves(
         x = np.logspace(math.log10(bins[0]), math.log10(bins[-1]), 400)
         curve = mp_density(x, sigma**2, int(row["N"]), int(row["M"]))
         mp = (x[curve > 0], curve[curve > 0])
-    traps = row["num_traps"]
-    trapped = np.empty(0)
-    if randomized is not None and math.isfinite(traps) and traps > 0:
-        trapped = np.sort(randomized)[-int(traps) :]
     spikes = int(row["num_spikes"])
     return EsdCurves(
         bins=bins,

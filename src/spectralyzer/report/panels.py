@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..fit.traps import ShuffledTop
 from ..pipeline import Analysis, AnalysisOptions, Source, run_analysis
 
-Panel = tuple[pd.Series, np.ndarray, np.ndarray | None]  # (details row, ESD, randomised ESD)
+Panel = tuple[pd.Series, np.ndarray, ShuffledTop | None]  # (details row, ESD, randomised top)
 
 
 def esd_panels(analysis: Analysis) -> list[Panel]:
@@ -27,7 +28,8 @@ def esd_panels(analysis: Analysis) -> list[Panel]:
         if spectra is None or not spectra.esd.finite:
             continue
         scale = 1.0 / row["N"] if normalized else 1.0
-        rand = spectra.randomized.evals * scale if spectra.randomized is not None else None
+        rand = spectra.randomized
+        rand = rand.scaled(scale) if rand is not None and rand.finite else None
         panels.append((row, spectra.esd.evals * scale, rand))
     return panels
 

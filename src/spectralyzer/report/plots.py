@@ -22,6 +22,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import LogFormatter, LogLocator, NullLocator  # noqa: E402
 
 from ..escaping import figure_text  # noqa: E402
+from ..fit.traps import ShuffledTop  # noqa: E402
 from ..flow import roles  # noqa: E402
 from .esd_curves import esd_curves  # noqa: E402
 
@@ -38,7 +39,7 @@ TYPE_COLOURS = {
 }
 
 
-def esd_figure(row: pd.Series, evals: np.ndarray, randomized: np.ndarray | None = None) -> Figure:
+def esd_figure(row: pd.Series, evals: np.ndarray, randomized: ShuffledTop | None = None) -> Figure:
     """ESD on log-log axes with the power-law fit, xmin, the MP bulk and spikes/traps."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=90)
     draw_esd(ax, row, evals, randomized)
@@ -60,7 +61,7 @@ def esd_grid(panels: list[tuple[pd.Series, np.ndarray, np.ndarray | None]]) -> F
     return fig
 
 
-def draw_esd(ax, row: pd.Series, evals: np.ndarray, randomized: np.ndarray | None = None) -> None:
+def draw_esd(ax, row: pd.Series, evals: np.ndarray, randomized: ShuffledTop | None = None) -> None:
     """Draw one layer's ESD panel on ``ax`` (:func:`.esd_curves.esd_curves` says what)."""
     c = esd_curves(row, evals, randomized)
     if c is not None:

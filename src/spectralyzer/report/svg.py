@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..escaping import shorten_middle, terminal
+from ..fit.traps import ShuffledTop
 from .esd_curves import EsdCurves, esd_curves
 
 WIDTH, HEIGHT = 550, 360
@@ -46,7 +47,7 @@ class _Axes:
         return HEIGHT - BOTTOM - t * (HEIGHT - TOP - BOTTOM)
 
 
-def esd_svg(row: pd.Series, evals: np.ndarray, randomized: np.ndarray | None = None) -> str:
+def esd_svg(row: pd.Series, evals: np.ndarray, randomized: ShuffledTop | None = None) -> str:
     """The SVG document of one layer's ESD panel (its metrics ``row``)."""
     curves = esd_curves(row, evals, randomized)
     warning = f" [{row['warning']}]" if row["warning"] else ""

@@ -1,0 +1,109 @@
+"""Correlation traps and ``rand_distance`` from the top of a shuffled copy's spectrum
+(docs/theory.md section 3.8).
+
+The randomised ESD enters the metrics through its Marchenko-Pastur fit only, and
+that fit (:func:`~.mp.fit_mp_top`) needs the sum of all its eigenvalues (the
+squared Frobenius norm, which a shuffle keeps), how many are not zero, and the
+largest ones down to the first below the spike threshold.  The traps are the
+spikes of that fit; ``rand_distance`` is the Kolmogorov-Smirnov distance between
+the layer's ESD and the fitted law of its shuffled copy: the MP bulk, the traps
+as point masses and the structural zeros as a mass at 0 (:func:`rand_cdf`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .mp import MPFit, fit_mp_top, mp_cdf
+
+#: a Ritz value settles the fit when its residual is below this times ``lambda_max``
+#: (and below its distance to the threshold); measured in docs/theory.md section 3.8
+SETTLED = 1e-2
+
+
+@dataclass(frozen=True)
+class ShuffledTop:
+    """What the trap metrics need of a layer's shuffled copy, in the ESD's units."""
+
+    top: np.ndarray  # its largest eigenvalues, descending (all of them when computed in full)
+    total: float  # the sum of all its eigenvalues: ||W||_F^2, pooled over slices
+    count: int  # its eigenvalues that are not structural zeros (all-zero rows or columns)
+    size: int  # all its eigenvalues, slices * M
+    error: float  # a bound on the error of each eigenvalue in ``top``
+    finite: bool = True  # False for non-finite weights or eigenvalues beyond float64
+
+    @classmethod
+    def undefined(cls, size: int) -> ShuffledTop:
+        return cls(np.empty(0), math.nan, 0, size, math.nan, finite=False)
+
+    def scaled(self, factor: float) -> ShuffledTop:
+        """The same spectrum times ``factor`` (e.g. 1/N for a normalised ESD)."""
+        return ShuffledTop(
+            self.top * factor, self.total * factor, self.count, self.size, self.error * factor
+        )
+
+
+def trap_fit(top: ShuffledTop, N: int, M: int) -> MPFit:
+    """The MP fit of the shuffled copy; its ``num_spikes`` are the traps."""
+    if not top.finite:
+        return MPFit.failed()
+    fit = fit_mp_top(top.top, top.total, top.count, N, M, error=top.error)
+    if fit is None:
+        raise ValueError("the known top of the shuffled spectrum does not reach the threshold")
+    return fit
+
+
+def settled_fit(
+    theta: np.ndarray, residuals: np.ndarray, total: float, count: int, N: int, M: int, error: float
+) -> MPFit | None:
+    """The shuffled copy's fit from Ritz values ``theta`` (descending, lower bounds of the
+    largest eigenvalues) with their residual norms, or ``None`` while they do not settle it.
+
+    Settled: the fit reaches a Ritz value below its threshold, that value lies below the
+    threshold by more than its residual (an eigenvalue is within the residual of every
+    Ritz value), every residual up to it is below ``SETTLED lambda_max``, and the traps'
+    errors (``min(r, r^2 / gap)``) are negligible in the bulk's sum.
+    """
+    fit = fit_mp_top(theta, total, count, N, M, error=error)
+    if fit is None or math.isnan(fit.sigma_mp):
+        # a failed fit is final: Ritz values are lower bounds and the total is exact, so
+        # when the known ones hold the whole sum the rest are zeros
+        return fit
+    k = fit.num_spikes
+    r = residuals[: k + 1]
+    if (r > SETTLED * theta[0]).any() or theta[k] + r[k] >= fit.spike_threshold:
+        return None
+    gaps = np.maximum(theta[:k] - theta[1 : k + 1], 1e-300)
+    trap_errors = np.minimum(r[:k], r[:k] ** 2 / gaps).sum()
+    bulk = fit.sigma_mp**2 * N * (count - k)
+    return fit if trap_errors <= 1e-6 * bulk else None
+
+
+def rand_cdf(x: np.ndarray, top: ShuffledTop, fit: MPFit, N: int, M: int) -> np.ndarray:
+    """Distribution function of the shuffled copy's fitted law: structural zeros at 0,
+    ``count - k`` eigenvalues in the MP bulk, the ``k`` traps as point masses.  Without
+    a bulk (a failed fit) it is the known eigenvalues as point masses and zeros."""
+    x = np.asarray(x, dtype=float)
+    bulk = not math.isnan(fit.sigma_mp)
+    points = top.top[: fit.num_spikes] if bulk else top.top
+    zeros = top.size - (top.count if bulk else points.size)
+    mass = zeros * (x >= 0) + points.size - np.searchsorted(-points, -x, side="left")
+    if bulk:
+        mass = mass + (top.count - fit.num_spikes) * mp_cdf(x, fit.sigma_mp**2, N, M)
+    return mass / top.size
+
+
+def rand_distance(evals: np.ndarray, top: ShuffledTop, fit: MPFit, N: int, M: int) -> float:
+    """``sup_x |F_ESD(x) - F_rand(x)|`` for an ascending ESD: checked on both sides of every
+    jump of either (the fitted law is continuous elsewhere)."""
+    points = np.concatenate((evals, top.top, [0.0]))
+    below = np.nextafter(points, -np.inf)
+    n = evals.size
+    gaps = [
+        np.searchsorted(evals, points, side="right") / n - rand_cdf(points, top, fit, N, M),
+        np.searchsorted(evals, below, side="right") / n - rand_cdf(below, top, fit, N, M),
+    ]
+    return float(np.abs(np.concatenate(gaps)).max())

@@ -1,0 +1,168 @@
+"""Correlation traps from the top of the shuffled spectrum (docs/theory.md section 3.8).
+
+The fast path (a block Krylov space of the shuffled copy's Gram matrix, settled against
+the MP fit) must give the table of the reference path (the whole float64 spectrum of the
+same shuffled copy) on MiniLM, the MTCNN nets, the trained MLP and planted traps.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.integrate import quad
+
+from helpers import esd, gaussian, spiked
+from spectralyzer import randomized
+from spectralyzer.demo import demo_model_path
+from spectralyzer.fit.mp import fit_mp, fit_mp_top, mp_cdf, mp_density
+from spectralyzer.fit.traps import ShuffledTop, rand_cdf, rand_distance, trap_fit
+from spectralyzer.pipeline import make_options, run_analysis
+from spectralyzer.top_eigen import GramKrylov
+
+
+@pytest.mark.parametrize(("N", "M"), [(300, 300), (600, 300), (5000, 100)])
+def test_mp_cdf_is_the_integral_of_the_density(N, M):
+    sigma2 = 0.37
+    lo, hi = sigma2 * (np.sqrt(N) - np.sqrt(M)) ** 2, sigma2 * (np.sqrt(N) + np.sqrt(M)) ** 2
+    xs = np.linspace(lo, hi, 12)[1:-1]
+    integral = [quad(lambda t: mp_density(np.array([t]), sigma2, N, M)[0], lo, x)[0] for x in xs]
+    np.testing.assert_allclose(mp_cdf(xs, sigma2, N, M), integral, atol=1e-9)
+    assert list(mp_cdf(np.array([lo * 0.9 - 1, hi * 1.1]), sigma2, N, M)) == [0.0, 1.0]
+
+
+def _spectra() -> dict[str, tuple[np.ndarray, int, int]]:
+    t = torch.distributions.StudentT(2.5).sample((800, 400)).double().numpy()
+    return {
+        "gaussian": (esd(gaussian(500, 250, seed=1)), 500, 250),
+        "spiked": (esd(spiked(800, 400, [30.0, 40.0, 60.0], seed=2)), 800, 400),
+        "student-t": (esd(t), 800, 400),
+    }
+
+
+@pytest.mark.parametrize("case", ["gaussian", "spiked", "student-t"])
+def test_the_fit_from_the_top_is_the_fit_from_the_whole_spectrum(case):
+    evals, N, M = _spectra()[case]
+    whole = fit_mp(evals, N, M)
+    desc = evals[::-1].copy()
+    known = desc[: whole.num_spikes + 1]  # the spikes and the first eigenvalue below
+    top = fit_mp_top(known, float(evals.sum()), evals.size, N, M)
+    assert top.num_spikes == whole.num_spikes
+    for field in ("sigma_mp", "lambda_plus", "spike_threshold", "mp_softrank"):
+        assert getattr(top, field) == pytest.approx(getattr(whole, field), rel=1e-12), field
+    # without an eigenvalue known below the threshold the count is not settled
+    assert fit_mp_top(desc[: whole.num_spikes], float(evals.sum()), evals.size, N, M) is None
+
+
+def test_a_constant_matrix_has_no_bulk_and_no_trap():
+    evals = esd(np.full((60, 30), 0.5))
+    fit = fit_mp_top(evals[::-1].copy(), 60 * 30 * 0.25, 30, 60, 30, error=1e-12 * evals[-1])
+    assert np.isnan(fit.sigma_mp) and fit.num_spikes == 0
+
+
+def _brute_distance(evals, top, fit, N, M):
+    """sup |F_ESD - F_rand| on both sides of every eigenvalue and trap, and a fine grid."""
+    grid = np.concatenate((evals, top.top, np.linspace(0, evals[-1] * 1.2, 20001)))
+    grid = np.concatenate((grid, grid * (1 - 1e-12), grid * (1 + 1e-12)))
+    ours = np.searchsorted(evals, grid, side="right") / evals.size
+    return np.abs(ours - rand_cdf(grid, top, fit, N, M)).max()
+
+
+@pytest.mark.parametrize("case", ["gaussian", "spiked", "student-t"])
+def test_rand_distance_is_the_sup_distance_to_the_fitted_law(case):
+    evals, N, M = _spectra()[case]
+    shuffled = esd(
+        np.random.default_rng(4).permutation(gaussian(N, M, seed=9).ravel()).reshape(N, M)
+    )
+    top = ShuffledTop(shuffled[::-1].copy(), float(shuffled.sum()), M, M, 0.0)
+    fit = trap_fit(top, N, M)
+    distance = rand_distance(evals, top, fit, N, M)
+    assert distance == pytest.approx(_brute_distance(evals, top, fit, N, M), abs=1e-9)
+    assert 0 <= distance <= 1
+
+
+def test_a_gaussian_is_close_to_its_shuffled_law_and_a_spiked_matrix_is_not():
+    def distance(w):
+        n, m = w.shape
+        shuffled = esd(np.random.default_rng(0).permutation(w.ravel()).reshape(n, m))
+        top = ShuffledTop(shuffled[::-1].copy(), float((w**2).sum()), m, m, 0.0)
+        return rand_distance(esd(w), top, trap_fit(top, n, m), n, m)
+
+    assert distance(gaussian(1000, 500, seed=3)) < 0.02
+    low_rank_heavy = spiked(1000, 500, list(np.linspace(40, 200, 60)), sigma=0.3, seed=4)
+    assert distance(low_rank_heavy) > 0.3
+
+
+def test_ritz_values_are_lower_bounds_that_reach_the_top_eigenvalues():
+    w = torch.from_numpy(spiked(900, 400, [60.0, 80.0], seed=6))  # far above the edge 2500
+    exact = np.linalg.eigvalsh((w.T @ w).numpy())[::-1]
+    space = GramKrylov(w, 16, seed=0)
+    space.extend(10)
+    theta, residuals = (t.numpy() for t in space.ritz())
+    assert np.all(theta <= exact[: theta.size] * (1 + 1e-12))  # Cauchy interlacing
+    np.testing.assert_allclose(theta[:2], exact[:2], rtol=1e-10)  # the spikes, converged
+    assert residuals[0] < 1e-6 * theta[0]
+
+
+def _with_path(monkeypatch, krylov: bool) -> None:
+    """The Krylov path for every single matrix, or never (the whole float64 spectrum)."""
+    monkeypatch.setattr(randomized, "KRYLOV_MIN_M", 0 if krylov else 10**9)
+    monkeypatch.setattr(randomized, "KRYLOV_MAX_FRACTION", 2)
+
+
+def _mtcnn(name: str) -> str:
+    spec = importlib.util.find_spec("facenet_pytorch")
+    assert spec is not None, "facenet-pytorch is installed by .ci/setup"
+    return os.path.join(os.path.dirname(spec.origin), "data", f"{name}.pt")
+
+
+def _planted() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(7)
+    out = {}
+    for i, count in enumerate([0, 1, 3]):
+        w = torch.randn(2000, 800, generator=gen) * 0.02
+        for j in range(count):
+            w[17 * j + 3, 31 * j + 5] = 3.0 + j  # outsized entries survive shuffling
+        out[f"planted.{i}.weight"] = w
+    return out
+
+
+SOURCES = {
+    "minilm": lambda: str(demo_model_path()),
+    "onet": lambda: _mtcnn("onet"),
+    "rnet": lambda: _mtcnn("rnet"),
+    "mlp": lambda: os.path.join(
+        os.path.dirname(__file__), "..", "data", "mlp", "epoch_03.safetensors"
+    ),
+    "planted": _planted,
+}
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_the_krylov_path_gives_the_reference_table(name, monkeypatch):
+    source = SOURCES[name]()
+    options = make_options(randomize=True, seed=2)
+    _with_path(monkeypatch, krylov=False)
+    reference = run_analysis(source, options).details
+    _with_path(monkeypatch, krylov=True)
+    fast = run_analysis(source, options).details
+    assert list(fast["num_traps"]) == list(reference["num_traps"])
+    np.testing.assert_allclose(fast["rand_distance"], reference["rand_distance"], atol=1e-6)
+    other = [c for c in reference.columns if c not in ("num_traps", "rand_distance", "warning")]
+    pd.testing.assert_frame_equal(fast[other], reference[other], check_exact=True)
+    assert list(fast["warning"]) == list(reference["warning"])
+    if name == "planted":
+        assert list(fast["num_traps"]) == [0, 1, 3]
+
+
+def test_large_single_matrices_take_the_krylov_path(monkeypatch):
+    calls = []
+    krylov = randomized.krylov_top
+    monkeypatch.setattr(randomized, "krylov_top", lambda *a: calls.append(a[0].shape) or krylov(*a))
+    details = run_analysis(_planted(), make_options(randomize=True, seed=2)).details
+    assert calls == [(1, 2000, 800)] * 3
+    assert list(details["num_traps"]) == [0, 1, 3]
