@@ -102,7 +102,7 @@ def test_ritz_values_are_lower_bounds_that_reach_the_top_eigenvalues():
     exact = np.linalg.eigvalsh((w.T @ w).numpy())[::-1]
     space = GramKrylov(w, 16, seed=0)
     space.extend(10)
-    theta, residuals = (t.numpy() for t in space.ritz())
+    theta, residuals = (t.numpy() for t in space.ritz(40))
     assert np.all(theta <= exact[: theta.size] * (1 + 1e-12))  # Cauchy interlacing
     np.testing.assert_allclose(theta[:2], exact[:2], rtol=1e-10)  # the spikes, converged
     assert residuals[0] < 1e-6 * theta[0]
@@ -112,6 +112,7 @@ def _with_path(monkeypatch, krylov: bool) -> None:
     """The Krylov path for every single matrix, or never (the whole float64 spectrum)."""
     monkeypatch.setattr(randomized, "KRYLOV_MIN_M", 0 if krylov else 10**9)
     monkeypatch.setattr(randomized, "KRYLOV_MAX_FRACTION", 2)
+    monkeypatch.setattr(randomized, "FULL_DTYPE", torch.float64)
 
 
 def _mtcnn(name: str) -> str:

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import interrupts
+from . import interrupts, randomized
 from .batching import Sources, batches_of
 from .budget import CHUNK_ELEMENTS
 from .choices import DEVICES
@@ -303,9 +303,8 @@ def _spectra_of_batches(
         matrices, size = sum(spec.num_slices for spec in batch), batch[0].M
         grams = torch.zeros((matrices, size, size), dtype=gram_dtype, device=device)
         krylov = randomize and krylov_pays(batch[0].num_slices, size)
-        shuffled = (
-            torch.zeros_like(grams, dtype=torch.float64) if randomize and not krylov else None
-        )
+        full = randomized.FULL_DTYPE
+        shuffled = torch.zeros_like(grams, dtype=full) if randomize and not krylov else None
         scales, tops, start = [], [], 0
         for spec in batch:
             rows = slice(start, start + spec.num_slices)
@@ -314,7 +313,7 @@ def _spectra_of_batches(
             clock.lap("load")
             scales.append(_add_layer(stack, grams[rows], clock))
             if randomize:
-                tops.append(_randomized(stack, scales[-1], shuffle, shuffled, rows))
+                tops.append(_randomized(stack, scales[-1], grams[rows], shuffle, shuffled, rows))
                 clock.lap("randomize")
             del stack
         # on a worker the main thread can leave on SIGTERM/Ctrl-C (minutes for 8192 x 8192)
@@ -324,7 +323,8 @@ def _spectra_of_batches(
         if shuffled is not None:
             evals = interrupts.abandonable(symmetric_eigenvalues, shuffled).double().cpu().numpy()
             parts = zip(tops, _rows(batch), scales, strict=True)
-            tops = [_full(top, evals[rows], scale) for top, rows, scale in parts]
+            eps = float(torch.finfo(full).eps)
+            tops = [_full(top, evals[rows], scale, eps) for top, rows, scale in parts]
             del shuffled
             clock.lap("randomize")
         for spec, esd, rand in zip(batch, esds, tops or [None] * len(batch), strict=True):
@@ -346,23 +346,30 @@ def _rows(batch: list[LayerSpec]) -> Iterator[slice]:
 def _randomized(
     stack: torch.Tensor,
     scale: _Scale,
+    grams: torch.Tensor,
     shuffle: Shuffler,
     shuffled: torch.Tensor | None,
     rows: slice,
 ) -> ShuffledTop | tuple[float, int]:
-    """The top of a layer's shuffled copy (or its pending sums, see :func:`shuffled_layer`)."""
+    """The top of a layer's shuffled copy (or its pending sums, see :func:`shuffled_layer`);
+    ``grams`` are the layer's own (scaled) Gram matrices, whose traces give ``||W||_F^2``."""
     if not scale.finite:
         return ShuffledTop.undefined(stack.shape[0] * stack.shape[2])
+    common = int(scale.common()[0])
+    traces = grams.diagonal(dim1=1, dim2=2).sum(dim=1).double().cpu().numpy()
+    total = float(np.ldexp(traces, 2 * (scale.exponents.numpy() - common)).sum())
     gram = shuffled[rows] if shuffled is not None else None
-    return shuffled_layer(stack, int(scale.common()[0]), shuffle, gram)
+    return shuffled_layer(stack, common, total, shuffle, gram)
 
 
-def _full(top: ShuffledTop | tuple[float, int], evals: np.ndarray, scale: _Scale) -> ShuffledTop:
+def _full(
+    top: ShuffledTop | tuple[float, int], evals: np.ndarray, scale: _Scale, eps: float
+) -> ShuffledTop:
     """A pending layer's whole shuffled spectrum from the batch's ``eigvalsh``."""
     if isinstance(top, ShuffledTop):
         return top
     total, count = top
-    spectrum = full_top(evals.reshape(-1), total, count, evals.shape[-1])
+    spectrum = full_top(evals.reshape(-1), total, count, evals.shape[-1], eps)
     return unscaled(spectrum, int(scale.common()[0]))
 
 

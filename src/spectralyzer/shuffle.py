@@ -42,15 +42,35 @@ class Shuffler:
         """Forget the permutation of a shape that will not come again (bounds memory)."""
         self._orders.pop(shape, None)
 
-    def __call__(self, stack: torch.Tensor) -> torch.Tensor:
-        """The stack with its entries permuted (one permutation across its slices)."""
+    def __call__(
+        self, stack: torch.Tensor, dtype: torch.dtype | None = None, factor: float = 1.0
+    ) -> torch.Tensor:
+        """The stack with its entries permuted (one permutation across its slices), in
+        ``dtype`` (default its own) and multiplied by ``factor`` (a power of two, exact).
+
+        Gathered in chunks straight into the result, so the only full-size allocation is
+        the result; the product is taken in the wider of the two dtypes (float64 weights
+        near 1e100 scaled down before they become float32).
+        """
         shape = tuple(stack.shape)
         order = self.order(shape)
         if order.device != stack.device:  # moved once per shape, kept on the GPU
             order = self._orders[shape] = order.to(stack.device)
         if stack.dtype not in SHUFFLED_DTYPES:  # e.g. float8: index_select lacks kernels
             stack = stack.float()
-        return stack.reshape(-1).index_select(0, order).reshape(stack.shape)
+        flat = stack.reshape(-1)
+        dtype = dtype or flat.dtype
+        wide = flat.element_size() > torch.empty(0, dtype=dtype).element_size()
+        out = torch.empty(flat.numel(), dtype=dtype, device=flat.device)
+        for start in range(0, flat.numel(), _GATHER_CHUNK):
+            part = flat.index_select(0, order[start : start + _GATHER_CHUNK])
+            if factor != 1.0:
+                part = (part * factor).to(dtype) if wide else part.to(dtype).mul_(factor)
+            out[start : start + part.numel()] = part
+        return out.reshape(shape)
 
+
+#: entries gathered at once (16 MiB of float32)
+_GATHER_CHUNK = 2**22
 
 SHUFFLED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)

@@ -50,13 +50,14 @@ class GramKrylov:
         small = q.to(self.x.dtype)
         return (self.x.T @ (self.x @ small)).to(torch.float64)
 
-    def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ritz values (descending) and their residual norms ``||G y - theta y||``."""
+    def ritz(self, wanted: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``wanted`` largest Ritz values (descending) and their residual norms
+        ``||G y - theta y||``."""
         k = self.dimension
         q = torch.cat(self.basis, dim=1)[:, :k]
         gq = torch.cat(self.images, dim=1)
         small = q.T @ gq
         theta, vectors = torch.linalg.eigh((small + small.T) / 2)
-        theta, vectors = theta.flip(0), vectors.flip(1)
+        theta, vectors = theta.flip(0)[:wanted], vectors.flip(1)[:, :wanted]
         residuals = torch.linalg.vector_norm(gq @ vectors - (q @ vectors) * theta, dim=0)
         return theta.cpu(), residuals.cpu()
