@@ -304,11 +304,11 @@ def _spectra_of_batches(
         grams = torch.zeros((matrices, size, size), dtype=gram_dtype, device=device)
         krylov = randomize and krylov_pays(batch[0].num_slices, size)
         full = randomized.FULL_DTYPE
+        for shape in dict.fromkeys(map(_stack_shape, batch)) if randomize else ():
+            shuffle.prefetch(shape)  # drawn beside this batch's Gram products
         shuffled = torch.zeros_like(grams, dtype=full) if randomize and not krylov else None
-        scales, tops, start = [], [], 0
-        for spec in batch:
-            rows = slice(start, start + spec.num_slices)
-            start += spec.num_slices
+        scales, tops = [], []
+        for rows in _rows(batch):
             stack = next(stacks)
             clock.lap("load")
             scales.append(_add_layer(stack, grams[rows], clock))
