@@ -25,6 +25,7 @@ import math
 import numpy as np
 import torch
 
+from .fit.mp import fit_mp_top
 from .fit.traps import ShuffledTop, settled_fit
 from .shuffle import Shuffler
 
@@ -66,6 +67,8 @@ def krylov_top(copy: torch.Tensor, total: float, count: int, seed: int) -> Shuff
         if space.dimension < first:  # settling takes about M^(1/3) blocks (section 3.8)
             continue
         theta, residuals = (t.numpy() for t in space.ritz(KRYLOV_WANTED))
+        if fit_mp_top(theta, total, count, N, M) is None:
+            return None  # KRYLOV_WANTED traps or more: the whole spectrum, at once
         error = max(float(residuals.max()), 10 * M * _EPS32 * float(theta[0]))
         if settled_fit(theta, residuals, total, count, N, M, error) is not None:
             return ShuffledTop(theta.copy(), total, count, M, error)

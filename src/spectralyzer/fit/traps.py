@@ -21,7 +21,7 @@ from .mp import MPFit, fit_mp_top, mp_cdf
 
 #: a Ritz value settles the fit when its residual is below this times ``lambda_max``
 #: (and below its distance to the threshold); measured in docs/theory.md section 3.8
-SETTLED = 1e-2
+SETTLED = 2e-2
 
 
 @dataclass(frozen=True)
