@@ -43,7 +43,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp
 
 from .engine import ESD, LayerSpectra
 from .fit.detx import detx_num
@@ -185,7 +184,7 @@ def norm_metrics(evals: np.ndarray, alpha: float, tol: float) -> dict[str, float
     else:
         entropy = 0.0
     if math.isfinite(alpha) and rank:
-        log_alpha_norm = float(logsumexp(alpha * np.log(positive)) / math.log(10))
+        log_alpha_norm = float(np.logaddexp.reduce(alpha * np.log(positive)) / math.log(10))
     else:
         log_alpha_norm = math.nan
     log = _log10

@@ -8,6 +8,9 @@ result (:mod:`.output`); option records check their own values, and
 
 from __future__ import annotations
 
+import atexit
+import gc
+
 import click
 
 from .. import __version__
@@ -21,6 +24,11 @@ from .probe import probe_command
 from .watch import watch_command
 
 __all__ = ["handle_errors", "internal_error_line", "main"]
+
+# Exit without a last garbage collection over torch's, pandas' and scipy's objects: the
+# interpreter's teardown took 0.48 s of a 1.57 s ``import torch`` process on 2 cores, and
+# 0.08 s after ``gc.freeze()`` (atexit handlers run before the teardown; measured).
+atexit.register(gc.freeze)
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})

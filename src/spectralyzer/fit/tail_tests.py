@@ -37,7 +37,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special  # stats, optimize and integrate load when a test runs (start-up)
 
 ALTERNATIVES = ("exponential", "lognormal", "truncated_power_law")
 SIGNIFICANCE = 0.1  # p below which the sign of R decides (CSN section 5 uses 0.1)
@@ -129,6 +128,8 @@ def likelihood_ratio(
     s = float(d.std())
     if s == 0.0:
         return R, 1.0 if R == 0.0 else 0.0
+    from scipy import special  # scipy loads when a test runs: 0.15 s of every start-up
+
     return R, float(special.erfc(abs(R) / (s * math.sqrt(2.0 * d.size))))
 
 
@@ -187,6 +188,8 @@ def lognormal_loglik(t: np.ndarray, mu: float, s: float, tmax: float = math.inf)
 
 def _log_normal_mass(a: float, b: float) -> float:
     """``log P(a < Z <= b)`` for a standard normal Z, from the nearer tail (no cancellation)."""
+    from scipy import special
+
     if math.isinf(b):
         return float(special.log_ndtr(-a))
     if a > 0.0:  # both in the upper tail: Q(a) - Q(b) = Q(a) (1 - Q(b) / Q(a))
