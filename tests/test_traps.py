@@ -19,9 +19,13 @@ from scipy.integrate import quad
 from helpers import esd, gaussian, spiked
 from spectralyzer import randomized
 from spectralyzer.demo import demo_model_path
+from spectralyzer.engine import compute_spectra
 from spectralyzer.fit.mp import fit_mp, fit_mp_top, mp_cdf, mp_density
 from spectralyzer.fit.traps import ShuffledTop, rand_cdf, rand_distance, trap_fit
+from spectralyzer.io.memory import MemoryCheckpoint
+from spectralyzer.layers import Selection, plan, to_matrices
 from spectralyzer.pipeline import make_options, run_analysis
+from spectralyzer.shuffle import Shuffler
 from spectralyzer.top_eigen import GramKrylov
 
 
@@ -167,3 +171,22 @@ def test_large_single_matrices_take_the_krylov_path(monkeypatch):
     details = run_analysis(_planted(), make_options(randomize=True, seed=2)).details
     assert calls == [(1, 2000, 800)] * 3
     assert list(details["num_traps"]) == [0, 1, 3]
+
+
+def test_a_sparse_copy_counts_its_structural_zeros():
+    """A shuffled copy with all-zero rows or columns has that many zero eigenvalues: the
+    fit's bulk count is ``min(M - zero columns, N - zero rows)``, not M."""
+    gen = torch.Generator().manual_seed(3)
+    w = torch.zeros(400, 300)
+    w.view(-1)[torch.randperm(w.numel(), generator=gen)[:900]] = torch.randn(900, generator=gen)
+    checkpoint = MemoryCheckpoint({"sparse.weight": w})
+    specs, _ = plan(checkpoint.tensors(), Selection())
+    rand = compute_spectra(checkpoint, specs, randomize=True, seed=5)["sparse.weight"].randomized
+    copy = Shuffler(5)(to_matrices(w, specs[0]))[0]
+    zero_rows = int((copy != 0).any(dim=1).logical_not().sum())
+    zero_cols = int((copy != 0).any(dim=0).logical_not().sum())
+    assert zero_cols > 0  # 900 entries over 400 x 300: about 15 empty columns expected
+    assert rand.count == min(300 - zero_cols, 400 - zero_rows)
+    # an upper bound of the rank (this sparse, a few more columns depend on each other)
+    nonzero = int((rand.top > 1e-5 * rand.top[0]).sum())
+    assert rand.count - 10 <= nonzero <= rand.count
