@@ -190,3 +190,13 @@ def test_a_sparse_copy_counts_its_structural_zeros():
     # an upper bound of the rank (this sparse, a few more columns depend on each other)
     nonzero = int((rand.top > 1e-5 * rand.top[0]).sum())
     assert rand.count - 10 <= nonzero <= rand.count
+
+
+def test_copies_without_a_bulk_have_no_trap_and_sit_on_their_esd():
+    """Zero and constant matrices shuffle into themselves (the Krylov path, M >= 768): the
+    fit fails (no bulk), no trap is counted, and the fitted law is the ESD itself."""
+    weights = {"zeros.weight": torch.zeros(900, 800), "const.weight": torch.full((900, 800), 0.3)}
+    details = run_analysis(weights, make_options(randomize=True)).details.set_index("name")
+    assert list(details["num_traps"]) == [0, 0]
+    assert details.loc["zeros.weight", "rand_distance"] == 0
+    assert details.loc["const.weight", "rand_distance"] <= 1 / 800 + 1e-12  # at the one jump

@@ -206,7 +206,9 @@ def trap_metrics(esd: ESD, randomized: ShuffledTop | None, N: int, M: int) -> tu
     if randomized is None or not randomized.finite:
         return math.nan, math.nan
     fit = trap_fit(randomized, N, M)
-    return float(fit.num_spikes), rand_distance(esd.evals, randomized, fit, N, M)
+    evals = esd.evals
+    evals = np.where(evals > zero_tolerance(float(evals[-1]), M), evals, 0.0)  # section 1.6
+    return float(fit.num_spikes), rand_distance(evals, randomized, fit, N, M)
 
 
 def warnings_for(pl: PowerLawFit, num_evals: int, num_traps: float) -> list[str]:

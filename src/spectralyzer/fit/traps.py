@@ -85,10 +85,11 @@ def settled_fit(
 def rand_cdf(x: np.ndarray, top: ShuffledTop, fit: MPFit, N: int, M: int) -> np.ndarray:
     """Distribution function of the shuffled copy's fitted law: structural zeros at 0,
     ``count - k`` eigenvalues in the MP bulk, the ``k`` traps as point masses.  Without
-    a bulk (a failed fit) it is the known eigenvalues as point masses and zeros."""
+    a bulk (a failed fit) it is the known eigenvalues above their error as point masses,
+    and zeros."""
     x = np.asarray(x, dtype=float)
     bulk = not math.isnan(fit.sigma_mp)
-    points = top.top[: fit.num_spikes] if bulk else top.top
+    points = top.top[: fit.num_spikes] if bulk else top.top[top.top > top.error]
     zeros = top.size - (top.count if bulk else points.size)
     mass = zeros * (x >= 0) + points.size - np.searchsorted(-points, -x, side="left")
     if bulk:
@@ -97,8 +98,9 @@ def rand_cdf(x: np.ndarray, top: ShuffledTop, fit: MPFit, N: int, M: int) -> np.
 
 
 def rand_distance(evals: np.ndarray, top: ShuffledTop, fit: MPFit, N: int, M: int) -> float:
-    """``sup_x |F_ESD(x) - F_rand(x)|`` for an ascending ESD: checked on both sides of every
-    jump of either (the fitted law is continuous elsewhere)."""
+    """``sup_x |F_ESD(x) - F_rand(x)|`` for an ascending ESD (numerical zeros set to 0 by
+    the caller): checked on both sides of every jump of either (the fitted law is
+    continuous elsewhere)."""
     points = np.concatenate((evals, top.top, [0.0]))
     below = np.nextafter(points, -np.inf)
     n = evals.size
