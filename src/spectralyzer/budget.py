@@ -14,8 +14,10 @@ The estimate follows what :mod:`spectralyzer.engine` allocates for one layer of
 * one converted chunk of rows (:data:`CHUNK_ELEMENTS` entries, at least one row
   per matrix) and its temporaries: ``20`` bytes per chunk entry;
 * with ``--randomize``: the permutation (4 bytes per entry, 8 above 2^31
-  entries), two copies of the tensor (flattened and shuffled) and the float32
-  Gram matrices with their copy (``2 * 4*S*M^2``).
+  entries), the flattened tensor (a copy when it is a transposed view), the
+  shuffled copy (float32 for the Krylov path, float64 for a whole spectrum: 8
+  bytes per entry at most) and, for a whole spectrum, its float64 Gram matrices
+  with their copy (``2 * 8*S*M^2``; the Krylov basis is far smaller).
 
 Available memory is the smallest of ``MemAvailable`` (Linux), the cgroup's
 ``memory.max`` less its ``memory.current``, and the headroom under the soft
@@ -47,7 +49,7 @@ def matrix_need(N: int, M: int, slices: int, itemsize: int, randomize: bool = Fa
     need = stored + 2 * 8 * slices * M * M + _CHUNK_BYTES_PER_ENTRY * chunk
     if randomize:
         order = 4 if entries < 2**31 else 8
-        need += entries * order + 2 * stored + 2 * 4 * slices * M * M
+        need += entries * order + stored + 8 * entries + 2 * 8 * slices * M * M
     return need
 
 
