@@ -217,7 +217,7 @@ def test_matrix_beyond_available_memory_is_skipped_with_its_need():
     )
     specs, _ = plan(infos, no_cap, available=8 * GIB)
     assert [spec.name for spec in specs] == ["big.weight", "ok.weight"]
-    # --randomize adds a permutation, two shuffled copies and float32 Gram matrices
+    # --randomize adds a permutation, the flattened tensor and an 8-byte shuffled copy
     _, skipped = plan(infos, no_cap, randomize=True, available=8 * GIB)
     assert [s.name for s in skipped] == ["big.weight"]
 
