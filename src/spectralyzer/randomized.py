@@ -27,6 +27,7 @@ import torch
 from .fit.mp import fit_mp_top
 from .fit.traps import ShuffledTop, settled_fit
 from .shuffle import Shuffler
+from .top_eigen import GramKrylov
 
 KRYLOV_MIN_M = 768  # below, the whole spectrum costs as little (measured, section 3.8)
 KRYLOV_MAX_FRACTION = 3  # a space of M / 3 vectors that did not settle: the whole spectrum
@@ -58,8 +59,6 @@ def structural_rank(copy: torch.Tensor) -> int:
 def krylov_top(copy: torch.Tensor, total: float, count: int, seed: int) -> ShuffledTop | None:
     """The settled top of one shuffled ``(1, N, M)`` copy, or ``None`` after ``M / 3``
     vectors (the caller computes the whole spectrum)."""
-    from .top_eigen import GramKrylov
-
     _, N, M = copy.shape
     space = GramKrylov(copy[0], KRYLOV_BLOCK, seed)
     first = KRYLOV_BLOCK * max(4, int(0.75 * M ** (1 / 3)))
