@@ -36,7 +36,7 @@ class EsdCurves:
     mp: tuple[np.ndarray, np.ndarray] | None  # Marchenko-Pastur density where it is > 0
     lambda_plus: float | None
     spikes: np.ndarray  # the num_spikes largest eigenvalues
-    traps: np.ndarray  # the num_traps largest eigenvalues of the randomised ESD
+    traps: np.ndarray  # the shuffled copy's num_traps largest eigenvalues
     alpha: float
 
 

@@ -70,7 +70,7 @@ def draw_esd(ax, row: pd.Series, evals: np.ndarray, randomized: ShuffledTop | No
                   color="tab:blue", alpha=0.55, label="ESD")  # fmt: skip
         if c.randomized is not None:
             ax.stairs(np.maximum(c.randomized, c.floor), c.bins, baseline=c.floor,
-                      color="0.35", label="randomised ESD")  # fmt: skip
+                      color="0.35", label="shuffled copy (fitted law)")  # fmt: skip
         if c.power_law is not None:
             ax.plot(*c.power_law, color="black", lw=1.2, label=f"power law, alpha {c.alpha:.2f}")
             ax.axvline(c.xmin, color="black", ls=":", lw=1, label="xmin")

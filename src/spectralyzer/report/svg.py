@@ -87,7 +87,7 @@ def _panel(c: EsdCurves) -> list[str]:
     if c.randomized is not None:
         rand = np.maximum(c.randomized, c.floor)
         out.append(_steps(axes, c.bins, rand, c.floor, stroke=COLOURS["random"]))
-        legend.append(("randomised ESD", COLOURS["random"], "line"))
+        legend.append(("shuffled copy (fitted law)", COLOURS["random"], "line"))
     if c.power_law is not None:
         out.append(_line(axes, *c.power_law, COLOURS["power"], 1.2))
         out.append(_vline(axes, c.xmin, COLOURS["power"], "2,2"))
