@@ -2,13 +2,10 @@
 
 The fast path (a block Krylov space of the shuffled copy's Gram matrix, settled against
 the MP fit) must give the table of the reference path (the whole float64 spectrum of the
-same shuffled copy) on MiniLM, the MTCNN nets, the trained MLP and planted traps.
+same shuffled copy) on MiniLM, planted traps and heavy-tailed low-rank matrices.
 """
 
 from __future__ import annotations
-
-import importlib.util
-import os
 
 import numpy as np
 import pandas as pd
@@ -119,12 +116,6 @@ def _with_path(monkeypatch, krylov: bool) -> None:
     monkeypatch.setattr(randomized, "FULL_DTYPE", torch.float64)
 
 
-def _mtcnn(name: str) -> str:
-    spec = importlib.util.find_spec("facenet_pytorch")
-    assert spec is not None, "facenet-pytorch is installed by .ci/setup"
-    return os.path.join(os.path.dirname(spec.origin), "data", f"{name}.pt")
-
-
 def _planted() -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(7)
     out = {}
@@ -136,14 +127,24 @@ def _planted() -> dict[str, torch.Tensor]:
     return out
 
 
+def _trained_like() -> dict[str, torch.Tensor]:
+    """Heavy-tailed noise with a low-rank signal at 768-1024 columns, one with an outsized entry."""
+    gen = torch.Generator().manual_seed(11)
+    out = {}
+    for i, (n, m) in enumerate([(1200, 800), (2816, 1024), (1024, 1024), (3000, 768)]):
+        noise = torch.distributions.StudentT(3.0).sample((n, m)) / m**0.5
+        signal = torch.randn(n, 6, generator=gen) @ torch.randn(6, m, generator=gen) * 0.2
+        out[f"blocks.{i}.weight"] = noise + signal
+    out["blocks.1.weight"][5, 9] = 25.0
+    return out
+
+
+# The Krylov path is forced down to M = 384 for MiniLM; facenet's nets and the MLP have
+# M <= 256, where it has too few vectors to settle and they keep the whole spectrum.
 SOURCES = {
     "minilm": lambda: str(demo_model_path()),
-    "onet": lambda: _mtcnn("onet"),
-    "rnet": lambda: _mtcnn("rnet"),
-    "mlp": lambda: os.path.join(
-        os.path.dirname(__file__), "..", "data", "mlp", "epoch_03.safetensors"
-    ),
     "planted": _planted,
+    "trained-like": _trained_like,
 }
 
 
@@ -154,7 +155,14 @@ def test_the_krylov_path_gives_the_reference_table(name, monkeypatch):
     _with_path(monkeypatch, krylov=False)
     reference = run_analysis(source, options).details
     _with_path(monkeypatch, krylov=True)
+    settled = []
+    krylov = randomized.krylov_top
+    monkeypatch.setattr(
+        randomized, "krylov_top", lambda *a: settled.append(krylov(*a)) or settled[-1]
+    )
     fast = run_analysis(source, options).details
+    # the comparison is not vacuous: the Krylov path settled (no fallback) for most matrices
+    assert len(settled) >= 3 and sum(top is not None for top in settled) >= 0.9 * len(settled)
     assert list(fast["num_traps"]) == list(reference["num_traps"])
     np.testing.assert_allclose(fast["rand_distance"], reference["rand_distance"], atol=1e-6)
     other = [c for c in reference.columns if c not in ("num_traps", "rand_distance", "warning")]
@@ -167,9 +175,15 @@ def test_the_krylov_path_gives_the_reference_table(name, monkeypatch):
 def test_large_single_matrices_take_the_krylov_path(monkeypatch):
     calls = []
     krylov = randomized.krylov_top
-    monkeypatch.setattr(randomized, "krylov_top", lambda *a: calls.append(a[0].shape) or krylov(*a))
+
+    def recorded(*args):
+        calls.append((args[0].shape, krylov(*args)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(randomized, "krylov_top", recorded)
     details = run_analysis(_planted(), make_options(randomize=True, seed=2)).details
-    assert calls == [(1, 2000, 800)] * 3
+    assert [shape for shape, _ in calls] == [(1, 2000, 800)] * 3
+    assert all(top.top.size == randomized.KRYLOV_WANTED < top.size for _, top in calls)
     assert list(details["num_traps"]) == [0, 1, 3]
 
 
