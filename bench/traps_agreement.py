@@ -2,7 +2,7 @@
 
     python bench/traps_agreement.py [--cases 40] [--seed 0]
 
-A check, not a test (it takes about 20 s on 2 cores): for each case it draws a matrix
+A check, not a test (20-50 s on 2 cores): for each case it draws a matrix
 with 768-1536 columns (Gaussian; Student-t with 3 and with 2.2 degrees of freedom; or
 Gaussian with up to five planted outsized entries), shuffles it as ``--randomize`` does,
 and counts the traps twice: from the settled block Krylov space
