@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 
 def gaussian(n: int, m: int, sigma: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -66,3 +67,24 @@ def skip_unless_installed_locally(what: str, installed: bool) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{what} is not installed, but CI must have it (.ci/setup installs it)")
     pytest.skip(f"{what} is not installed")
+
+
+def trained_like(
+    shapes: list[tuple[int, int]],
+    rank: int,
+    strength: float,
+    trap: tuple[int, int, int, float] | None = None,
+    seed: int = 11,
+) -> dict[str, torch.Tensor]:
+    """``blocks.{i}.weight``: Student-t (3 degrees of freedom) noise plus a rank-``rank``
+    signal, float32; ``trap`` = (layer, row, column, value) plants one outsized entry."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i, (n, m) in enumerate(shapes):
+        noise = rng.standard_t(3.0, (n, m)) / m**0.5
+        signal = rng.standard_normal((n, rank)) @ rng.standard_normal((rank, m)) * strength
+        out[f"blocks.{i}.weight"] = torch.from_numpy(noise + signal).float()
+    if trap is not None:
+        layer, row, column, value = trap
+        out[f"blocks.{layer}.weight"][row, column] = value
+    return out

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import trained_like
 from spectralyzer.demo import demo_model_path
 from spectralyzer.errors import OptionError
 from spectralyzer.pipeline import make_options, run_analysis
@@ -64,14 +65,8 @@ def test_precision_is_validated():
 
 def _trained_like() -> dict[str, torch.Tensor]:
     """Matrices with heavy tails, a low-rank signal and a planted trap (one huge entry)."""
-    gen = torch.Generator().manual_seed(11)
-    out = {}
-    for i, (n, m) in enumerate([(512, 256), (512, 256), (300, 300), (1024, 128)]):
-        noise = torch.distributions.StudentT(3.0).sample((n, m)) / m**0.5
-        signal = torch.randn(n, 4, generator=gen) @ torch.randn(4, m, generator=gen) * 0.3
-        out[f"blocks.{i}.weight"] = noise + signal
-    out["blocks.0.weight"][3, 7] = 40.0  # a correlation trap in the shuffled copy
-    return out
+    shapes = [(512, 256), (512, 256), (300, 300), (1024, 128)]
+    return trained_like(shapes, rank=4, strength=0.3, trap=(0, 3, 7, 40.0))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

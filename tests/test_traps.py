@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from helpers import esd, gaussian, spiked
+from helpers import esd, gaussian, spiked, trained_like
 from spectralyzer import randomized
 from spectralyzer.demo import demo_model_path
 from spectralyzer.engine import compute_spectra
@@ -129,14 +129,8 @@ def _planted() -> dict[str, torch.Tensor]:
 
 def _trained_like() -> dict[str, torch.Tensor]:
     """Heavy-tailed noise with a low-rank signal at 768-1024 columns, one with an outsized entry."""
-    gen = torch.Generator().manual_seed(11)
-    out = {}
-    for i, (n, m) in enumerate([(1200, 800), (2816, 1024), (1024, 1024), (3000, 768)]):
-        noise = torch.distributions.StudentT(3.0).sample((n, m)) / m**0.5
-        signal = torch.randn(n, 6, generator=gen) @ torch.randn(6, m, generator=gen) * 0.2
-        out[f"blocks.{i}.weight"] = noise + signal
-    out["blocks.1.weight"][5, 9] = 25.0
-    return out
+    shapes = [(1200, 800), (2816, 1024), (1024, 1024), (3000, 768)]
+    return trained_like(shapes, rank=6, strength=0.2, trap=(1, 5, 9, 25.0))
 
 
 # The Krylov path is forced down to M = 384 for MiniLM; facenet's nets and the MLP have
