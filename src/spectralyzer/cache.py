@@ -60,7 +60,7 @@ EXCLUDED = frozenset(
         "tail_tests",
     }
 )
-MAGIC = b"spectralyzer-esd-3\n"  # 3: the randomised copy is its spectrum's top (section 3.8)
+MAGIC = b"spectralyzer-esd-3\n"  # 3: the shuffled copy is its spectrum's top (docs/theory.md 3.8)
 DIGEST = 32  # bytes of every BLAKE2b digest here
 #: Matrix entries read per group before its misses are computed (one engine batch).
 GROUP_ELEMENTS = 2**25

@@ -207,7 +207,7 @@ def trap_metrics(esd: ESD, randomized: ShuffledTop | None, N: int, M: int) -> tu
         return math.nan, math.nan
     fit = trap_fit(randomized, N, M)
     evals = esd.evals
-    evals = np.where(evals > zero_tolerance(float(evals[-1]), M), evals, 0.0)  # section 1.6
+    evals = np.where(evals > zero_tolerance(float(evals[-1]), M), evals, 0.0)  # docs/theory.md 1.6
     return float(fit.num_spikes), rand_distance(evals, randomized, fit, N, M)
 
 

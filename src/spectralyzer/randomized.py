@@ -29,7 +29,7 @@ from .fit.traps import ShuffledTop, settled_fit
 from .shuffle import Shuffler
 from .top_eigen import GramKrylov
 
-KRYLOV_MIN_M = 768  # below, the whole spectrum costs as little (measured, section 3.8)
+KRYLOV_MIN_M = 768  # below, the whole spectrum costs as little (measured: docs/theory.md 3.8)
 KRYLOV_MAX_FRACTION = 3  # a space of M / 3 vectors that did not settle: the whole spectrum
 KRYLOV_BLOCK = 16  # block size: 8 ran the skinny products 3x slower per vector on 2 cores
 KRYLOV_WANTED = 32  # Ritz pairs checked: a copy with more traps gets the whole spectrum
@@ -64,7 +64,7 @@ def krylov_top(copy: torch.Tensor, total: float, count: int, seed: int) -> Shuff
     first = KRYLOV_BLOCK * max(4, int(0.75 * M ** (1 / 3)))
     while space.dimension + KRYLOV_BLOCK <= M // KRYLOV_MAX_FRACTION:
         space.extend(1)
-        if space.dimension < first:  # settling takes about M^(1/3) blocks (section 3.8)
+        if space.dimension < first:  # settling takes about M^(1/3) blocks (docs/theory.md 3.8)
             continue
         theta, residuals = (t.numpy() for t in space.ritz(KRYLOV_WANTED))
         if fit_mp_top(theta, total, count, N, M) is None:
