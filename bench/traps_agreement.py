@@ -23,8 +23,6 @@ from spectralyzer import randomized
 from spectralyzer.fit.traps import trap_fit
 from spectralyzer.shuffle import Shuffler
 
-EPS64 = float(np.finfo(np.float64).eps)
-
 
 def draw(rng: np.random.Generator, case: int) -> np.ndarray:
     M = int(rng.choice([768, 1024, 1536]))
@@ -57,7 +55,7 @@ def main() -> None:
         top = randomized.krylov_top(copy, total, M, case)
         exact = copy.double()[0]
         evals = torch.linalg.eigvalsh(exact.T @ exact).numpy()
-        reference = trap_fit(randomized.full_top(evals, total, M, M, EPS64), N, M).num_spikes
+        reference = trap_fit(randomized.full_top(evals, total, M, M), N, M).num_spikes
         if top is None:
             fallbacks += 1
             print(f"case {case}: {N} x {M}: the Krylov space fell back ({reference} traps)")

@@ -173,15 +173,15 @@ class _Scale:
     def finite(self) -> bool:
         return math.isfinite(self.peak)
 
-    def common(self) -> torch.Tensor:
+    @property
+    def common(self) -> int:
         """One exponent for every matrix: for entries mixed across matrices (a shuffled copy)."""
-        return self.exponents.max().expand(self.exponents.shape[0])
+        return int(self.exponents.max())
 
-    def unscale(self, evals: torch.Tensor, common: bool = False) -> np.ndarray:
+    def unscale(self, evals: torch.Tensor) -> np.ndarray:
         """``(B, M)`` eigenvalues of scaled matrices -> float64 eigenvalues of the originals."""
-        exponents = self.common() if common else self.exponents
         with np.errstate(over="ignore"):
-            return np.ldexp(evals.double().cpu().numpy(), 2 * exponents.numpy()[:, None])
+            return np.ldexp(evals.double().cpu().numpy(), 2 * self.exponents.numpy()[:, None])
 
 
 def _one_thread_each(fn: Callable[[torch.Tensor], torch.Tensor], items: list) -> list:
@@ -197,9 +197,7 @@ def _one_thread_each(fn: Callable[[torch.Tensor], torch.Tensor], items: list) ->
         torch.set_num_threads(threads)
 
 
-def _split(
-    evals: torch.Tensor, specs: list[LayerSpec], scales: list[_Scale], common: bool = False
-) -> list[ESD]:
+def _split(evals: torch.Tensor, specs: list[LayerSpec], scales: list[_Scale]) -> list[ESD]:
     """Cut a ``(B, M)`` block of scaled eigenvalues back into one sorted ESD per layer."""
     eps = float(torch.finfo(evals.dtype).eps)
     out, start = [], 0
@@ -209,7 +207,7 @@ def _split(
         if not scale.finite:
             out.append(ESD(np.empty(0), finite=False))
             continue
-        values = scale.unscale(block, common).reshape(-1)
+        values = scale.unscale(block).reshape(-1)
         if np.isfinite(values).all():
             out.append(ESD(np.sort(values), eps=eps))
         else:
@@ -303,9 +301,9 @@ def _spectra_of_batches(
         matrices, size = sum(spec.num_slices for spec in batch), batch[0].M
         grams = torch.zeros((matrices, size, size), dtype=gram_dtype, device=device)
         krylov = randomize and krylov_pays(batch[0].num_slices, size)
-        full = randomized.FULL_DTYPE
         for shape in dict.fromkeys(map(_stack_shape, batch)) if randomize else ():
             shuffle.prefetch(shape)  # drawn beside this batch's Gram products
+        full = randomized.FULL_DTYPE
         shuffled = torch.zeros_like(grams, dtype=full) if randomize and not krylov else None
         scales, tops = [], []
         for rows in _rows(batch):
@@ -323,8 +321,7 @@ def _spectra_of_batches(
         if shuffled is not None:
             evals = interrupts.abandonable(symmetric_eigenvalues, shuffled).double().cpu().numpy()
             parts = zip(tops, _rows(batch), scales, strict=True)
-            eps = float(torch.finfo(full).eps)
-            tops = [_full(top, evals[rows], scale, eps) for top, rows, scale in parts]
+            tops = [_full(top, evals[rows], scale) for top, rows, scale in parts]
             del shuffled
             clock.lap("randomize")
         for spec, esd, rand in zip(batch, esds, tops or [None] * len(batch), strict=True):
@@ -355,22 +352,19 @@ def _randomized(
     ``grams`` are the layer's own (scaled) Gram matrices, whose traces give ``||W||_F^2``."""
     if not scale.finite:
         return ShuffledTop.undefined(stack.shape[0] * stack.shape[2])
-    common = int(scale.common()[0])
+    common = scale.common
     traces = grams.diagonal(dim1=1, dim2=2).sum(dim=1).double().cpu().numpy()
     total = float(np.ldexp(traces, 2 * (scale.exponents.numpy() - common)).sum())
     gram = shuffled[rows] if shuffled is not None else None
     return shuffled_layer(stack, common, total, shuffle, gram)
 
 
-def _full(
-    top: ShuffledTop | tuple[float, int], evals: np.ndarray, scale: _Scale, eps: float
-) -> ShuffledTop:
+def _full(top: ShuffledTop | tuple[float, int], evals: np.ndarray, scale: _Scale) -> ShuffledTop:
     """A pending layer's whole shuffled spectrum from the batch's ``eigvalsh``."""
     if isinstance(top, ShuffledTop):
         return top
     total, count = top
-    spectrum = full_top(evals.reshape(-1), total, count, evals.shape[-1], eps)
-    return unscaled(spectrum, int(scale.common()[0]))
+    return unscaled(full_top(evals.reshape(-1), total, count, evals.shape[-1]), scale.common)
 
 
 def _add_layer(stack: torch.Tensor, grams: torch.Tensor, clock: _Clock) -> _Scale:

@@ -12,7 +12,7 @@ spectrum).  What the trap metrics need of it
 * its structural rank: ``min(M - zero columns, N - zero rows)`` per slice;
 * its largest eigenvalues.  A single matrix with ``M >= KRYLOV_MIN_M`` gets them from
   a block Krylov space of ``X^T X`` (:class:`~.top_eigen.GramKrylov`), grown until
-  the Ritz values settle the MP fit (:func:`~.fit.traps.settled_fit`), at most
+  the Ritz values settle the MP fit (:func:`~.fit.traps.settles`), at most
   ``M / 3`` vectors; anything else (small or several slices, or a space that did not
   settle) gets the whole spectrum from the float64 Gram matrix and ``eigvalsh``.
 """
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .fit.mp import fit_mp_top
-from .fit.traps import ShuffledTop, settled_fit
+from .fit.traps import ShuffledTop, settles
 from .shuffle import Shuffler
 from .top_eigen import GramKrylov
 
@@ -67,18 +67,20 @@ def krylov_top(copy: torch.Tensor, total: float, count: int, seed: int) -> Shuff
         if space.dimension < first:  # settling takes about M^(1/3) blocks (docs/theory.md 3.8)
             continue
         theta, residuals = (t.numpy() for t in space.ritz(KRYLOV_WANTED))
-        if fit_mp_top(theta, total, count, N, M) is None:
-            return None  # KRYLOV_WANTED traps or more: the whole spectrum, at once
         error = 10 * math.sqrt(N) * _EPS32 * float(theta[0])  # float32 products' rounding
-        if settled_fit(theta, residuals, total, count, N, M, error) is not None:
+        fit = fit_mp_top(theta, total, count, N, M, error=error)
+        if fit is None:
+            return None  # KRYLOV_WANTED traps or more: the whole spectrum, at once
+        if settles(fit, theta, residuals, count, N):
             return ShuffledTop(theta.copy(), total, count, M, error)
     return None
 
 
-def full_top(evals: np.ndarray, total: float, count: int, M: int, eps: float) -> ShuffledTop:
-    """The whole spectrum of a shuffled copy (``eigvalsh`` of unit roundoff ``eps``), as its top."""
+def full_top(evals: np.ndarray, total: float, count: int, M: int) -> ShuffledTop:
+    """The whole spectrum of a shuffled copy (a ``FULL_DTYPE`` ``eigvalsh``), as its top."""
     top = np.sort(np.asarray(evals, dtype=np.float64))[::-1].copy()
     lam_max = float(top[0]) if top.size else 0.0
+    eps = float(torch.finfo(FULL_DTYPE).eps)
     return ShuffledTop(top, total, count, top.size, 10 * M * eps * lam_max)
 
 
@@ -113,6 +115,5 @@ def shuffled_layer(
     if top is None:  # not settled within M / 3 vectors: the whole spectrum
         copy = copy.to(FULL_DTYPE)
         evals = torch.linalg.eigvalsh(copy.mT @ copy).clamp_min_(0).reshape(-1)
-        eps = float(torch.finfo(FULL_DTYPE).eps)
-        top = full_top(evals.double().cpu().numpy(), total, count, copy.shape[2], eps)
+        top = full_top(evals.double().cpu().numpy(), total, count, copy.shape[2])
     return unscaled(top, exponent)

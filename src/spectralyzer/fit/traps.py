@@ -56,30 +56,26 @@ def trap_fit(top: ShuffledTop, N: int, M: int) -> MPFit:
     return fit
 
 
-def settled_fit(
-    theta: np.ndarray, residuals: np.ndarray, total: float, count: int, N: int, M: int, error: float
-) -> MPFit | None:
-    """The shuffled copy's fit from Ritz values ``theta`` (descending, lower bounds of the
-    largest eigenvalues) with their residual norms, or ``None`` while they do not settle it.
+def settles(fit: MPFit, theta: np.ndarray, residuals: np.ndarray, count: int, N: int) -> bool:
+    """Whether Ritz values ``theta`` (descending, lower bounds of the largest eigenvalues)
+    with their residual norms settle ``fit``, the shuffled copy's fit replayed from them.
 
     Settled: the fit reaches a Ritz value below its threshold, that value lies below the
     threshold by more than its residual (an eigenvalue is within the residual of every
     Ritz value), every residual up to it is below ``SETTLED lambda_max``, and the traps'
-    errors (``min(r, r^2 / gap)``) are negligible in the bulk's sum.
+    errors (``min(r, r^2 / gap)``) are negligible in the bulk's sum.  A failed fit is
+    final: Ritz values are lower bounds and the total is exact, so when the known ones
+    hold the whole sum the rest are zeros.
     """
-    fit = fit_mp_top(theta, total, count, N, M, error=error)
-    if fit is None or math.isnan(fit.sigma_mp):
-        # a failed fit is final: Ritz values are lower bounds and the total is exact, so
-        # when the known ones hold the whole sum the rest are zeros
-        return fit
+    if math.isnan(fit.sigma_mp):
+        return True
     k = fit.num_spikes
     r = residuals[: k + 1]
     if (r > SETTLED * theta[0]).any() or theta[k] + r[k] >= fit.spike_threshold:
-        return None
+        return False
     gaps = np.maximum(theta[:k] - theta[1 : k + 1], 1e-300)
     trap_errors = np.minimum(r[:k], r[:k] ** 2 / gaps).sum()
-    bulk = fit.sigma_mp**2 * N * (count - k)
-    return fit if trap_errors <= 1e-6 * bulk else None
+    return bool(trap_errors <= 1e-6 * fit.sigma_mp**2 * N * (count - k))
 
 
 def rand_cdf(x: np.ndarray, top: ShuffledTop, fit: MPFit, N: int, M: int) -> np.ndarray:
