@@ -94,6 +94,45 @@ def test_shuffler_is_a_seeded_permutation_per_shape():
     assert torch.equal(torch.sort(y.reshape(-1)).values, x.reshape(-1))
 
 
+@pytest.mark.parametrize(
+    ("source", "dtype", "factor"),
+    [
+        (torch.bfloat16, torch.float32, 2.0**-3),  # widened, then scaled
+        (torch.float32, torch.float32, 1.0),  # gathered straight into the result
+        (torch.float64, torch.float32, 2.0**-300),  # scaled before it is narrowed
+    ],
+)
+def test_the_threaded_gather_is_the_permutation_applied(source, dtype, factor, monkeypatch):
+    """Copies large enough to be gathered on two threads, in uneven chunks, equal the
+    permutation applied entry by entry on one thread."""
+    import spectralyzer.shuffle as shuffle_module
+
+    monkeypatch.setattr(shuffle_module, "_GATHER_MIN", 1000)
+    monkeypatch.setattr(shuffle_module, "_GATHER_CHUNK", 1234)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 301, 97, generator=gen, dtype=torch.float64).to(source)
+    if source == torch.float64:
+        x = x * 2.0**300  # beyond float32: the product must come first
+    shuffler = Shuffler(4)
+    order = shuffler.order(tuple(x.shape)).long()
+    expected = (x.reshape(-1)[order].double() * factor).to(dtype).reshape(x.shape)
+    torch.set_num_threads(2)
+    assert torch.equal(shuffler(x, dtype, factor), expected)
+    assert torch.isfinite(expected).all() and expected.abs().max() > 0.1
+
+
+def test_prefetched_permutations_are_the_ones_drawn_on_demand():
+    """Permutations drawn one after another on background threads, asked for out of
+    order and again, are those of a shuffler that draws each when it is needed."""
+    ahead, direct = Shuffler(3), Shuffler(3)
+    shapes = [(1, 50, 40), (2, 30, 20), (1, 64, 64)]
+    for shape in shapes:
+        ahead.prefetch(shape)
+    for shape in [shapes[2], shapes[0], shapes[1], shapes[0]]:
+        assert torch.equal(ahead.order(shape), direct.order(shape))
+    assert not ahead._drawing  # every drawing was collected
+
+
 def test_nonfinite_weights_are_flagged_not_fatal():
     tensors = _checkpoint()
     tensors["a.weight"][3, 4] = float("nan")

@@ -301,8 +301,9 @@ def _spectra_of_batches(
         matrices, size = sum(spec.num_slices for spec in batch), batch[0].M
         grams = torch.zeros((matrices, size, size), dtype=gram_dtype, device=device)
         krylov = randomize and krylov_pays(batch[0].num_slices, size)
-        for shape in dict.fromkeys(map(_stack_shape, batch)) if randomize else ():
-            shuffle.prefetch(shape)  # drawn beside this batch's Gram products
+        ahead = batch + (batches[index + 1] if index + 1 < len(batches) else [])
+        for shape in dict.fromkeys(map(_stack_shape, ahead)) if randomize else ():
+            shuffle.prefetch(shape)  # drawn beside the Gram products, one batch ahead
         full = randomized.FULL_DTYPE
         shuffled = torch.zeros_like(grams, dtype=full) if randomize and not krylov else None
         scales, tops = [], []
