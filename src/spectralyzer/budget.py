@@ -17,7 +17,9 @@ The estimate follows what :mod:`spectralyzer.engine` allocates for one layer of
   entries), the flattened tensor (a copy when it is a transposed view), the
   shuffled copy (float32 for the Krylov path, float64 for a whole spectrum: 8
   bytes per entry at most) and, for a whole spectrum, its float64 Gram matrices
-  with their copy (``2 * 8*S*M^2``; the Krylov basis is far smaller).
+  with their copy (``2 * 8*S*M^2``; the Krylov basis is far smaller), and the
+  permutation of the next batch's shape when it is drawn ahead (at most
+  :data:`AHEAD_ENTRIES` entries of 4 bytes).
 
 Available memory is the smallest of ``MemAvailable`` (Linux), the cgroup's
 ``memory.max`` less its ``memory.current``, and the headroom under the soft
@@ -35,6 +37,9 @@ from pathlib import Path
 #: converts more of a tensor than this at once.
 CHUNK_ELEMENTS = 2**22
 
+#: Entries of the largest permutation drawn a batch ahead, with ``--randomize`` (64 MiB)
+AHEAD_ENTRIES = 2**24
+
 _CHUNK_BYTES_PER_ENTRY = 8 + 8 + 4  # float64 copy, its scaled/abs temporary, a float32 copy
 _MEMINFO = Path("/proc/meminfo")
 _STATUS = Path("/proc/self/status")
@@ -49,7 +54,7 @@ def matrix_need(N: int, M: int, slices: int, itemsize: int, randomize: bool = Fa
     need = stored + 2 * 8 * slices * M * M + _CHUNK_BYTES_PER_ENTRY * chunk
     if randomize:
         order = 4 if entries < 2**31 else 8
-        need += entries * order + stored + 8 * entries + 2 * 8 * slices * M * M
+        need += entries * order + stored + 8 * entries + 2 * 8 * slices * M * M + 4 * AHEAD_ENTRIES
     return need
 
 

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import interrupts, randomized
+from . import budget, interrupts, randomized
 from .batching import Sources, batches_of
 from .budget import CHUNK_ELEMENTS
 from .choices import DEVICES
@@ -301,9 +301,12 @@ def _spectra_of_batches(
         matrices, size = sum(spec.num_slices for spec in batch), batch[0].M
         grams = torch.zeros((matrices, size, size), dtype=gram_dtype, device=device)
         krylov = randomize and krylov_pays(batch[0].num_slices, size)
-        ahead = batch + (batches[index + 1] if index + 1 < len(batches) else [])
-        for shape in dict.fromkeys(map(_stack_shape, ahead)) if randomize else ():
-            shuffle.prefetch(shape)  # drawn beside the Gram products, one batch ahead
+        # permutations are drawn beside the Gram products; small ones a batch ahead (MiniLM's
+        # 30522 x 384 took 0.35 s, more than its Gram product), counted by budget.matrix_need
+        following = map(_stack_shape, batches[index + 1] if index + 1 < len(batches) else [])
+        ahead = [shape for shape in following if math.prod(shape) <= budget.AHEAD_ENTRIES]
+        for shape in dict.fromkeys([*map(_stack_shape, batch), *ahead]) if randomize else ():
+            shuffle.prefetch(shape)
         full = randomized.FULL_DTYPE
         shuffled = torch.zeros_like(grams, dtype=full) if randomize and not krylov else None
         scales, tops = [], []

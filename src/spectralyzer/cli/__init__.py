@@ -19,11 +19,12 @@ from .analyze import analyze_command
 from .compare import compare_command
 from .errors import Commands, handle_errors, internal_error_line
 from .gate import diff_command, gate_command
+from .lazy import own_process
 from .plot import plot_command
 from .probe import probe_command
 from .watch import watch_command
 
-__all__ = ["handle_errors", "internal_error_line", "main"]
+__all__ = ["entry", "handle_errors", "internal_error_line", "main"]
 
 # Exit without a last garbage collection over torch's, pandas' and scipy's objects: the
 # interpreter's teardown took 0.48 s of a 1.57 s ``import torch`` process on 2 cores, and
@@ -48,3 +49,10 @@ for _command in (
     allocate_command,
 ):
     main.add_command(_command)
+
+
+def entry() -> None:
+    """The ``spectralyzer`` script and ``python -m spectralyzer.cli``: :func:`main` in a
+    process of its own (:mod:`.lazy`)."""
+    own_process()
+    main()

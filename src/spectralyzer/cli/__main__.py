@@ -1,5 +1,5 @@
 """``python -m spectralyzer.cli``."""
 
-from . import main
+from . import entry
 
-main()
+entry()

@@ -10,6 +10,7 @@ import click
 from ..choices import ALLOCATIONS, FORMATS
 from ..demo import demo_model_path
 from .errors import handle_errors
+from .lazy import heavy_imports
 from .options import analysis_options, build_options, output_options
 from .output import emit, show
 from .progress import progress
@@ -102,8 +103,9 @@ def allocate_command(
     """Per-layer values of a published alpha-based mapping, with the proof of its constraint."""
     if demo == (model is not None):
         raise click.UsageError("give either MODEL or --demo")
-    from ..allocate_pipeline import run_allocation  # on use: --help stays light
-    from ..allocate_settings import make_settings
+    with heavy_imports():
+        from ..allocate_pipeline import run_allocation  # on use: --help stays light
+        from ..allocate_settings import make_settings
 
     # --estimator (None: the paper's) chooses the allocation's
     estimator = values.pop("estimator", None)

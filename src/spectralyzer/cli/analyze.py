@@ -10,6 +10,7 @@ import click
 
 from ..demo import demo_model_path
 from .errors import handle_errors
+from .lazy import heavy_imports
 from .options import (
     analysis_options,
     build_run,
@@ -65,7 +66,8 @@ def analyze_command(
     folder)."""
     if demo == (model is not None):
         raise click.UsageError("give either MODEL or --demo")
-    from ..pipeline import run_analysis  # on use: --help stays light
+    with heavy_imports():
+        from ..pipeline import run_analysis  # on use: --help stays light
 
     path = demo_model_path() if demo else model
     inputs = [path] if adapter is None else [path, adapter]

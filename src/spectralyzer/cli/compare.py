@@ -11,6 +11,7 @@ from ..choices import RANK_METRICS
 from ..escaping import terminal
 from ..runs import ORDERS
 from .errors import handle_errors
+from .lazy import heavy_imports
 from .options import (
     analysis_options,
     build_run,
@@ -86,9 +87,10 @@ def compare_command(
     MODELS are checkpoint files, Hugging Face folders, or a training run's folder
     or glob (its checkpoints ordered by the step in their names, see --order).
     """
-    from ..render import csv_text  # on use: --help stays light
-    from ..runs import expand_sources
-    from ..series import compare
+    with heavy_imports():
+        from ..render import csv_text  # on use: --help stays light
+        from ..runs import expand_sources
+        from ..series import compare
 
     settings, fanout = build_run(options, list(models))
     sources = expand_sources(models, order)  # to count them; compare() expands them the same way

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from .errors import handle_errors
+from .lazy import heavy_imports
 from .options import analysis_options, build_run, fanout_options, output_options, report_option
 from .output import emit, existing, show, write_report
 from .progress import progress
@@ -26,7 +27,8 @@ def diff_command(
     base: Path, candidate: Path, fmt: str, output: str | None, quiet: bool, **options: Any
 ) -> None:
     """Per-layer changes from BASE to CANDIDATE (matched by name and shape)."""
-    from ..layer_diff import diff  # on use: --help stays light
+    with heavy_imports():
+        from ..layer_diff import diff  # on use: --help stays light
 
     settings, fanout = build_run(options, [base, candidate])
     with fanout, progress(quiet, models=2) as shown:
@@ -73,9 +75,10 @@ def gate_command(
 
     Appends the Markdown summary to $GITHUB_STEP_SUMMARY when that is set.
     """
-    from ..gate_policy import gate, to_junit  # on use: --help stays light
-    from ..outputs import append_text, resolve_inputs
-    from ..render import render
+    with heavy_imports():
+        from ..gate_policy import gate, to_junit  # on use: --help stays light
+        from ..outputs import append_text, resolve_inputs
+        from ..render import render
 
     settings, fanout = build_run(options, [base, candidate])
     with fanout, progress(quiet, models=2) as shown:

@@ -25,6 +25,7 @@ from ..choices import (
     PRECISION_NAMES,
 )
 from ..roles import FAMILIES
+from .lazy import heavy_imports
 
 if TYPE_CHECKING:
     from ..fanout import FanOut
@@ -247,7 +248,8 @@ def build_options(**values: Any) -> AnalysisOptions:
 
     The library is imported here, when a command runs, not when the CLI loads (fast --help).
     """
-    from ..pipeline import make_options
+    with heavy_imports():
+        from ..pipeline import make_options
 
     if values.get("estimator", "") is None:  # not given: AnalysisOptions' default (clauset)
         del values["estimator"]
@@ -292,7 +294,8 @@ def build_run(values: dict[str, Any], inputs: list[Any]) -> tuple[AnalysisOption
     """The options and the :class:`~spectralyzer.fanout.FanOut` (workers, cache) of the values
     of :func:`analysis_options` and :func:`fanout_options`; the options are checked first,
     so a bad one stops the run before any worker starts. The cache never goes into ``inputs``."""
-    from ..fanout import make_fanout
+    with heavy_imports():
+        from ..fanout import make_fanout
 
     workers, ray, cache, no_cache = (values.pop(key) for key in FANOUT_KEYS)
     if no_cache and cache:

@@ -20,6 +20,7 @@ import click
 from .. import interrupts
 from ..errors import SpectralyzerError
 from ..outputs import resolve_inputs, write_file, write_report_folder
+from .lazy import heavy_imports
 
 
 def existing(paths: Iterable[str | os.PathLike[str] | None]) -> list[Path]:
@@ -49,8 +50,9 @@ def show(
     columns: tuple[str, ...] | None = None,
 ) -> None:
     """Render a result (fitted to the terminal when stdout is one) and emit it."""
-    from ..render import render  # pandas: imported when there is a result to show
-    from ..render_table import terminal_view
+    with heavy_imports():
+        from ..render import render  # pandas: imported when there is a result to show
+        from ..render_table import terminal_view
 
     to_stdout = output is None or output == "-"
     view = terminal_view(sys.stdout) if to_stdout else {"width": None, "color": False}

@@ -15,6 +15,7 @@ import click
 from ..choices import BASIS_NAMES, HVP_NAMES, LOSS_NAMES, PRECISION_NAMES
 from ..demo import probe_demo
 from .errors import handle_errors
+from .lazy import heavy_imports
 from .options import device_option, output_options, seed_option, trust_option
 from .output import existing, show
 
@@ -204,8 +205,9 @@ def probe_command(
         opts["batch_sizes"] = opts["batch_sizes"] or (16, 32, 64, 128, 256, 512)
     elif data is None:
         raise click.UsageError("probe needs --data (a batch of inputs and targets)")
-    from ..probe_pipeline import probe_files  # on use: --help stays light
-    from ..probe_records import ProbeOptions
+    with heavy_imports():
+        from ..probe_pipeline import probe_files  # on use: --help stays light
+        from ..probe_records import ProbeOptions
 
     options = ProbeOptions(**opts)  # validated before any file is read or code run
     result = probe_files(

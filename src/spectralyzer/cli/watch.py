@@ -17,6 +17,7 @@ import click
 from ..alarms import FAIL_ON
 from ..escaping import terminal
 from .errors import handle_errors
+from .lazy import heavy_imports
 from .options import analysis_options, build_options
 from .output import plotting, write_report
 
@@ -69,11 +70,12 @@ def watch_command(
     **options: Any,
 ) -> None:
     """Follow FOLDER (a training run's output) and analyse each new checkpoint when complete."""
-    from ..outputs import check_file_target, check_report_target, resolve_inputs
-    from ..render import number
-    from ..run_table import append_row, table_row
-    from ..series import assemble
-    from ..watch import WatchSettings, watch
+    with heavy_imports():
+        from ..outputs import check_file_target, check_report_target, resolve_inputs
+        from ..render import number
+        from ..run_table import append_row, table_row
+        from ..series import assemble
+        from ..watch import WatchSettings, watch
 
     settings = WatchSettings(interval, once, max_checkpoints, timeout, fail_on)
     analysis = build_options(**options)
