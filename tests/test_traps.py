@@ -109,6 +109,18 @@ def test_ritz_values_are_lower_bounds_that_reach_the_top_eigenvalues():
     assert residuals[0] < 1e-6 * theta[0]
 
 
+def test_a_tall_matrix_is_multiplied_chunk_by_chunk_to_the_same_products(monkeypatch):
+    from spectralyzer import top_eigen
+
+    monkeypatch.setattr(top_eigen, "CHUNK_BYTES", 97 * 40 * 8)  # 97 rows: 31 uneven chunks
+    x = torch.randn(3000, 40, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    q = torch.randn(40, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    chunked = GramKrylov(x, 4, seed=0)._gram_times(q)
+    torch.testing.assert_close(chunked, x.T @ (x @ q), rtol=1e-12, atol=0)
+    monkeypatch.setattr(top_eigen, "TALL", 10**9)  # the direct products, for comparison
+    assert torch.equal(GramKrylov(x, 4, seed=0)._gram_times(q), x.T @ (x @ q))
+
+
 def _with_path(monkeypatch, krylov: bool) -> None:
     """The Krylov path for every single matrix, or never (the whole float64 spectrum)."""
     monkeypatch.setattr(randomized, "KRYLOV_MIN_M", 0 if krylov else 10**9)

@@ -60,7 +60,7 @@ def krylov_top(copy: torch.Tensor, total: float, count: int, seed: int) -> Shuff
     """The settled top of one shuffled ``(1, N, M)`` copy, or ``None`` after ``M / 3``
     vectors (the caller computes the whole spectrum)."""
     _, N, M = copy.shape
-    space = GramKrylov(copy[0], KRYLOV_BLOCK, seed)
+    space = GramKrylov(copy[0], KRYLOV_BLOCK, seed, capacity=M // KRYLOV_MAX_FRACTION)
     first = KRYLOV_BLOCK * max(4, int(0.75 * M ** (1 / 3)))
     while space.dimension + KRYLOV_BLOCK <= M // KRYLOV_MAX_FRACTION:
         space.extend(1)

@@ -12,52 +12,85 @@ at ``M = 4096`` a space of 256 vectors is 1/8 of the Gram product alone, and
 there is no ``M^3`` eigensolver.  The basis is kept orthonormal in float64 with
 two passes of classical Gram-Schmidt (Giraud et al. 2005, "twice is enough");
 the products with ``X`` run in ``X``'s dtype.
+
+The projection ``T = Q^T G Q`` is not formed again for the Ritz values: its
+columns are the Gram-Schmidt coefficients of each image ``G q_j`` against the
+basis, and the QR factor ``B`` of the orthogonalised image (the next block) is
+its subdiagonal block, so ``G Q_k = Q_k T_k + q_{k+1} B_k E_k^T`` (block Lanczos
+with full reorthogonalisation, Golub & Van Loan section 10.3.6) and the
+residual of a Ritz pair ``(theta, y)`` is ``||B_k y_last||``, ``y_last`` its
+last block of coefficients.
 """
 
 from __future__ import annotations
 
 import torch
 
+TALL = 8  # N / M from which the products go through X once per block, by chunks of rows
+CHUNK_BYTES = 2**21  # rows of X taken at once there: about a core's L2 cache
+
 
 class GramKrylov:
-    """A growing block Krylov space of ``X^T X`` for one ``N x M`` matrix ``X``."""
+    """A growing block Krylov space of ``X^T X`` for one ``N x M`` matrix ``X``, of at
+    most ``capacity`` vectors (default ``M``)."""
 
-    def __init__(self, x: torch.Tensor, block: int, seed: int) -> None:
-        self.x = x
+    def __init__(self, x: torch.Tensor, block: int, seed: int, capacity: int | None = None) -> None:
+        self.x, self.block = x, block
+        M = x.shape[1]
+        capacity = min(M, capacity or M) + block  # the newest block sits past the space
         generator = torch.Generator().manual_seed(seed)
-        start = torch.randn(x.shape[1], block, generator=generator, dtype=torch.float64)
-        self.basis = [torch.linalg.qr(start.to(x.device)).Q]
-        self.images: list[torch.Tensor] = []  # G @ basis[j], float64
-
-    @property
-    def dimension(self) -> int:
-        return sum(q.shape[1] for q in self.images)
+        start = torch.randn(M, block, generator=generator, dtype=torch.float64)
+        self.basis = torch.empty(M, capacity, dtype=torch.float64, device=x.device)
+        self.basis[:, :block] = torch.linalg.qr(start.to(x.device)).Q
+        self.projection = torch.zeros(capacity, capacity, dtype=torch.float64, device=x.device)
+        self.dimension = 0  # vectors whose images are known: the space the Ritz values live in
 
     def extend(self, blocks: int) -> None:
-        """Add ``blocks`` blocks: multiply the newest one by ``G`` and orthogonalise
-        (the caller keeps the dimension well below ``M``)."""
+        """Add ``blocks`` blocks: multiply the newest one by ``G`` and orthogonalise (at most
+        ``capacity`` vectors in all)."""
+        b = self.block
         for _ in range(blocks):
-            newest = self.basis[-1]
-            image = self._gram_times(newest)
-            self.images.append(image)
-            q = torch.cat(self.basis, dim=1)
-            block = image - q @ (q.T @ image)
-            block -= q @ (q.T @ block)  # twice is enough
-            self.basis.append(torch.linalg.qr(block).Q)
+            k = self.dimension
+            if k + 2 * b > self.basis.shape[1]:
+                raise ValueError(f"a Krylov space of {k + b} vectors exceeds its capacity")
+            q = self.basis[:, : k + b]
+            image = self._gram_times(q[:, k:])
+            first = q.T @ image
+            rest = image - q @ first
+            second = q.T @ rest  # twice is enough
+            rest -= q @ second
+            newest, factor = torch.linalg.qr(rest)
+            self.basis[:, k + b : k + 2 * b] = newest
+            self.projection[: k + b, k : k + b] = first + second
+            self.projection[k + b : k + 2 * b, k : k + b] = factor
+            self.dimension = k + b
 
     def _gram_times(self, q: torch.Tensor) -> torch.Tensor:
-        """``X^T (X q)``: two products in ``X``'s dtype, the result in float64."""
-        small = q.to(self.x.dtype)
-        return (self.x.T @ (self.x @ small)).to(torch.float64)
+        """``X^T (X q)``: two products in ``X``'s dtype, the result in float64.
+
+        A tall ``X`` (``N >= TALL M``) is taken a cache-sized chunk of rows at a time, both
+        products on each chunk while it is in cache: one pass over ``X`` instead of two
+        (32000 x 1024 float32: 37 -> 30 ms a block of 16, 32000 x 4096: 155 -> 128 ms;
+        no gain at 11008 x 4096, measured on 2 cores).
+        """
+        x, small = self.x, q.to(self.x.dtype)
+        N, M = x.shape
+        if N < TALL * M or x.device.type != "cpu":
+            return (x.T @ (x @ small)).to(torch.float64)
+        out = torch.zeros(M, q.shape[1], dtype=x.dtype)
+        rows = max(64, CHUNK_BYTES // (M * x.element_size()))
+        for start in range(0, N, rows):
+            chunk = x[start : start + rows]
+            out.addmm_(chunk.T, chunk @ small)
+        return out.to(torch.float64)
 
     def ritz(self, wanted: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``wanted`` largest Ritz values (descending) and their residual norms
-        ``||G y - theta y||``."""
-        k = self.dimension
-        q = torch.cat(self.basis, dim=1)[:, :k]
-        gq = torch.cat(self.images, dim=1)
-        small = q.T @ gq
-        theta, vectors = torch.linalg.eigh((small + small.T) / 2)
+        ``||G y - theta y||`` (module docstring)."""
+        k, b = self.dimension, self.block
+        projection = self.projection[:k, :k]  # symmetric but for rounding
+        theta, vectors = torch.linalg.eigh((projection + projection.T) / 2)
         theta, vectors = theta.flip(0)[:wanted], vectors.flip(1)[:, :wanted]
-        residuals = torch.linalg.vector_norm(gq @ vectors - (q @ vectors) * theta, dim=0)
+        factor = self.projection[k : k + b, k - b : k]
+        residuals = torch.linalg.vector_norm(factor @ vectors[k - b :], dim=0)
         return theta.cpu(), residuals.cpu()
