@@ -9,7 +9,10 @@ result (:mod:`.output`); option records check their own values, and
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
+import os
+import sys
 
 import click
 
@@ -53,6 +56,25 @@ for _command in (
 
 def entry() -> None:
     """The ``spectralyzer`` script and ``python -m spectralyzer.cli``: :func:`main` in a
-    process of its own (:mod:`.lazy`)."""
+    process of its own (:mod:`.lazy`), left without the interpreter's teardown.
+
+    Once the command has finished, its files are closed and renamed into place; what
+    remains is the exit handlers (run here: a Ray cluster's shutdown, logging's flush)
+    and the teardown, which frees every module's objects one by one: 0.13 s of a 2.5 s
+    MiniLM ``analyze --randomize`` process on 2 cores (measured), for nothing.
+    """
     own_process()
-    main()
+    try:
+        main()
+    except SystemExit as done:
+        code = done.code
+    else:
+        code = 0
+    if not isinstance(code, int | None):  # sys.exit("message"): as the interpreter does
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(code or 0)
