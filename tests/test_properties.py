@@ -172,8 +172,15 @@ def test_every_esd_is_sorted_non_negative_and_complete(
             assert rand.top.sum() <= rand.total * (1 + 1e-9) + rand.top.size * rand.error
 
 
+def _cross_attention_too_small() -> StateDict:
+    """A cross-attention c_attn (k|v of width 1 each): both parts are skipped, so the tensor
+    is accounted for by its parts' skip entries (drawn by a fresh CI run)."""
+    return {"layer0.weight": torch.ones(8, 8), "h.1.attn.c_attn.weight": torch.ones(1, 2)}
+
+
 @SETTINGS
 @given(sd=state_dicts(), conv_mode=st.sampled_from(CONV_MODES), seed=st.integers(0, 2**16))
+@example(sd=_cross_attention_too_small(), conv_mode="slices", seed=0)
 def test_rows_are_exactly_the_planned_matrices(sd: StateDict, conv_mode: str, seed: int) -> None:
     """One row per planned matrix, in plan order; 2+-D tensors are rows or skipped, 1-D neither."""
     result = _analyze_or_none(sd, randomize=True, seed=seed, conv_mode=conv_mode)
@@ -189,9 +196,10 @@ def test_rows_are_exactly_the_planned_matrices(sd: StateDict, conv_mode: str, se
     rows = set(details["name"])
     assert not rows & set(skipped_names)
     rows |= {s.source for s in specs}  # a fused c_attn of shape (n, 3n) becomes :q, :k, :v
+    parts = {name.rsplit(":", 1)[0] for name in skipped_names if ":" in name}  # skipped parts
     for name, tensor in sd.items():
         if tensor.ndim >= 2:
-            assert name in rows or name in skipped_names, name
+            assert name in rows or name in skipped_names or name in parts, name
         else:
             assert name not in rows and name not in skipped_names, name
     for spec, row in zip(specs, details.itertuples(index=False), strict=True):
