@@ -7,6 +7,8 @@ Runs each case on the CPU and on CUDA and prints the largest |difference| of alp
 
 - a synthetic heavy-tailed model (Student-t entries, MiniLM-like shapes, a planted
   trap), plain, ``--randomize``, ``--precision float32`` and ``--farms``;
+- wider matrices (``M >= 768``, one tall) with planted traps and ``--randomize``: the
+  block Krylov trap check on the device (traps and ``rand_distance`` compared too);
 - the fused Mixtral and GPT-OSS layouts of ``tests/llm_layouts.py`` (expert stacks
   and q/k/v / gate/up cuts on the device);
 - the probe demo (digits CNN, every probe) through the CLI with ``--hvp-batch 64``.
@@ -39,6 +41,19 @@ def synthetic() -> dict[str, torch.Tensor]:
     return out
 
 
+def wide() -> dict[str, torch.Tensor]:
+    """Single matrices on the Krylov path of the trap check (theory 3.8), traps planted."""
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(1024, 1024), (2816, 1024), (1024, 2816), (16000, 1024), (2048, 768)]
+    out = {}
+    for i, (n, m) in enumerate(shapes):
+        w = torch.randn(n, m, generator=gen) / m**0.5
+        for j in range(i % 3):
+            w[11 * j + 2, 13 * j + 3] = 8.0 + j  # outsized entries survive shuffling
+        out[f"wide.{i}.weight"] = w.to(torch.bfloat16)
+    return out
+
+
 def largest(a, b, column: str = "alpha") -> float:
     x, y = np.asarray(a[column], float), np.asarray(b[column], float)
     assert list(a["name"]) == list(b["name"]), "the runs analysed different matrices"
@@ -58,6 +73,7 @@ def compare(label: str, source, **options) -> None:
     if "num_traps" in cpu and cpu["num_traps"].notna().any():
         same = (cpu["num_traps"].fillna(-1) == gpu["num_traps"].fillna(-1)).all()
         line += f", traps {'equal' if same else 'DIFFER'} ({int(gpu['num_traps'].sum())})"
+        line += f", max |rand_distance diff| {largest(cpu, gpu, 'rand_distance'):.2e}"
     print(f"{line}, cpu {times['cpu']:.2f} s, cuda {times['cuda']:.2f} s", flush=True)
 
 
@@ -72,6 +88,7 @@ def main() -> None:
     compare("synthetic, --randomize", model, randomize=True)
     compare("synthetic, float32", model, precision="float32")
     compare("synthetic, --farms (size 128)", model, farms=True, farms_size=128, farms_windows=3)
+    compare("wide, --randomize (Krylov)", wide(), randomize=True)
     sys.path.insert(0, str(ROOT / "tests"))
     import llm_layouts
 
