@@ -17,8 +17,9 @@ from helpers import esd, gaussian, spiked, trained_like
 from spectralyzer import randomized
 from spectralyzer.demo import demo_model_path
 from spectralyzer.engine import compute_spectra
+from spectralyzer.fit import traps
 from spectralyzer.fit.mp import fit_mp, fit_mp_top, mp_cdf, mp_density
-from spectralyzer.fit.traps import ShuffledTop, rand_cdf, rand_distance, trap_fit
+from spectralyzer.fit.traps import Check, ShuffledTop, rand_cdf, rand_distance, trap_fit
 from spectralyzer.io.memory import MemoryCheckpoint
 from spectralyzer.layers import Selection, plan, to_matrices
 from spectralyzer.pipeline import make_options, run_analysis
@@ -119,6 +120,51 @@ def test_a_tall_matrix_is_multiplied_chunk_by_chunk_to_the_same_products(monkeyp
     torch.testing.assert_close(chunked, x.T @ (x @ q), rtol=1e-12, atol=0)
     monkeypatch.setattr(top_eigen, "TALL", 10**9)  # the direct products, for comparison
     assert torch.equal(GramKrylov(x, 4, seed=0)._gram_times(q), x.T @ (x @ q))
+
+
+def test_the_rise_to_come_of_a_geometric_approach_is_what_is_left():
+    limit, a, q = 10.0, 0.8, 0.4
+    theta = [np.array([12.0, limit - a * q**j]) for j in range(3)]
+    looks = (Check(theta[0], 1), Check(theta[1], 1))
+    assert traps.rise_to_come(theta[2], 1, looks) == pytest.approx(limit - theta[2][1], rel=1e-12)
+    assert traps.rise_to_come(theta[2], 1, None) is None  # no history yet
+    assert traps.rise_to_come(theta[2], 1, (Check(theta[0], 0), looks[1])) is None  # new trap
+    growing = np.array([12.0, theta[1][1] + 1.01 * (theta[1][1] - theta[0][1])])
+    assert traps.rise_to_come(growing, 1, looks) is None  # rises that do not shrink
+    slow = np.array([12.0, theta[1][1] + 0.81 * (theta[1][1] - theta[0][1])])
+    assert traps.rise_to_come(slow, 1, looks) is None  # shrinking, but not by RISE_RATIO
+
+
+def test_settling_by_the_rise_is_never_later_and_counts_the_same_traps(monkeypatch):
+    """On Gaussian copies with 0, 1 and 2 planted traps, settling by the Ritz values' rise
+    as well never needs more vectors than by residual alone, needs fewer on some, and
+    both routes count the traps of the whole float64 spectrum."""
+    spaces: list[GramKrylov] = []
+
+    def recorded(*args, **kwargs) -> GramKrylov:
+        spaces.append(GramKrylov(*args, **kwargs))
+        return spaces[-1]
+
+    monkeypatch.setattr(randomized, "GramKrylov", recorded)
+    gen, found = torch.Generator().manual_seed(11), []
+    for planted in ([], [2.2], [6.0, 2.4]):
+        w = torch.randn(2816, 1024, generator=gen)
+        for j, size in enumerate(planted):  # in units of (N M)^(1/4), the trap transition
+            w[5 + 40 * j, 9 + 30 * j] = size * (2816 * 1024) ** 0.25 / 1.5
+        copy = Shuffler(3)(w.unsqueeze(0), torch.float32)
+        total = float((copy.double() ** 2).sum())
+        exact = copy.double()[0]
+        evals = torch.linalg.eigvalsh(exact.T @ exact).numpy()
+        reference = trap_fit(randomized.full_top(evals, total, 1024, 1024), 2816, 1024)
+        sizes = {}
+        for route, safety in (("rise", traps.SAFETY), ("residual", np.inf)):
+            monkeypatch.setattr(traps, "SAFETY", safety)
+            top = randomized.krylov_top(copy, total, 1024, 0)
+            assert top is not None and trap_fit(top, 2816, 1024).num_spikes == reference.num_spikes
+            sizes[route] = spaces[-1].dimension
+        assert sizes["rise"] <= sizes["residual"], (planted, sizes)
+        found.append((reference.num_spikes, sizes["rise"] < sizes["residual"]))
+    assert [count for count, _ in found] == [0, 1, 2] and any(sooner for _, sooner in found)
 
 
 def _with_path(monkeypatch, krylov: bool) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .fit.mp import fit_mp_top
-from .fit.traps import ShuffledTop, settles
+from .fit.traps import Check, ShuffledTop, settles
 from .shuffle import Shuffler
 from .top_eigen import GramKrylov
 
@@ -61,18 +61,23 @@ def krylov_top(copy: torch.Tensor, total: float, count: int, seed: int) -> Shuff
     vectors (the caller computes the whole spectrum)."""
     _, N, M = copy.shape
     space = GramKrylov(copy[0], KRYLOV_BLOCK, seed, capacity=M // KRYLOV_MAX_FRACTION)
-    first = KRYLOV_BLOCK * max(4, int(0.75 * M ** (1 / 3)))
+    # settling takes about M^(1/3) blocks (docs/theory.md 3.8); the looks start two blocks
+    # before, so that the rise of the Ritz values is known by then
+    first = KRYLOV_BLOCK * max(2, int(0.75 * M ** (1 / 3)) - 2)
+    looks: list[Check] = []
     while space.dimension + KRYLOV_BLOCK <= M // KRYLOV_MAX_FRACTION:
         space.extend(1)
-        if space.dimension < first:  # settling takes about M^(1/3) blocks (docs/theory.md 3.8)
+        if space.dimension < first:
             continue
         theta, residuals = (t.numpy() for t in space.ritz(KRYLOV_WANTED))
         error = 10 * math.sqrt(N) * _EPS32 * float(theta[0])  # float32 products' rounding
         fit = fit_mp_top(theta, total, count, N, M, error=error)
         if fit is None:
             return None  # KRYLOV_WANTED traps or more: the whole spectrum, at once
-        if settles(fit, theta, residuals, count, N):
+        before = (looks[-2], looks[-1]) if len(looks) >= 2 else None
+        if settles(fit, theta, residuals, count, N, before):
             return ShuffledTop(theta.copy(), total, count, M, error)
+        looks.append(Check(theta.copy(), fit.num_spikes))
     return None
 
 

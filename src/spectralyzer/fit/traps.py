@@ -22,6 +22,18 @@ from .mp import MPFit, fit_mp_top, mp_cdf
 #: a Ritz value settles the fit when its residual is below this times ``lambda_max``
 #: (and below its distance to the threshold); measured in docs/theory.md section 3.8
 SETTLED = 2e-2
+#: or when it has risen from check to check by a ratio below RISE_RATIO and SAFETY times
+#: the rise still to come at that ratio leaves it below the threshold (the same section)
+RISE_RATIO = 0.8
+SAFETY = 3.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One look at a growing Krylov space: its Ritz values (descending), its fit's traps."""
+
+    theta: np.ndarray
+    traps: int
 
 
 @dataclass(frozen=True)
@@ -56,14 +68,24 @@ def trap_fit(top: ShuffledTop, N: int, M: int) -> MPFit:
     return fit
 
 
-def settles(fit: MPFit, theta: np.ndarray, residuals: np.ndarray, count: int, N: int) -> bool:
+def settles(
+    fit: MPFit,
+    theta: np.ndarray,
+    residuals: np.ndarray,
+    count: int,
+    N: int,
+    before: tuple[Check, Check] | None = None,
+) -> bool:
     """Whether Ritz values ``theta`` (descending, lower bounds of the largest eigenvalues)
-    with their residual norms settle ``fit``, the shuffled copy's fit replayed from them.
+    with their residual norms settle ``fit``, the shuffled copy's fit replayed from them;
+    ``before`` holds the two previous looks at the same space, one block apart.
 
-    Settled: the fit reaches a Ritz value below its threshold, that value lies below the
-    threshold by more than its residual (an eigenvalue is within the residual of every
-    Ritz value), every residual up to it is below ``SETTLED lambda_max``, and the traps'
-    errors (``min(r, r^2 / gap)``) are negligible in the bulk's sum.  A failed fit is
+    Settled: the fit reaches a Ritz value below its threshold, and that value stays
+    below it either by more than its residual (an eigenvalue is within the residual of
+    every Ritz value, which must be below ``SETTLED lambda_max``) or by more than
+    ``SAFETY`` times the rise still to come when its rises shrink geometrically
+    (:func:`rise_to_come`); the traps' residuals are below ``SETTLED lambda_max`` and
+    their errors (``min(r, r^2 / gap)``) negligible in the bulk's sum.  A failed fit is
     final: Ritz values are lower bounds and the total is exact, so when the known ones
     hold the whole sum the rest are zeros.
     """
@@ -71,11 +93,34 @@ def settles(fit: MPFit, theta: np.ndarray, residuals: np.ndarray, count: int, N:
         return True
     k = fit.num_spikes
     r = residuals[: k + 1]
-    if (r > SETTLED * theta[0]).any() or theta[k] + r[k] >= fit.spike_threshold:
+    if (r[:k] > SETTLED * theta[0]).any():
+        return False
+    by_residual = r[k] <= SETTLED * theta[0] and theta[k] + r[k] < fit.spike_threshold
+    to_come = rise_to_come(theta, k, before)
+    by_rise = to_come is not None and theta[k] + SAFETY * to_come < fit.spike_threshold
+    if not (by_residual or by_rise):
         return False
     gaps = np.maximum(theta[:k] - theta[1 : k + 1], 1e-300)
     trap_errors = np.minimum(r[:k], r[:k] ** 2 / gaps).sum()
     return bool(trap_errors <= 1e-6 * fit.sigma_mp**2 * N * (count - k))
+
+
+def rise_to_come(theta: np.ndarray, k: int, before: tuple[Check, Check] | None) -> float | None:
+    """How far the ``k``-th Ritz value may still rise, if its last two rises shrink by a
+    ratio ``q < RISE_RATIO`` (a geometric tail, ``d q / (1 - q)``); ``None`` without two
+    earlier looks that counted ``k`` traps too, or when the rises do not shrink so.
+
+    A Ritz value of a growing (nested) space never falls (Cauchy interlacing), and at the
+    edge of a Marchenko-Pastur bulk it converges about geometrically (docs/theory.md 3.8).
+    """
+    if before is None or any(check.traps != k for check in before):
+        return None
+    older, last = before
+    first, second = last.theta[k] - older.theta[k], theta[k] - last.theta[k]
+    if not (first > 0 and 0 <= second < RISE_RATIO * first):
+        return None
+    ratio = second / first
+    return float(second * ratio / (1 - ratio))
 
 
 def rand_cdf(x: np.ndarray, top: ShuffledTop, fit: MPFit, N: int, M: int) -> np.ndarray:
