@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 #: Alarm kinds, and the values ``--fail-on`` takes (``any``: every kind).
 KINDS = ("alpha", "traps", "flow")
 FAIL_ON = (*KINDS, "any")
-#: alpha below this: heavier tails than well-trained layers show (the alarm of section 6.9).
+#: alpha below this: heavier tails than well-trained layers show (docs/theory.md 6.9).
 ALPHA_FLOOR = 2.0
 
 

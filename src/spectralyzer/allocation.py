@@ -2,13 +2,13 @@
 
 Pure functions over arrays, one per paper, so each can be checked by hand:
 
-- :func:`alpha_pruning`: pruning sparsity (AlphaPruning, NeurIPS 2024), section 6.4;
+- :func:`alpha_pruning`: pruning sparsity (AlphaPruning, NeurIPS 2024), docs/theory.md 6.4;
 - :func:`linear_map`: learning rates (TempBalance, NeurIPS 2023) and weight decay
-  (AlphaDecay, 2025), section 6.5;
-- :func:`alpha_q`: quantisation bits (AlphaQ, 2026), a small integer program, section 6.6;
-- :func:`alpha_lora`: LoRA experts per block (AlphaLoRA, EMNLP 2024), section 6.7;
+  (AlphaDecay, 2025), docs/theory.md 6.5;
+- :func:`alpha_q`: quantisation bits (AlphaQ, 2026), a small integer program, docs/theory.md 6.6;
+- :func:`alpha_lora`: LoRA experts per block (AlphaLoRA, EMNLP 2024), docs/theory.md 6.7;
 - :func:`block_of` and :func:`group_means`: the transformer block of a layer and
-  block-wise means, section 6.2.
+  block-wise means, docs/theory.md 6.2.
 
 Higher alpha means a less trained layer: it is pruned more, gets a higher
 learning rate, more weight decay, fewer bits and more experts.

@@ -1,6 +1,6 @@
 """Which estimator fits alpha, with its settings (docs/theory.md section 6.1).
 
-``clauset`` is the KS-optimal scan of section 3.1 (the default, numbers
+``clauset`` is the KS-optimal scan of docs/theory.md 3.1 (the default, numbers
 unchanged); ``hill`` fixes xmin (:mod:`~spectralyzer.fit.hill`); ``xmin-peak``
 scans near the ESD's peak (:mod:`~spectralyzer.fit.xmin_peak`).  The record of
 the settings goes into every output, so numbers from different estimators are
