@@ -9,9 +9,11 @@ section 10.3); the Rayleigh-Ritz values ``theta_i`` on it are lower bounds,
 ``||G y_i - theta_i y_i||`` of an eigenvalue.  Each block costs two products
 with ``X`` (``4 N M b`` flops) instead of the ``2 N M^2`` of forming ``G``:
 at ``M = 4096`` a space of 256 vectors is 1/8 of the Gram product alone, and
-there is no ``M^3`` eigensolver.  The basis is kept orthonormal in float64 with
-two passes of classical Gram-Schmidt (Giraud et al. 2005, "twice is enough");
-the products with ``X`` run in ``X``'s dtype.
+there is no ``M^3`` eigensolver.  The basis is kept orthonormal in ``X``'s dtype
+with two passes of classical Gram-Schmidt (Giraud et al. 2005, "twice is
+enough"), and the products with ``X`` run in it too; the projection is float64.
+For a float32 ``X`` a float64 basis gave the same Ritz values to ``2e-8 lambda_max``
+(within the products' rounding) at 15-25% more time (docs/theory.md section 3.8).
 
 The projection ``T = Q^T G Q`` is not formed again for the Ritz values: its
 columns are the Gram-Schmidt coefficients of each image ``G q_j`` against the
@@ -40,7 +42,7 @@ class GramKrylov:
         capacity = min(M, capacity or M) + block  # the newest block sits past the space
         generator = torch.Generator().manual_seed(seed)
         start = torch.randn(M, block, generator=generator, dtype=torch.float64)
-        self.basis = torch.empty(M, capacity, dtype=torch.float64, device=x.device)
+        self.basis = torch.empty(M, capacity, dtype=x.dtype, device=x.device)
         self.basis[:, :block] = torch.linalg.qr(start.to(x.device)).Q
         self.projection = torch.zeros(capacity, capacity, dtype=torch.float64, device=x.device)
         self.dimension = 0  # vectors whose images are known: the space the Ritz values live in
@@ -66,23 +68,25 @@ class GramKrylov:
             self.dimension = k + b
 
     def _gram_times(self, q: torch.Tensor) -> torch.Tensor:
-        """``X^T (X q)``: two products in ``X``'s dtype, the result in float64.
+        """``X^T (X q)``: two products in ``X``'s dtype (``q``'s).
 
-        A tall ``X`` (``N >= TALL M``) is taken a cache-sized chunk of rows at a time, both
+        The second product is taken as ``((X q)^T X)^T``: ``X^T`` times a skinny matrix
+        ran 25-35% slower at 1024 x 1024 and 2816 x 1024 (equal at 4096 columns).  A tall
+        ``X`` (``N >= TALL M``) is taken a cache-sized chunk of rows at a time, both
         products on each chunk while it is in cache: one pass over ``X`` instead of two
-        (32000 x 1024 float32: 37 -> 30 ms a block of 16, 32000 x 4096: 155 -> 128 ms;
-        no gain at 11008 x 4096, measured on 2 cores).
+        (32000 x 1024 float32: 35 -> 26 ms a block of 16, 32000 x 4096: 147 -> 108 ms).
+        Measured on 2 cores.
         """
-        x, small = self.x, q.to(self.x.dtype)
+        x = self.x
         N, M = x.shape
         if N < TALL * M or x.device.type != "cpu":
-            return (x.T @ (x @ small)).to(torch.float64)
-        out = torch.zeros(M, q.shape[1], dtype=x.dtype)
+            return ((x @ q).T @ x).T
+        out = torch.zeros(q.shape[1], M, dtype=x.dtype)
         rows = max(64, CHUNK_BYTES // (M * x.element_size()))
         for start in range(0, N, rows):
             chunk = x[start : start + rows]
-            out.addmm_(chunk.T, chunk @ small)
-        return out.to(torch.float64)
+            out.addmm_((chunk @ q).T, chunk)
+        return out.T
 
     def ritz(self, wanted: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``wanted`` largest Ritz values (descending) and their residual norms
