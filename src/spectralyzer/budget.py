@@ -14,12 +14,13 @@ The estimate follows what :mod:`spectralyzer.engine` allocates for one layer of
 * one converted chunk of rows (:data:`CHUNK_ELEMENTS` entries, at least one row
   per matrix) and its temporaries: ``20`` bytes per chunk entry;
 * with ``--randomize``: the permutation (4 bytes per entry, 8 above 2^31
-  entries), the flattened tensor (a copy when it is a transposed view), the
+  entries, and while it is drawn in two levels one bucket label per entry), the
+  flattened tensor (a copy when it is a transposed view), the
   shuffled copy (float32 for the Krylov path, float64 for a whole spectrum: 8
   bytes per entry at most) and, for a whole spectrum, its float64 Gram matrices
   with their copy (``2 * 8*S*M^2``; the Krylov basis is far smaller), and the
   permutation of the next batch's shape when it is drawn ahead (at most
-  :data:`AHEAD_ENTRIES` entries of 4 bytes).
+  :data:`AHEAD_ENTRIES` entries of 5 bytes).
 
 Available memory is the smallest of ``MemAvailable`` (Linux), the cgroup's
 ``memory.max`` less its ``memory.current``, and the headroom under the soft
@@ -53,8 +54,9 @@ def matrix_need(N: int, M: int, slices: int, itemsize: int, randomize: bool = Fa
     chunk = min(entries, max(CHUNK_ELEMENTS, slices * M))
     need = stored + 2 * 8 * slices * M * M + _CHUNK_BYTES_PER_ENTRY * chunk
     if randomize:
-        order = 4 if entries < 2**31 else 8
-        need += entries * order + stored + 8 * entries + 2 * 8 * slices * M * M + 4 * AHEAD_ENTRIES
+        label = 1  # a bucket label while the permutation is drawn (shuffle.uniform_permutation)
+        order = (4 if entries < 2**31 else 8) + label
+        need += entries * order + stored + 8 * entries + 2 * 8 * slices * M * M + 5 * AHEAD_ENTRIES
     return need
 
 

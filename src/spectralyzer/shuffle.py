@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from math import prod
 
+import numpy as np
 import torch
 
 
@@ -64,11 +65,8 @@ class Shuffler:
         return self._draw(shape)
 
     def _draw(self, shape: tuple[int, ...]) -> torch.Tensor:
-        size = prod(shape)
         key = zlib.crc32(repr(tuple(shape)).encode())
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + key) % 2**63)
-        dtype = torch.int32 if size < 2**31 else torch.int64
-        return torch.randperm(size, generator=generator, dtype=dtype)
+        return uniform_permutation(prod(shape), (self.seed * 1_000_003 + key) % 2**63)
 
     def release(self, shape: tuple[int, ...]) -> None:
         """Forget the permutation of a shape that will not come again (bounds memory)."""
@@ -120,6 +118,51 @@ class Shuffler:
         if factor != 1.0 and not wide:
             out.mul_(factor)
         return out.reshape(shape)
+
+
+def uniform_permutation(size: int, seed: int) -> torch.Tensor:
+    """A uniformly random permutation of ``range(size)`` drawn from ``seed`` (int32 below 2^31).
+
+    Up to :data:`SPLIT_ENTRIES` entries it is ``torch.randperm``, a Fisher-Yates shuffle.
+    Above, Fisher-Yates swaps across an array larger than the caches (30 ns an entry at
+    32.8M entries, against 4 ns at 131K) and the permutation is drawn in two levels
+    (Rao 1961, Sandelius 1962; docs/theory.md section 3.8): every index goes to one of
+    :data:`BUCKETS` buckets uniformly at random, the buckets are laid end to end (each
+    in index order: a stable counting sort), and each bucket is shuffled by Fisher-Yates
+    in cache.  Given the buckets' contents, every arrangement of each is equally likely,
+    so every permutation is (the bucket sizes are what they are whatever the
+    arrangement).  32.8M entries: 0.50 s against 1.05 s; 131M: 2.1 s against 4.7 s
+    (measured on 2 cores).  Bucket labels come from numpy's PCG64, the shuffles from
+    torch's generator, both seeded with ``seed``.
+    """
+    dtype = torch.int32 if size < 2**31 else torch.int64
+    generator = torch.Generator().manual_seed(seed)
+    if size <= SPLIT_ENTRIES:
+        return torch.randperm(size, generator=generator, dtype=dtype)
+    labels = np.random.default_rng(seed).integers(0, BUCKETS, size, dtype=np.uint8)
+    ends = torch.bincount(torch.from_numpy(labels), minlength=BUCKETS).numpy().cumsum()
+    starts = np.concatenate(([0], ends[:-1]))
+    out = np.empty(size, dtype=np.int32 if dtype == torch.int32 else np.int64)
+    filled = starts.copy()  # where each bucket's next indices go
+    for low in range(0, size, _LABEL_CHUNK):  # the counting sort, a cache-sized chunk at a time
+        part = labels[low : low + _LABEL_CHUNK]
+        order = np.argsort(part, kind="stable").astype(out.dtype) + low
+        counts = torch.bincount(torch.from_numpy(part), minlength=BUCKETS).numpy()
+        taken = 0
+        for bucket in np.flatnonzero(counts).tolist():
+            count, at = int(counts[bucket]), int(filled[bucket])
+            out[at : at + count] = order[taken : taken + count]
+            filled[bucket], taken = at + count, taken + count
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        bucket = out[start:end]
+        bucket[:] = bucket[torch.randperm(end - start, generator=generator, dtype=dtype).numpy()]
+    return torch.from_numpy(out)
+
+
+#: permutations of more entries are drawn in two levels (:func:`uniform_permutation`)
+SPLIT_ENTRIES = 2**23
+BUCKETS = 256  # 32.8M entries: buckets of 128K int32, 512 KB, in a core's L2 cache
+_LABEL_CHUNK = 2**20  # labels sorted at once: numpy's radix argsort ran 3x faster than whole
 
 
 def _spans(size: int, step: int) -> list[tuple[int, int]]:
