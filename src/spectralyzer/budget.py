@@ -17,7 +17,9 @@ The estimate follows what :mod:`spectralyzer.engine` allocates for one layer of
   entries, and while it is drawn in two levels one bucket label per entry), the
   flattened tensor (a copy when it is a transposed view), the
   shuffled copy (float32 for the Krylov path, float64 for a whole spectrum: 8
-  bytes per entry at most) and, for a whole spectrum, its float64 Gram matrices
+  bytes per entry at most; a batch's float32 Krylov copies are held until its
+  spaces run, at most 4 bytes per entry of the batch's limit, 128 MiB) and, for a
+  whole spectrum, its float64 Gram matrices
   with their copy (``2 * 8*S*M^2``; the Krylov basis is far smaller), and the
   permutation of the next batch's shape when it is drawn ahead (at most
   :data:`AHEAD_ENTRIES` entries of 5 bytes).
@@ -40,6 +42,8 @@ CHUNK_ELEMENTS = 2**22
 
 #: Entries of the largest permutation drawn a batch ahead, with ``--randomize`` (64 MiB)
 AHEAD_ENTRIES = 2**24
+#: The engine's default limit on a batch's matrix entries
+BATCH_ENTRIES = 2**25
 
 _CHUNK_BYTES_PER_ENTRY = 8 + 8 + 4  # float64 copy, its scaled/abs temporary, a float32 copy
 _MEMINFO = Path("/proc/meminfo")
@@ -57,6 +61,7 @@ def matrix_need(N: int, M: int, slices: int, itemsize: int, randomize: bool = Fa
         label = 1  # a bucket label while the permutation is drawn (shuffle.uniform_permutation)
         order = (4 if entries < 2**31 else 8) + label
         need += entries * order + stored + 8 * entries + 2 * 8 * slices * M * M + 5 * AHEAD_ENTRIES
+        need += 4 * BATCH_ENTRIES  # the other float32 Krylov copies of its batch
     return need
 
 

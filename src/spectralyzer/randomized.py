@@ -20,6 +20,7 @@ spectrum).  What the trap metrics need of it
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -105,20 +106,26 @@ def shuffled_layer(
     total: float,
     shuffle: Shuffler,
     gram: torch.Tensor | None,
-) -> ShuffledTop | tuple[float, int]:
+    later: bool = False,
+) -> ShuffledTop | tuple[float, int] | Callable[[], ShuffledTop]:
     """The top of a finite layer's shuffled copy, whose squared Frobenius norm divided by
     ``4^exponent`` is ``total``; with ``gram`` (the batch's ``FULL_DTYPE`` Gram matrices of this
     layer) the copy's Gram matrices are added there instead and ``(total, count)`` comes
-    back for :func:`full_top` after the batch's ``eigvalsh``."""
+    back for :func:`full_top` after the batch's ``eigvalsh``; with ``later``, the shuffled
+    copy is made now and a function that finds its top comes back."""
     dtype = gram.dtype if gram is not None else torch.float32
     copy = shuffle(stack, dtype, 2.0**-exponent)
     count = structural_rank(copy)
     if gram is not None:
         gram.baddbmm_(copy.mT, copy)
         return total, count
-    top = krylov_top(copy, total, count, shuffle.seed)
-    if top is None:  # not settled within M / 3 vectors: the whole spectrum
-        copy = copy.to(FULL_DTYPE)
-        evals = torch.linalg.eigvalsh(copy.mT @ copy).clamp_min_(0).reshape(-1)
-        top = full_top(evals.double().cpu().numpy(), total, count, copy.shape[2])
-    return unscaled(top, exponent)
+
+    def settle() -> ShuffledTop:
+        top = krylov_top(copy, total, count, shuffle.seed)
+        if top is None:  # not settled within M / 3 vectors: the whole spectrum
+            wide = copy.to(FULL_DTYPE)
+            evals = torch.linalg.eigvalsh(wide.mT @ wide).clamp_min_(0).reshape(-1)
+            top = full_top(evals.double().cpu().numpy(), total, count, copy.shape[2])
+        return unscaled(top, exponent)
+
+    return settle if later else settle()
