@@ -270,14 +270,16 @@ def test_copies_without_a_bulk_have_no_trap_and_sit_on_their_esd():
 
 
 def test_a_batch_of_krylov_spaces_on_one_thread_each_gives_the_same_traps(monkeypatch):
-    """On two CPU threads a batch's spaces run a share per thread (engine._settle_together);
+    """On two CPU threads a batch's spaces run a share per thread (threads.in_shares);
     one after the other (here: with one thread) they count the same traps, each in its own
     row, and give the same rand_distance."""
     from spectralyzer import engine
 
     shares = []
-    together = engine._settle_together
-    monkeypatch.setattr(engine, "_settle_together", lambda tops: shares.append(1) or together(tops))
+    together = engine.in_shares
+    monkeypatch.setattr(
+        engine, "in_shares", lambda jobs: shares.append(len(jobs)) or together(jobs)
+    )
     options = make_options(randomize=True, seed=2)
     threads = torch.get_num_threads()
     try:
@@ -287,7 +289,7 @@ def test_a_batch_of_krylov_spaces_on_one_thread_each_gives_the_same_traps(monkey
         serial = run_analysis(_planted(), options)
     finally:
         torch.set_num_threads(threads)
-    assert shares == [1]  # the three planted matrices: one batch, taken together once
+    assert shares == [3]  # the three planted matrices: one batch, their spaces in shares
     assert list(parted.details["num_traps"]) == list(serial.details["num_traps"]) == [0, 1, 3]
     np.testing.assert_allclose(
         parted.details["rand_distance"], serial.details["rand_distance"], atol=1e-6

@@ -41,7 +41,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +58,7 @@ from .layers import LayerSpec
 from .prefetch import PREFETCH_DEPTH, loaded
 from .randomized import full_top, krylov_pays, shuffled_layer, unscaled
 from .shuffle import SHUFFLED_DTYPES, Shuffler
+from .threads import in_shares, one_thread_each
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def symmetric_eigenvalues(gram: torch.Tensor) -> torch.Tensor:
     # hundred rows: give each CPU thread a share of the batch instead
     # (1.8x faster on 2 cores for a batch of 384 x 384 matrices)
     chunks = gram.chunk(torch.get_num_threads())
-    return torch.cat(_one_thread_each(torch.linalg.eigvalsh, chunks)).clamp_min_(0)
+    return torch.cat(one_thread_each(torch.linalg.eigvalsh, chunks)).clamp_min_(0)
 
 
 def row_chunks(stack: torch.Tensor, elements: int | None = None) -> Iterator[torch.Tensor]:
@@ -182,19 +182,6 @@ class _Scale:
         """``(B, M)`` eigenvalues of scaled matrices -> float64 eigenvalues of the originals."""
         with np.errstate(over="ignore"):
             return np.ldexp(evals.double().cpu().numpy(), 2 * self.exponents.numpy()[:, None])
-
-
-def _one_thread_each(fn: Callable[[torch.Tensor], torch.Tensor], items: list) -> list:
-    """``[fn(item) for item in items]`` on a pool of threads, torch intra-op threads set to 1."""
-    if len(items) < 2:
-        return [fn(item) for item in items]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(len(items)) as pool:
-            return list(pool.map(fn, items))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _split(evals: torch.Tensor, specs: list[LayerSpec], scales: list[_Scale]) -> list[ESD]:
@@ -324,8 +311,10 @@ def _spectra_of_batches(
                 )
                 clock.lap("randomize")
             del stack
-        if later:
-            tops = _settle_together(tops)
+        if later:  # a share of the batch's Krylov spaces per thread (threads.in_shares)
+            pending = [i for i, top in enumerate(tops) if callable(top)]
+            for i, top in zip(pending, in_shares([tops[i] for i in pending]), strict=True):
+                tops[i] = top
             clock.lap("randomize")
         # on a worker the main thread can leave on SIGTERM/Ctrl-C (minutes for 8192 x 8192)
         esds = _split(interrupts.abandonable(symmetric_eigenvalues, grams), batch, scales)
@@ -371,25 +360,6 @@ def _randomized(
     total = float(np.ldexp(traces, 2 * (scale.exponents.numpy() - common)).sum())
     gram = shuffled[rows] if shuffled is not None else None
     return shuffled_layer(stack, common, total, shuffle, gram, later)
-
-
-def _settle_together(tops: list) -> list:
-    """The batch's pending tops (functions from :func:`shuffled_layer`) found on a share of
-    them per CPU thread, with torch's intra-op threads set to 1.
-
-    A Krylov space's skinny products and small factorisations gain little from a second
-    thread: a 1024 x 1024 space took 21 ms on one thread and 16 ms on two; the 167m
-    randomize stage fell from 2.20 to 2.10 s (medians of 8 interleaved runs on 2 cores).
-    """
-    pending = [i for i, top in enumerate(tops) if callable(top)]
-    threads = min(torch.get_num_threads(), len(pending))
-    shares = [pending[k::threads] for k in range(threads)]
-    done = _one_thread_each(lambda share: [tops[i]() for i in share], shares)
-    out = list(tops)
-    for share, results in zip(shares, done, strict=True):
-        for i, top in zip(share, results, strict=True):
-            out[i] = top
-    return out
 
 
 def _full(top: ShuffledTop | tuple[float, int], evals: np.ndarray, scale: _Scale) -> ShuffledTop:
