@@ -140,14 +140,15 @@ def uniform_permutation(size: int, seed: int) -> torch.Tensor:
     if size <= SPLIT_ENTRIES:
         return torch.randperm(size, generator=generator, dtype=dtype)
     labels = np.random.default_rng(seed).integers(0, BUCKETS, size, dtype=np.uint8)
-    ends = torch.bincount(torch.from_numpy(labels), minlength=BUCKETS).numpy().cumsum()
+    chunks = _spans(size, _LABEL_CHUNK)  # the counting sort goes a cache-sized chunk at a time
+    tallies = [torch.bincount(torch.from_numpy(labels[a:b]), minlength=BUCKETS) for a, b in chunks]
+    ends = torch.stack(tallies).sum(dim=0).numpy().cumsum()
     starts = np.concatenate(([0], ends[:-1]))
     out = np.empty(size, dtype=np.int32 if dtype == torch.int32 else np.int64)
     filled = starts.copy()  # where each bucket's next indices go
-    for low in range(0, size, _LABEL_CHUNK):  # the counting sort, a cache-sized chunk at a time
-        part = labels[low : low + _LABEL_CHUNK]
-        order = np.argsort(part, kind="stable").astype(out.dtype) + low
-        counts = torch.bincount(torch.from_numpy(part), minlength=BUCKETS).numpy()
+    for (low, high), tally in zip(chunks, tallies, strict=True):
+        order = np.argsort(labels[low:high], kind="stable").astype(out.dtype) + low
+        counts = tally.numpy()
         taken = 0
         for bucket in np.flatnonzero(counts).tolist():
             count, at = int(counts[bucket]), int(filled[bucket])

@@ -35,8 +35,9 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def one_thread_each(fn: Callable[[Any], Any], items: list) -> list:
-    """``[fn(item) for item in items]`` on a pool of threads, torch intra-op threads set to 1.
+def one_thread_each(fn: Callable[[Any], Any], items: list, workers: int | None = None) -> list:
+    """``[fn(item) for item in items]`` on a pool of ``workers`` threads (default one per
+    item), each taking the next item when free, torch intra-op threads set to 1.
 
     For jobs that gain little from a second torch thread (LAPACK's eigensolver on one
     matrix of a few hundred rows), a share per thread uses the cores better than one job
@@ -47,25 +48,18 @@ def one_thread_each(fn: Callable[[Any], Any], items: list) -> list:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(len(items)) as pool:
+        with ThreadPoolExecutor(min(workers or len(items), len(items))) as pool:
             return list(pool.map(fn, items))
     finally:
         torch.set_num_threads(threads)
 
 
 def in_shares(jobs: list[Callable[[], Any]]) -> list:
-    """``[job() for job in jobs]``, a share of them per torch thread (:func:`one_thread_each`).
+    """``[job() for job in jobs]`` on a worker per torch thread (:func:`one_thread_each`).
 
     For a batch's Krylov spaces of the correlation-trap check, whose skinny products and
     small factorisations gain little from a second thread: a 1024 x 1024 space took
     21 ms on one thread and 16 ms on two; the 167m randomize stage fell from 2.20 to
     2.10 s (medians of 8 interleaved runs on 2 cores).
     """
-    count = min(torch.get_num_threads(), len(jobs))
-    shares = [list(range(k, len(jobs), count)) for k in range(count)]
-    done = one_thread_each(lambda share: [jobs[i]() for i in share], shares)
-    out: list = [None] * len(jobs)
-    for share, results in zip(shares, done, strict=True):
-        for i, result in zip(share, results, strict=True):
-            out[i] = result
-    return out
+    return one_thread_each(lambda job: job(), jobs, workers=torch.get_num_threads())
