@@ -56,7 +56,8 @@ cli.main(["analyze", sys.argv[2], "--format", "json", "-o", sys.argv[3], "-q"])
 
 #: The negative control: the CLI of CHILD, but every tensor is first copied into private
 #: memory and kept (an engine holding the model). Exits HELD_EXIT, naming how many tensors
-#: it held, when an allocation fails.
+#: it held, when an allocation fails (in torch, or as ENOMEM, "Cannot allocate memory",
+#: wherever the limit is met first).
 HELD_EXIT = 99
 HOLDING_CHILD = """
 import os, sys
@@ -69,8 +70,8 @@ def holding(checkpoint, specs, **kwargs):
     try:
         for spec in specs:
             held.append(checkpoint.load(spec.name).clone())
-    except (MemoryError, RuntimeError) as error:
-        if isinstance(error, MemoryError) or "allocate" in str(error):
+    except Exception as error:  # torch's RuntimeError, or ENOMEM from the loader's mmap
+        if isinstance(error, MemoryError) or "allocate" in str(error).lower():
             sys.stderr.write(f"held {len(held)} of {len(specs)} tensors\\n")
             sys.stderr.flush()
             os._exit(HELD_EXIT)

@@ -13,8 +13,9 @@ The estimate follows what :mod:`spectralyzer.engine` allocates for one layer of
 * the float64 Gram matrices and the eigensolver's copy of them: ``2 * 8*S*M^2``;
 * one converted chunk of rows (:data:`CHUNK_ELEMENTS` entries, at least one row
   per matrix) and its temporaries: ``20`` bytes per chunk entry;
-* with ``--randomize``: the permutation (4 bytes per entry, 8 above 2^31
-  entries, and while it is drawn in two levels one bucket label per entry), the
+* with ``--randomize``: the permutation, or for a CPU copy above 2^23 entries the
+  first level of its two-level shuffle (4 bytes per entry, 8 above 2^31 entries,
+  and while it is drawn one bucket label per entry), the
   flattened tensor (a copy when it is a transposed view), the
   shuffled copy (float32 for the Krylov path, float64 for a whole spectrum: 8
   bytes per entry at most; a batch's float32 Krylov copies are held until its
@@ -58,7 +59,7 @@ def matrix_need(N: int, M: int, slices: int, itemsize: int, randomize: bool = Fa
     chunk = min(entries, max(CHUNK_ELEMENTS, slices * M))
     need = stored + 2 * 8 * slices * M * M + _CHUNK_BYTES_PER_ENTRY * chunk
     if randomize:
-        label = 1  # a bucket label while the permutation is drawn (shuffle.uniform_permutation)
+        label = 1  # a bucket label while the order is drawn (shuffle.two_level_shuffle)
         order = (4 if entries < 2**31 else 8) + label
         need += entries * order + stored + 8 * entries + 2 * 8 * slices * M * M + 5 * AHEAD_ENTRIES
         need += 4 * BATCH_ENTRIES  # the other float32 Krylov copies of its batch

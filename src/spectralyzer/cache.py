@@ -61,8 +61,9 @@ EXCLUDED = frozenset(
     }
 )
 #: 3: the shuffled copy is its spectrum's top; 4: permutations of more than 2^23 entries are
-#: drawn in two levels, so a seed's shuffle of such a layer differs (docs/theory.md 3.8)
-MAGIC = b"spectralyzer-esd-4\n"
+#: drawn in two levels, so a seed's shuffle of such a layer differs (docs/theory.md 3.8);
+#: 5: their buckets are shuffled from seeds of their own, so it differs again
+MAGIC = b"spectralyzer-esd-5\n"
 DIGEST = 32  # bytes of every BLAKE2b digest here
 #: Matrix entries read per group before its misses are computed (one engine batch).
 GROUP_ELEMENTS = 2**25

@@ -231,7 +231,7 @@ def compute_spectra(
         batches,
         device,
         randomize,
-        Shuffler(seed),
+        Shuffler(seed, device),
         last_use,
         clock,
         progress,
@@ -292,8 +292,8 @@ def _spectra_of_batches(
         # thread each (threads.in_shares); the shuffled copies wait for them meanwhile
         threads = torch.get_num_threads() if device.type == "cpu" else 1
         later = krylov and len(batch) > 1 and threads > 1
-        # permutations are drawn beside the Gram products; small ones a batch ahead (MiniLM's
-        # 30522 x 384 took 0.35 s, more than its Gram product), counted by budget.matrix_need
+        # permutations are drawn beside the Gram products, a batch ahead up to AHEAD_ENTRIES
+        # (counted by budget.matrix_need); larger CPU copies move instead (Shuffler.moves)
         following = map(_stack_shape, batches[index + 1] if index + 1 < len(batches) else [])
         ahead = [shape for shape in following if math.prod(shape) <= budget.AHEAD_ENTRIES]
         for shape in dict.fromkeys([*map(_stack_shape, batch), *ahead]) if randomize else ():
