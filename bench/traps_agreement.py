@@ -1,9 +1,9 @@
 """Trap counts of the Krylov path against the whole float64 spectrum, on random matrices.
 
-    python bench/traps_agreement.py [--cases 40] [--seed 0] [--edge 99]
+    python bench/traps_agreement.py [--cases 40] [--seed 0] [--edge 99] [--widths 384,512]
 
 A check, not a test (20-50 s on 2 cores): for each case it draws a matrix
-with 768-1536 columns (Gaussian; Student-t with 3 and with 2.2 degrees of freedom; or
+with 768-1536 columns (``--widths``: these instead) (Gaussian; Student-t with 3 and with 2.2 degrees of freedom; or
 Gaussian with up to five planted outsized entries), shuffles it as ``--randomize`` does,
 and counts the traps twice: from the settled block Krylov space
 (:func:`spectralyzer.randomized.krylov_top`) and from the whole float64 spectrum of the
@@ -11,8 +11,8 @@ same copy. It prints each disagreement, each fallback to the whole spectrum, and
 summary line (docs/theory.md section 3.8 quotes it).
 
 ``--edge K`` then sweeps two planted entries through the trap transition, ``K`` sizes on
-each of three shapes, where a trap sits at the threshold and the stopping rule is most
-likely to stop early.
+each of three shapes (with ``--widths``, a square and a 2.75:1 shape per width), where a
+trap sits at the threshold and the stopping rule is most likely to stop early.
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ from spectralyzer import randomized
 from spectralyzer.fit.traps import trap_fit
 from spectralyzer.shuffle import Shuffler
 
+WIDTHS = (768, 1024, 1536)
+EDGE_SHAPES = ((1024, 1024), (2816, 1024), (2048, 768))
 
-def draw(rng: np.random.Generator, case: int) -> np.ndarray:
-    M = int(rng.choice([768, 1024, 1536]))
+
+def draw(rng: np.random.Generator, case: int, widths: tuple[int, ...] = WIDTHS) -> np.ndarray:
+    M = int(rng.choice(widths))
     N = int(M * rng.choice([1, 1.5, 2.75, 4]))
     kind = case % 4
     if kind == 1:
@@ -56,12 +59,12 @@ def counts(w: np.ndarray, seed: int) -> tuple[int, int | None]:
     return reference, None if top is None else trap_fit(top, N, M).num_spikes
 
 
-def edge_sweep(points: int, seed: int) -> None:
-    """Two planted entries swept through the trap transition on three shapes."""
+def edge_sweep(points: int, seed: int, shapes=EDGE_SHAPES) -> None:
+    """Two planted entries swept through the trap transition on each shape."""
     rng = np.random.default_rng(seed)
     found, disagreements, fallbacks = [], 0, 0
     start = time.perf_counter()
-    for N, M in [(1024, 1024), (2816, 1024), (2048, 768)]:
+    for N, M in shapes:
         w = rng.standard_normal((N, M))
         for size in np.linspace(0.9, 1.6, points) * (N * M) ** 0.25:
             w[7, 11], w[100, 200] = size, 0.97 * size
@@ -85,12 +88,15 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--edge", type=int, default=0, help="sizes per shape in the edge sweep")
+    parser.add_argument("--widths", default=None, help="columns to draw, e.g. 384,512")
     args = parser.parse_args()
+    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else WIDTHS
+    shapes = [(n, w) for w in widths for n in (w, round(2.75 * w))] if args.widths else EDGE_SHAPES
     rng = np.random.default_rng(args.seed)
     compared = disagreements = fallbacks = 0
     start = time.perf_counter()
     for case in range(args.cases):
-        w = draw(rng, case)
+        w = draw(rng, case, widths)
         N, M = w.shape
         reference, found = counts(w, case)
         if found is None:
@@ -106,7 +112,7 @@ def main() -> None:
         f"whole spectrum, {time.perf_counter() - start:.1f} s"
     )
     if args.edge:
-        edge_sweep(args.edge, args.seed)
+        edge_sweep(args.edge, args.seed, shapes)
 
 
 if __name__ == "__main__":

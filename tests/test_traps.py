@@ -210,7 +210,7 @@ def _trained_like() -> dict[str, torch.Tensor]:
     return trained_like(shapes, rank=6, strength=0.2, trap=(1, 5, 9, 25.0))
 
 
-# The Krylov path is forced down to M = 384 for MiniLM; facenet's nets and the MLP have
+# MiniLM (M = 384) takes the Krylov path by default; facenet's nets and the MLP have
 # M <= 256, where it has too few vectors to settle and they keep the whole spectrum.
 SOURCES = {
     "minilm": lambda: str(demo_model_path()),

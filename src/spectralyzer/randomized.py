@@ -30,7 +30,7 @@ from .fit.traps import Check, ShuffledTop, settles
 from .shuffle import Shuffler
 from .top_eigen import GramKrylov
 
-KRYLOV_MIN_M = 768  # below, the whole spectrum costs as little (measured: docs/theory.md 3.8)
+KRYLOV_MIN_M = 384  # below, the whole spectrum costs as little (measured: docs/theory.md 3.8)
 KRYLOV_MAX_FRACTION = 3  # a space of M / 3 vectors that did not settle: the whole spectrum
 KRYLOV_BLOCK = 16  # block size: 8 ran the skinny products 3x slower per vector on 2 cores
 KRYLOV_WANTED = 32  # Ritz pairs checked: a copy with more traps gets the whole spectrum
