@@ -18,9 +18,8 @@ The estimate follows what :mod:`spectralyzer.engine` allocates for one layer of
   and while it is drawn one bucket label per entry), the
   flattened tensor (a copy when it is a transposed view), the
   shuffled copy (float32 for the Krylov path, float64 for a whole spectrum: 8
-  bytes per entry at most; until a batch's Krylov spaces run, its float32 copies,
-  or the tensors they are gathered from there, are held: at most 4 bytes, or the
-  stored size, per entry of the batch's limit, 128 MiB of float32) and, for a
+  bytes per entry at most; a batch's float32 Krylov copies are held until its
+  spaces run, at most 4 bytes per entry of the batch's limit, 128 MiB) and, for a
   whole spectrum, its float64 Gram matrices
   with their copy (``2 * 8*S*M^2``; the Krylov basis is far smaller), and the
   permutation of the next batch's shape when it is drawn ahead (at most
@@ -63,7 +62,7 @@ def matrix_need(N: int, M: int, slices: int, itemsize: int, randomize: bool = Fa
         label = 1  # a bucket label while the order is drawn (shuffle.two_level_shuffle)
         order = (4 if entries < 2**31 else 8) + label
         need += entries * order + stored + 8 * entries + 2 * 8 * slices * M * M + 5 * AHEAD_ENTRIES
-        need += max(4, itemsize) * BATCH_ENTRIES  # its batch's copies or stacks, held
+        need += 4 * BATCH_ENTRIES  # the other float32 Krylov copies of its batch
     return need
 
 

@@ -289,7 +289,7 @@ def _spectra_of_batches(
         grams = torch.zeros((matrices, size, size), dtype=gram_dtype, device=device)
         krylov = randomize and krylov_pays(batch[0].num_slices, size)
         # a CPU batch's Krylov spaces run after its Gram products, a share per thread, one torch
-        # thread each (threads.in_shares), gathering their shuffled copies (shuffled_layer)
+        # thread each (threads.in_shares); the shuffled copies wait for them meanwhile
         threads = torch.get_num_threads() if device.type == "cpu" else 1
         later = krylov and len(batch) > 1 and threads > 1
         # permutations are drawn beside the Gram products, a batch ahead up to AHEAD_ENTRIES

@@ -111,33 +111,21 @@ def shuffled_layer(
     """The top of a finite layer's shuffled copy, whose squared Frobenius norm divided by
     ``4^exponent`` is ``total``; with ``gram`` (the batch's ``FULL_DTYPE`` Gram matrices of this
     layer) the copy's Gram matrices are added there instead and ``(total, count)`` comes
-    back for :func:`full_top` after the batch's ``eigvalsh``; with ``later``, a function
-    that finds its top comes back (run on a worker, one torch thread each: it also gathers
-    the copy, unless the copy moves in two levels, :meth:`~.shuffle.Shuffler.moves`,
-    which is done now on all threads)."""
+    back for :func:`full_top` after the batch's ``eigvalsh``; with ``later``, the shuffled
+    copy is made now and a function that finds its top comes back."""
     dtype = gram.dtype if gram is not None else torch.float32
-    shape = tuple(stack.shape)
-    if later and not shuffle.moves(shape):
-        # gathered on the worker that runs the search: one thread each, beside the others
-        # (on the calling thread, between two-thread Gram products, the other core idled)
-        shuffle.order(shape)  # drawn here: workers only read it
-        return lambda: _settled(shuffle(stack, dtype, 2.0**-exponent), exponent, total, shuffle)
     copy = shuffle(stack, dtype, 2.0**-exponent)
+    count = structural_rank(copy)
     if gram is not None:
         gram.baddbmm_(copy.mT, copy)
-        return total, structural_rank(copy)
-    if later:
-        return lambda: _settled(copy, exponent, total, shuffle)
-    return _settled(copy, exponent, total, shuffle)
+        return total, count
 
+    def settle() -> ShuffledTop:
+        top = krylov_top(copy, total, count, shuffle.seed)
+        if top is None:  # not settled within M / 3 vectors: the whole spectrum
+            wide = copy.to(FULL_DTYPE)
+            evals = torch.linalg.eigvalsh(wide.mT @ wide).clamp_min_(0).reshape(-1)
+            top = full_top(evals.double().cpu().numpy(), total, count, copy.shape[2])
+        return unscaled(top, exponent)
 
-def _settled(copy: torch.Tensor, exponent: int, total: float, shuffle: Shuffler) -> ShuffledTop:
-    """The top of a float32 shuffled copy: from a Krylov space, or its whole spectrum when the
-    space does not settle within ``M / 3`` vectors; in the layer's units."""
-    count = structural_rank(copy)
-    top = krylov_top(copy, total, count, shuffle.seed)
-    if top is None:  # not settled within M / 3 vectors: the whole spectrum
-        wide = copy.to(FULL_DTYPE)
-        evals = torch.linalg.eigvalsh(wide.mT @ wide).clamp_min_(0).reshape(-1)
-        top = full_top(evals.double().cpu().numpy(), total, count, copy.shape[2])
-    return unscaled(top, exponent)
+    return settle if later else settle()
