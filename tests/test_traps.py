@@ -128,7 +128,7 @@ def test_a_float32_space_keeps_its_basis_orthonormal_and_its_projection_exact():
     assert float((theta - exact).abs().max()) < 1e-6 * float(theta[0])
 
 
-def test_a_tall_matrix_is_multiplied_chunk_by_chunk_to_the_same_products(monkeypatch):
+def test_a_matrix_is_multiplied_chunk_by_chunk_to_the_same_products(monkeypatch):
     from spectralyzer import top_eigen
 
     monkeypatch.setattr(top_eigen, "CHUNK_BYTES", 97 * 40 * 8)  # 97 rows: 31 uneven chunks
@@ -136,7 +136,7 @@ def test_a_tall_matrix_is_multiplied_chunk_by_chunk_to_the_same_products(monkeyp
     q = torch.randn(40, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     chunked = GramKrylov(x, 4, seed=0)._gram_times(q)
     torch.testing.assert_close(chunked, x.T @ (x @ q), rtol=1e-12, atol=0)
-    monkeypatch.setattr(top_eigen, "TALL", 10**9)  # the direct products, for comparison
+    monkeypatch.setattr(top_eigen, "ONE_PASS_FROM", 10**9)  # the direct products, to compare
     direct = GramKrylov(x, 4, seed=0)._gram_times(q)
     torch.testing.assert_close(direct, x.T @ (x @ q), rtol=1e-12, atol=0)
 

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import torch
 
-TALL = 8  # N / M from which the products go through X once per block, by chunks of rows
+#: N / M from which the products go through X once per block, by chunks of rows: every
+#: CPU copy (``_gram_times``)
+ONE_PASS_FROM = 1
 CHUNK_BYTES = 2**21  # rows of X taken at once there: about a core's L2 cache
 
 
@@ -71,15 +73,16 @@ class GramKrylov:
         """``X^T (X q)``: two products in ``X``'s dtype (``q``'s).
 
         The second product is taken as ``((X q)^T X)^T``: ``X^T`` times a skinny matrix
-        ran 25-35% slower at 1024 x 1024 and 2816 x 1024 (equal at 4096 columns).  A tall
-        ``X`` (``N >= TALL M``) is taken a cache-sized chunk of rows at a time, both
-        products on each chunk while it is in cache: one pass over ``X`` instead of two
-        (32000 x 1024 float32: 35 -> 26 ms a block of 16, 32000 x 4096: 147 -> 108 ms).
-        Measured on 2 cores.
+        ran 25-35% slower at 1024 x 1024 and 2816 x 1024 (equal at 4096 columns).  On the
+        CPU ``X`` is taken a cache-sized chunk of rows at a time, both products on each
+        chunk while it is in cache: one pass over ``X`` instead of two (32000 x 1024
+        float32: 35 -> 26 ms a block of 16, 32000 x 4096: 147 -> 108 ms; with two spaces
+        at once, one thread each, 4 of 4096 x 4096 0.83 -> 0.66 s and 8 of 2816 x 1024
+        0.20 -> 0.16 s, 8 of 1024 x 1024 equal).  Measured on 2 cores.
         """
         x = self.x
         N, M = x.shape
-        if N < TALL * M or x.device.type != "cpu":
+        if N < ONE_PASS_FROM * M or x.device.type != "cpu":
             return ((x @ q).T @ x).T
         out = torch.zeros(q.shape[1], M, dtype=x.dtype)
         rows = max(64, CHUNK_BYTES // (M * x.element_size()))
