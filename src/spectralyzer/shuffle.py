@@ -132,6 +132,8 @@ class Shuffler:
         else:
             parts = threads * -(-flat.numel() // (threads * _GATHER_CHUNK))  # a share each
             spans = _spans(flat.numel(), -(-flat.numel() // parts))
+            # not _share (one torch thread each): keeping torch's threads in index_select
+            # ran 10% faster (2048 x 4096 bf16: 51-56 ms against 56-61 ms, 2 cores)
             with ThreadPoolExecutor(min(threads, len(spans))) as pool:
                 list(pool.map(gather, spans))
         return out.reshape(shape)
