@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -135,11 +136,48 @@ def test_the_pool_retries_a_unit_once_then_reports_it(pool, tmp_path):
     assert sorted(finished) == [0, 1, 2, 3]  # each unit reported once, when it ended
 
 
+class LosingPool(InlinePool):
+    """In this process, but the listed submissions of an item (``{index: [1, 2, ...]}``)
+    lose their worker, as a local pool's units in flight do when another unit's worker dies."""
+
+    def __init__(self, losing: dict[int, list[int]]) -> None:
+        self.losing, self.submitted, self.gone = losing, Counter(), set()
+
+    def submit(self, fn, item):
+        index = item[1]
+        self.submitted[index] += 1
+        if self.submitted[index] not in self.losing.get(index, ()):
+            return super().submit(fn, item)
+        handle = LostAttempt()
+        self.gone.add(handle)
+        return handle
+
+    def lost(self, handle) -> bool:
+        return handle in self.gone
+
+
+class LostAttempt:
+    value, error = None, "BrokenProcessPool: a worker died"
+
+
+def test_an_attempt_that_lost_its_worker_is_not_counted_against_the_unit(tmp_path):
+    """Unit 0 fails once and its retry is lost: it gets its own second attempt. Unit 1
+    fails every time: two failures of its own, whatever is lost between. Unit 2 loses its
+    worker twice: reported, not retried for ever."""
+    pool = LosingPool({0: [2], 1: [2], 2: [1, 2]})
+    items = [(str(tmp_path), i, mode) for i, mode in enumerate(["once", "always", "fine"])]
+    results = pool.run(flaky, items, ["unit 0", "unit 1", "unit 2"])
+    assert results[0] == 0
+    assert isinstance(results[1], Failure)
+    assert results[1].error == "ValueError: unit 1 failed on attempt 2"
+    assert isinstance(results[2], Failure) and results[2].error.startswith("BrokenProcessPool")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0-1", "0-2", "1-1", "1-2"]
+
+
 def test_a_unit_whose_worker_dies_is_retried_in_a_fresh_pool(pool, tmp_path):
     """A worker that exits breaks the whole process pool: the unit is retried in a fresh
-    one and succeeds. (A unit in flight beside it when it died may be retried too, so its
-    attempts are not counted here: in one run with the other units' own retries, that race
-    made a retry fail with the broken pool instead of its own error.)"""
+    one and succeeds. A unit in flight beside it when it died is retried too (whether one
+    was is a race, so its attempts are not pinned here; the rule is tested above)."""
     items = [(str(tmp_path), i, mode) for i, mode in enumerate(["die", "fine", "fine"])]
     assert pool.run(flaky, items, [f"unit {i}" for i in range(3)]) == [0, 10, 20]
     attempts = {p.name for p in tmp_path.iterdir()}

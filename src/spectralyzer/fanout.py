@@ -9,8 +9,9 @@ shard).  What comes back is eigenvalues (``M`` numbers per matrix) or a whole
 :class:`~spectralyzer.pipeline.Analysis`; the main process does the fits, so the
 tables are those of the serial run.
 
-A unit that fails is retried once (:mod:`spectralyzer.workers`); if it fails
-again the others still finish, and the failure is reported, never hidden: the
+A unit that fails is retried once (:mod:`spectralyzer.workers`; an attempt lost
+because another unit's local worker died does not count); if it fails again the
+others still finish, and the failure is reported, never hidden: the
 layers of a failed ``analyze`` unit are listed as skipped with the error, a
 failed checkpoint of ``compare`` is left out of the table with a note, ``gate``
 and ``diff`` (which need both models) give no verdict; and the command then

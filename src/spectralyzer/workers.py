@@ -84,18 +84,22 @@ class Pool(abc.ABC):
         units: list[str],
         on_done: Callable[[int, Any], None] | None = None,
     ) -> list[Any]:
-        """``[fn(item) ...]`` in order, a :class:`Failure` for an item that failed twice;
-        ``on_done(index, outcome)`` as each item ends (in the order they end)."""
+        """``[fn(item) ...]`` in order, a :class:`Failure` for an item that failed
+        :data:`ATTEMPTS` times, or whose worker was lost that many times (:meth:`lost`: a
+        local worker that dies breaks the pool for every item in flight, and a lost attempt
+        is not counted as the item's own failure); ``on_done(index, outcome)`` as each item
+        ends (in the order they end)."""
         results: list[Any] = [None] * len(items)
-        tries = [0] * len(items)
+        tries, losses = [0] * len(items), [0] * len(items)
         handles = {self.submit(fn, item): i for i, item in enumerate(items)}
         try:
             while handles:
                 interrupts.check()
                 for handle, value, error in self.finished(list(handles)):
                     i = handles.pop(handle)
-                    tries[i] += 1
-                    if error is not None and tries[i] < ATTEMPTS:
+                    counts = losses if error is not None and self.lost(handle) else tries
+                    counts[i] += 1
+                    if error is not None and max(tries[i], losses[i]) < ATTEMPTS:
                         handles[self.submit(fn, items[i])] = i
                         continue
                     results[i] = Failure(units[i], error) if error is not None else value
@@ -113,6 +117,10 @@ class Pool(abc.ABC):
     @abc.abstractmethod
     def finished(self, handles: list[Any]) -> list[tuple[Any, Any, str | None]]:
         """Handles done within a short wait, as ``(handle, value, error line or None)``."""
+
+    def lost(self, handle: Any) -> bool:
+        """Whether a handle that ended in error lost its worker rather than failing itself."""
+        return False
 
     def cancel(self, handles: list[Any]) -> None:  # noqa: B027 - optional hook
         """Stop the work in flight (an interruption, or an error of this process)."""
@@ -154,6 +162,7 @@ class LocalPool(Pool):
     def __init__(self, workers: int, threads: int) -> None:
         self.workers, self.threads = workers, threads
         self._executor: ProcessPoolExecutor | None = None
+        self._lost: set[Future] = set()  # ended with the pool broken (a worker died)
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
@@ -177,8 +186,14 @@ class LocalPool(Pool):
             error = BrokenProcessPool("cancelled") if future.cancelled() else future.exception()
             if isinstance(error, BrokenProcessPool):  # a worker died: a fresh pool for retries
                 self._discard()
+                self._lost.add(future)
             out.append((future, None if error else future.result(), _line(error)))
         return out
+
+    def lost(self, handle: Any) -> bool:
+        was = handle in self._lost
+        self._lost.discard(handle)
+        return was
 
     def cancel(self, handles: list[Any]) -> None:
         if self._executor is None:
